@@ -1,0 +1,101 @@
+"""Training configuration: one object, saved as ``config.yaml`` in every run, enough to reproduce it.
+
+Example:
+    >>> from braintumor.config import TrainConfig
+    >>> cfg = TrainConfig(data_dir="data/phantoms", model="cnn", epochs=5)
+    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Two phases for pretrained models: phase 1 trains the head on a frozen backbone (``epochs_frozen`` epochs at
+    ``lr_frozen``), phase 2 fine-tunes every layer with BatchNorm statistics frozen (``epochs`` epochs, one-cycle
+    schedule peaking at ``lr``). Models without pretrained weights train in one phase (``epochs`` at ``lr``).
+    ``lr=None`` picks 1e-4 for fine-tuning and 1e-3 from scratch.
+    """
+
+    data_dir: str = ""
+    val_dir: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    model: str = "efficientnet-lite0"
+    pretrained: bool | None = None
+    img_size: int = 224
+    crop_brain: bool = True
+    grayscale: bool = True
+    batch_size: int = 32
+    epochs_frozen: int = 6
+    epochs: int = 12
+    lr_frozen: float = 1e-3
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    scheduler: str = "onecycle"
+    patience: int = 6
+    class_weights: bool = False
+    label_smoothing: float = 0.0
+    augment: bool = True
+    precision: str = "auto"
+    channels_last: bool = True
+    num_threads: int | None = None
+    num_workers: int = 0
+    strict: bool = False
+    group_duplicates: bool = True
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
+        if self.scheduler not in ("onecycle", "constant", "cosine"):
+            raise UsageError(f"scheduler must be onecycle, constant or cosine, got '{self.scheduler}'")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("epochs", "epochs_frozen", "batch_size", "img_size"):
+            if getattr(self, name) < (1 if name in ("batch_size", "img_size") else 0):
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.img_size < 32:
+            raise UsageError(f"img_size must be at least 32, got {self.img_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: expected a mapping of config keys")
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def resolved_lr(self, pretrained: bool) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if pretrained else 1e-3

@@ -1,0 +1,157 @@
+"""Predictor: the run's preprocessing + its model + temperature/threshold. One way to run a trained model.
+
+Example:
+    >>> from braintumor.inference import Predictor
+    >>> pred = Predictor.from_run("runs/my-run")                    # doctest: +SKIP
+    >>> [p.label for p in pred.predict_paths(["scan.jpg"])]         # doctest: +SKIP
+    ['yes']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.read import read_image
+from .errors import RunError, UnreadableImageError
+from .metrics import predict_labels
+from .models import build_model
+from .preprocess import Preprocessor
+from .rundir import RunDir
+
+
+@dataclass
+class Prediction:
+    """One file's result: ``label`` and ``probabilities`` (class -> p), or ``error`` when unreadable."""
+
+    path: str
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "label": self.label, "probabilities": self.probabilities, "error": self.error}
+
+
+def _torch_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """Preprocess images exactly as in training and return class probabilities.
+
+    Args:
+        model: a torch module returning logits.
+        preprocessor: the run's :class:`Preprocessor`.
+        classes: class names in label order.
+        positive_class: the 'tumour' class of a binary problem (used by ``threshold``).
+        temperature: logits are divided by it before the softmax (calibration).
+        threshold: binary decision threshold on the positive class probability (``None``: argmax).
+        metadata: the run's metadata.
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocessor: Preprocessor, classes: Sequence[str],
+                 positive_class: str | None = None, temperature: float = 1.0, threshold: float | None = None,
+                 metadata: dict | None = None, device: str = "auto"):
+        self.device = _torch_device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.preprocessor = preprocessor
+        self.classes = list(classes)
+        self.positive_class = positive_class
+        self.temperature = float(temperature or 1.0)
+        self.threshold = threshold
+        self.metadata = metadata or {}
+        self.run_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        return (f"Predictor(model={self.metadata.get('model', '?')!r}, classes={self.classes}, "
+                f"img_size={self.preprocessor.img_size}, temperature={self.temperature:.3g}, "
+                f"threshold={self.threshold})")
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
+        """Load a run folder's model and preprocessing."""
+        run = RunDir(run_dir)
+        meta = run.read_metadata()
+        ckpt = run.load_checkpoint(checkpoint)
+        model = build_model(meta["model"], len(meta["classes"]), pretrained=False, img_size=meta["img_size"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise RunError(f"{run.root}: checkpoint does not match model '{meta['model']}' ({exc})") from None
+        calib = meta.get("calibration") or {}
+        p = cls(model, Preprocessor.from_dict(meta["preprocessing"]), meta["classes"], meta.get("positive_class"),
+                calib.get("temperature", 1.0), meta.get("threshold"), meta, device)
+        p.run_dir = run.root
+        return p
+
+    @property
+    def positive_index(self) -> int:
+        return self.classes.index(self.positive_class) if self.positive_class in self.classes else 1
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Logits for a normalised ``(N, 3, S, S)`` tensor."""
+        outs = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(self.device)
+            if self.device.type == "cpu":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            outs.append(self.model(xb).float().cpu())
+        return torch.cat(outs) if outs else torch.empty(0, len(self.classes))
+
+    def proba_prepared(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for already prepared ``uint8`` images ``(N, S, S, 3)``."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        z = self.logits(self.preprocessor.normalise(images), batch_size) / self.temperature
+        return torch.softmax(z, dim=1).numpy()
+
+    def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Probabilities for raw ``(H, W, 3)`` ``uint8`` images (any size)."""
+        return self.proba_prepared(np.stack([self.preprocessor.prepare(im) for im in images]), batch_size)
+
+    def labels_from_proba(self, proba: np.ndarray) -> list[str]:
+        return [self.classes[i] for i in predict_labels(proba, self.threshold, self.positive_index)]
+
+    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32,
+                      progress: Callable[[int], None] | None = None) -> list[Prediction]:
+        """Predict files in batches; an unreadable file gets an error row and the batch goes on."""
+        results: list[Prediction] = []
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i:i + batch_size]
+            prepared, rows = [], []
+            for p in chunk:
+                try:
+                    prepared.append(self.preprocessor.prepare(read_image(p)))
+                    rows.append(Prediction(str(p)))
+                except UnreadableImageError as exc:
+                    rows.append(Prediction(str(p), error=exc.reason))
+            if prepared:
+                proba = self.proba_prepared(np.stack(prepared), batch_size)
+                labels = self.labels_from_proba(proba)
+                ok = [r for r in rows if r.error is None]
+                for r, pr, lab in zip(ok, proba, labels, strict=True):
+                    r.label = lab
+                    r.probabilities = {c: float(v) for c, v in zip(self.classes, pr, strict=True)}
+            results.extend(rows)
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
+    """Shorthand for :meth:`Predictor.from_run`."""
+    return Predictor.from_run(run_dir, checkpoint, device)

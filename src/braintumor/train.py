@@ -1,0 +1,542 @@
+"""Training: data -> split -> cached preprocessing -> two-phase fine-tuning -> run folder.
+
+Phase 1 ("frozen"): backbone frozen (and run without gradients, BatchNorm in eval mode), head trained with Adam at
+``lr_frozen``. Phase 2 ("finetune"): every layer trainable, BatchNorm statistics still frozen, Adam with a
+one-cycle schedule peaking at ``lr``, early stopping on validation loss. Models without pretrained weights train
+in one phase ("train") with BatchNorm active.
+
+After every epoch ``history.csv`` and ``checkpoints/last.pt`` are written (atomically), so a kill loses at most
+the current epoch and :func:`train` with ``resume=True`` continues where it stopped, with the same numbers as an
+uninterrupted run (every epoch's shuffling, augmentation and dropout are seeded from ``(seed, epoch)``).
+
+Example:
+    >>> from braintumor import TrainConfig, train
+    >>> result = train(TrainConfig(data_dir="data/phantoms", model="cnn", img_size=64, epochs=5),
+    ...                out="runs/demo")                                          # doctest: +SKIP
+    >>> result.metrics["accuracy"]                                               # doctest: +SKIP
+    0.97
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .augment import Augmenter
+from .config import TrainConfig
+from .data.cache import load_images
+from .data.discover import ImageFolder, discover, fingerprint
+from .data.split import train_val_split
+from .errors import DataError, RunError, UsageError
+from .evaluate import EvaluationResult, report_predictions
+from .inference import Predictor
+from .models import build_model, get_spec
+from .plots import plot_curves
+from .preprocess import Preprocessor
+from .rundir import RunDir, atomic_write_text
+
+HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    lr: float
+    freeze_backbone: bool
+    freeze_bn: bool
+    scheduler: str
+    early_stopping: bool
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run folder, validation metrics of the best checkpoint, history."""
+
+    run_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    evaluation: EvaluationResult | None = None
+
+    def __repr__(self) -> str:
+        keys = ("accuracy", "f1", "roc_auc")
+        items = ", ".join(f"{k}={self.metrics[k]:.3f}" for k in keys if self.metrics.get(k) is not None)
+        return f"TrainResult(run_dir={str(self.run_dir)!r}, {items})"
+
+    def predictor(self) -> Predictor:
+        return Predictor.from_run(self.run_dir)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def plan_phases(cfg: TrainConfig, pretrained: bool) -> list[Phase]:
+    lr = cfg.resolved_lr(pretrained)
+    if not pretrained:
+        return [Phase("train", cfg.epochs, lr, False, False, cfg.scheduler, cfg.patience > 0)]
+    phases = []
+    if cfg.epochs_frozen > 0:
+        phases.append(Phase("frozen", cfg.epochs_frozen, cfg.lr_frozen, True, True, "constant", False))
+    if cfg.epochs > 0:
+        phases.append(Phase("finetune", cfg.epochs, lr, False, True, cfg.scheduler, cfg.patience > 0))
+    return phases
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is available")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def versions() -> dict:
+    import monai
+    import sklearn
+
+    return {"braintumor": __version__, "torch": torch.__version__, "monai": monai.__version__,
+            "numpy": np.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def set_trainable(model: nn.Module, phase: Phase) -> None:
+    for p in model.backbone.parameters():
+        p.requires_grad_(not phase.freeze_backbone)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+
+
+def set_train_mode(model: nn.Module, phase: Phase) -> None:
+    model.train()
+    if phase.freeze_backbone:
+        model.backbone.eval()
+    elif phase.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def make_optimizer(model: nn.Module, phase: Phase, cfg: TrainConfig, steps_per_epoch: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=cfg.weight_decay)
+    total = max(1, steps_per_epoch * phase.epochs)
+    if phase.scheduler == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=phase.lr, total_steps=total, pct_start=0.15)
+    elif phase.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def class_weight_tensor(labels: np.ndarray, k: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    w = counts.sum() / (k * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in HISTORY_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+class _Console:
+    """Optional rich output: a progress bar per epoch and one summary line per epoch."""
+
+    def __init__(self, console=None):
+        self.console = console
+
+    def print(self, *args, **kw) -> None:
+        if self.console is not None:
+            self.console.print(*args, **kw)
+
+    def progress(self, description: str, total: int):
+        if self.console is None:
+            return nullcontext(None)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), console=self.console, transient=True)
+        return _Bar(prog, description, total)
+
+
+class _Bar:
+    def __init__(self, prog, description, total):
+        self.prog, self.description, self.total = prog, description, total
+
+    def __enter__(self):
+        self.prog.start()
+        self.task = self.prog.add_task(self.description, total=self.total, info="")
+        return self
+
+    def advance(self, n: int = 1, info: str = "") -> None:
+        self.prog.update(self.task, advance=n, info=info)
+
+    def __exit__(self, *exc):
+        self.prog.stop()
+
+
+# ------------------------------------------------------------------------------------------------ data setup
+
+
+@dataclass
+class PreparedData:
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    val_paths: list[str]
+    train_paths: list[str]
+    skipped: list[tuple[Path, str]]
+    classes: list[str]
+    fingerprint: str
+    n_groups: int | None
+
+
+def _skip_reporter(out: _Console):
+    def report(path: Path, reason: str) -> None:
+        out.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    return report
+
+
+def group_folder(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
+    """Attach duplicate groups from the audit when it is available (the evaluation issue adds it)."""
+    if not cfg.group_duplicates:
+        return ds
+    try:
+        from .data.audit import duplicate_groups
+    except ImportError:
+        return ds
+    return ds.with_groups(duplicate_groups(ds.paths))
+
+
+def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console) -> PreparedData:
+    ds = discover(cfg.data_dir)
+    if cfg.val_dir:
+        val_ds = discover(cfg.val_dir, classes=ds.classes)
+        train_ds = ds
+        fp_paths = ds.paths + val_ds.paths
+    else:
+        ds = group_folder(ds, cfg)
+        tr, va = train_val_split(ds.labels, ds.groups, cfg.val_fraction, cfg.seed)
+        train_ds, val_ds = ds.subset(tr), ds.subset(va)
+        fp_paths = ds.paths
+    report = _skip_reporter(out)
+    total = len(train_ds) + len(val_ds)
+    with out.progress("reading images", total) as bar:
+        tick = (lambda: bar.advance()) if bar is not None else None
+        tr_l = load_images(train_ds.paths, pre, strict=cfg.strict, on_skip=report, progress=tick)
+        va_l = load_images(val_ds.paths, pre, strict=cfg.strict, on_skip=report, progress=tick)
+    tr_y = np.asarray(train_ds.labels)[tr_l.kept]
+    va_y = np.asarray(val_ds.labels)[va_l.kept]
+    for name, y in (("training", tr_y), ("validation", va_y)):
+        missing = [c for i, c in enumerate(ds.classes) if not (y == i).any()]
+        if len(y) == 0 or (name == "training" and missing):
+            raise DataError(f"no readable {name} images for class(es) {missing or ds.classes}")
+    groups = ds.groups if not cfg.val_dir else None
+    return PreparedData(
+        tr_l.images, tr_y, va_l.images, va_y, [str(val_ds.paths[i]) for i in va_l.kept],
+        [str(train_ds.paths[i]) for i in tr_l.kept], tr_l.skipped + va_l.skipped, ds.classes,
+        fingerprint(fp_paths, Path(cfg.data_dir)), len(set(groups)) if groups else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None, drop_last_single: bool = True):
+    idx = rng.permutation(n) if rng is not None else np.arange(n)
+    out = [idx[i:i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last_single and len(out) > 1 and len(out[-1]) == 1:  # BatchNorm cannot train on one sample
+        out[-2] = np.concatenate([out[-2], out[-1]])
+        out.pop()
+    return out
+
+
+def _to_float(x_u8: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(x_u8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def run_epoch(model, phase: Phase, data: PreparedData, pre: Preprocessor, cfg: TrainConfig, opt, sched,
+              loss_fn, device, precision, augmenter: Augmenter | None, epoch: int, bar) -> tuple[float, float]:
+    set_train_mode(model, phase)
+    rng = np.random.default_rng([cfg.seed, epoch])
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    if augmenter is not None:
+        augmenter.reseed(cfg.seed * 100_003 + epoch)
+    tot_loss, correct, n = 0.0, 0, 0
+    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for bidx in _batches(len(data.train_y), cfg.batch_size, rng):
+        x = _to_float(data.train_x[bidx], device)
+        if augmenter is not None:
+            x = augmenter(x)
+        x = pre.normalise_float(x).contiguous(memory_format=mf)
+        y = torch.as_tensor(data.train_y[bidx], device=device)
+        with autocast(device, precision):
+            if phase.freeze_backbone:
+                with torch.no_grad():
+                    feats = model.backbone(x)
+                logits = model.head(model.pool(feats))
+            else:
+                logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        tot_loss += float(loss) * len(bidx)
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(bidx)
+        if bar is not None:
+            bar.advance(len(bidx), f"loss {tot_loss / n:.4f} acc {correct / n:.3f}")
+    return tot_loss / max(n, 1), correct / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate_arrays(model, x_u8: np.ndarray, y: np.ndarray, pre: Preprocessor, device, precision,
+                    batch_size: int = 64, channels_last: bool = True) -> tuple[float, float, np.ndarray]:
+    model.eval()
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    probs = []
+    for bidx in _batches(len(y), batch_size, None, drop_last_single=False):
+        x = pre.normalise_float(_to_float(x_u8[bidx], device)).contiguous(memory_format=mf)
+        with autocast(device, precision):
+            logits = model(x)
+        probs.append(torch.softmax(logits.float(), 1).cpu())
+    p = torch.cat(probs).numpy()
+    yt = torch.as_tensor(y)
+    loss = float(nn.functional.nll_loss(torch.log(torch.as_tensor(p).clamp_min(1e-7)), yt))
+    return loss, float((p.argmax(1) == y).mean()), p
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None, *, resume: bool = False,
+          console=None) -> TrainResult:
+    """Train a classifier and write a complete run folder.
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of its fields, or a YAML file. Ignored with ``resume=True``
+            (the run folder's own ``config.yaml`` is used).
+        out: the run folder (default: ``runs/<time>-<data>-<model>``).
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
+        console: a ``rich.console.Console`` for progress bars and per-epoch lines (``None``: quiet).
+
+    Raises:
+        DataError: unusable data set (no images, empty class folder, single class).
+        UsageError: bad configuration.
+    """
+    t_start = time.time()
+    outc = _Console(console)
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs the run folder to continue")
+        run = RunDir(out)
+        if not run.config.is_file():
+            raise RunError(f"{run.root}: not a run folder (no config.yaml) - nothing to resume")
+        cfg = TrainConfig.load(run.config)
+    else:
+        cfg = (config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+               if isinstance(config, dict) else TrainConfig.load(config))
+        if not cfg.data_dir:
+            raise UsageError("no data folder given")
+        run = RunDir(out or RunDir.default_for(cfg.data_dir, cfg.model))
+        if run.last.exists() or run.metrics.exists():
+            raise UsageError(f"{run.root} already holds a run; use --resume to continue it or pick another --out")
+
+    spec = get_spec(cfg.model)
+    pretrained = spec.pretrained_default if cfg.pretrained is None else cfg.pretrained
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg, device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or default_threads())
+    seed_everything(cfg.seed)
+
+    pre = Preprocessor(img_size=cfg.img_size, crop_brain=cfg.crop_brain, grayscale=cfg.grayscale,
+                       mean=spec.mean, std=spec.std)
+    data = prepare_data(cfg, pre, outc)
+    classes = data.classes
+    from .data.discover import positive_class
+
+    run.create()
+    if not resume:
+        cfg.save(run.config)
+    meta = {
+        "model": cfg.model, "pretrained": bool(pretrained), "pretrained_source": spec.pretrained_source if pretrained
+        else None, "classes": classes, "num_classes": len(classes), "positive_class": positive_class(classes),
+        "img_size": cfg.img_size, "preprocessing": pre.to_dict(),
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+        "gradcam_target_layer": spec.target_layer, "threshold": None, "calibration": {"temperature": 1.0},
+        "data": {"data_dir": str(cfg.data_dir), "val_dir": cfg.val_dir, "fingerprint": data.fingerprint,
+                 "n_train": int(len(data.train_y)), "n_val": int(len(data.val_y)),
+                 "train_counts": {c: int((data.train_y == i).sum()) for i, c in enumerate(classes)},
+                 "val_counts": {c: int((data.val_y == i).sum()) for i, c in enumerate(classes)},
+                 "groups": data.n_groups,
+                 "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped]},
+        "seed": cfg.seed, "device": str(device), "precision": precision, "versions": versions(),
+        "status": "running",
+    }
+    if resume and run.metadata.is_file():
+        old = run.read_metadata()
+        if old.get("data", {}).get("fingerprint") != data.fingerprint:
+            outc.print("[yellow]warning[/yellow]: the data changed since this run started (fingerprint differs)")
+        meta["wall_seconds_before_resume"] = old.get("wall_seconds", 0.0)
+    run.write_json(run.metadata, meta)
+    # The split, for audits and for reproducing evaluations.
+    with open(run.root / "split.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "subset"])
+        w.writerows([p, classes[y], "train"] for p, y in zip(data.train_paths, data.train_y, strict=True))
+        w.writerows([p, classes[y], "val"] for p, y in zip(data.val_paths, data.val_y, strict=True))
+
+    model = build_model(cfg.model, len(classes), pretrained=pretrained, img_size=cfg.img_size).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    phases = plan_phases(cfg, pretrained)
+    weights = class_weight_tensor(data.train_y, len(classes)).to(device) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    augmenter = Augmenter(seed=cfg.seed) if cfg.augment else None
+    steps = len(_batches(len(data.train_y), cfg.batch_size, None))
+
+    history: list[dict] = []
+    best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0}
+    start_phase, start_epoch, bad_epochs, opt_state, sched_state = 0, 0, 0, None, None
+    if resume and run.last.is_file():
+        ck = run.load_checkpoint("last")
+        model.load_state_dict(ck["model"])
+        history, best = ck["history"], ck["best"]
+        start_phase, start_epoch, bad_epochs = ck["phase"], ck["epoch_in_phase"], ck["bad_epochs"]
+        opt_state, sched_state = ck["optimizer"], ck["scheduler"]
+        if ck.get("stopped"):
+            start_phase, start_epoch = len(phases), 0
+        outc.print(f"resuming {run.root} after epoch {len(history)}")
+    outc.print(f"[bold]{cfg.model}[/bold] ({'ImageNet' if pretrained else 'random init'}) on {len(data.train_y)} "
+               f"train / {len(data.val_y)} val images, {len(classes)} classes, {cfg.img_size}px, {device}/{precision}"
+               + (f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""))
+
+    global_epoch = len(history)
+    stopped = False
+    for pi in range(start_phase, len(phases)):
+        phase = phases[pi]
+        set_trainable(model, phase)
+        opt, sched = make_optimizer(model, phase, cfg, steps)
+        first = 0
+        if pi == start_phase and opt_state is not None and start_epoch > 0:
+            opt.load_state_dict(opt_state)
+            sched.load_state_dict(sched_state)
+            first = start_epoch
+        else:
+            bad_epochs = 0
+        for e in range(first, phase.epochs):
+            t0 = time.time()
+            label = f"{phase.name} {e + 1}/{phase.epochs}"
+            with outc.progress(f"epoch {global_epoch + 1} ({label})", len(data.train_y)) as bar:
+                loss, acc = run_epoch(model, phase, data, pre, cfg, opt, sched, loss_fn, device, precision,
+                                      augmenter, global_epoch, bar)
+            vloss, vacc, _ = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
+                                             channels_last=cfg.channels_last)
+            global_epoch += 1
+            row = {"epoch": global_epoch, "phase": phase.name, "loss": loss, "accuracy": acc, "val_loss": vloss,
+                   "val_accuracy": vacc, "lr": float(opt.param_groups[0]["lr"]), "seconds": time.time() - t0}
+            history.append(row)
+            improved = vloss < best["val_loss"] - 1e-6
+            if improved:
+                best = {"val_loss": vloss, "val_accuracy": vacc, "epoch": global_epoch}
+                run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": global_epoch,
+                                               "val_loss": vloss, "val_accuracy": vacc, "model_name": cfg.model,
+                                               "classes": classes, "img_size": cfg.img_size})
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience
+            last_in_phase = e + 1 == phase.epochs
+            run.save_checkpoint(run.last, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "phase": pi + 1 if last_in_phase else pi, "epoch_in_phase": 0 if last_in_phase else e + 1,
+                "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop,
+            })
+            write_history(run.history, history)
+            outc.print(f"epoch {global_epoch:3d} {label:<14} loss {loss:.4f} acc {acc:.3f} | val loss {vloss:.4f} "
+                       f"acc {vacc:.3f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s" + (" *" if improved else ""))
+            if stop:
+                outc.print(f"early stopping: no validation-loss improvement for {cfg.patience} epochs")
+                stopped = True
+                break
+        if stopped:
+            break
+
+    if not run.best.is_file():
+        raise RunError(f"{run.root}: no epoch was trained (epochs=0?)")
+    # Final evaluation of the best checkpoint, in fp32, through the same Predictor used for prediction.
+    meta["best_epoch"] = best["epoch"]
+    meta["status"] = "complete"
+    meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
+    run.write_json(run.metadata, meta)
+    predictor = Predictor.from_run(run.root, device=str(device))
+    proba = predictor.proba_prepared(data.val_x)
+    ev = report_predictions(data.val_y, proba, classes, run.root, data.val_paths, meta["positive_class"],
+                            None, title="validation")
+    if history:
+        plot_curves(history, run.curves)
+    metrics = dict(ev.metrics)
+    metrics["best_epoch"] = best["epoch"]
+    metrics["wall_seconds"] = meta["wall_seconds"]
+    run.write_json(run.metrics, metrics)
+    return TrainResult(run.root, metrics, history, meta, ev)
