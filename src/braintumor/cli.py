@@ -45,13 +45,15 @@ def handle_errors(fn):
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:
     from .evaluate import HEADLINE
 
+    ci = metrics.get("ci") or {}
     t = Table(title=title, show_header=True)
     t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("value [95% CI]" if ci else "value", justify="right")
     for k in HEADLINE:
         v = metrics.get(k)
         if v is not None:
-            t.add_row(k, f"{v:.3f}")
+            c = ci.get(k)
+            t.add_row(k, f"{v:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c else f"{v:.3f}")
     return t
 
 
@@ -106,6 +108,11 @@ def train(
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience (0 disables)."),
     precision: str | None = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1..."),
+    target_sensitivity: float | None = typer.Option(
+        None, "--target-sensitivity", help="Binary: pick the decision threshold reaching this validation "
+        "sensitivity (e.g. 0.95); default argmax."),
+    slices: str | None = typer.Option(None, "--slices", help="Volumes (NIfTI, multi-frame DICOM, DICOM series "
+                                      "folders): middle, all or K evenly spaced slices each (default middle)."),
 ):
     """Train a classifier on DATA_DIR/<class>/<images> and write a run folder.
 
@@ -123,12 +130,19 @@ def train(
                      val_dir=str(val_dir) if val_dir else None, val_fraction=val_fraction, seed=seed,
                      pretrained=pretrained, crop_brain=crop, strict=strict, class_weights=class_weights,
                      augment=augment, group_duplicates=group, patience=patience, precision=precision,
-                     device=device)
+                     device=device, target_sensitivity=target_sensitivity, slices=slices)
         base.update({k: v for k, v in given.items() if v is not None})
         if not base.get("data_dir"):
             raise typer.BadParameter("give DATA_DIR (or data_dir in --config, or --resume RUN_DIR)")
         result = run_train(TrainConfig.from_dict(base), out=out, console=console)
+    if not result.metrics:  # a non-zero rank of a torchrun job: rank 0 reports
+        return
     console.print(metrics_table(result.metrics, "validation (best checkpoint)"))
+    th = result.metadata.get("threshold_info")
+    if th:
+        console.print(f"threshold {th['threshold']:.4f} reaches sensitivity {th['sensitivity']:.3f} (target "
+                      f"{th['target_sensitivity']}) at specificity {th['specificity'] or 0:.3f} on validation "
+                      f"(argmax: {th['argmax_sensitivity']:.3f} / {th['argmax_specificity'] or 0:.3f})")
     console.print(f"run folder: [bold]{result.run_dir}[/bold]")
 
 
@@ -174,6 +188,310 @@ def models():
         t.add_row(name, "bundled" if s.pretrained_default else ("download" if s.pretrained_source else "-"),
                   s.target_layer, s.description)
     console.print(t)
+
+
+@app.command()
+@handle_errors
+def cv(
+    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
+    repeats: int = typer.Option(1, "--repeats", help="Repeat the k-fold with new shuffles."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name (see `braintumor models`)."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Input side in pixels (default 224)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs of the main phase (fine-tuning / scratch)."),
+    epochs_frozen: int | None = typer.Option(None, "--epochs-frozen", help="Epochs with the backbone frozen."),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    seed: int | None = typer.Option(None, "--seed"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML training config; options override it."),
+    target_sensitivity: float | None = typer.Option(None, "--target-sensitivity",
+                                                    help="Binary: per-fold threshold reaching this sensitivity."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default runs/<time>-<data>-cv)."),
+    show_leakage: bool = typer.Option(False, "--show-leakage",
+                                      help="Also run a naive image-level split and report the inflation."),
+):
+    """Cross-validate: one model per fold (group-aware), mean and 95% CI per metric, pooled out-of-fold results.
+
+    Example: braintumor cv data/brain_mri_yes_no --folds 5 --out runs/cv-navoneel
+    """
+    from .config import TrainConfig
+    from .cv import CV_METRICS
+    from .cv import cv as run_cv
+    from .stats import format_ci
+
+    cfg = TrainConfig.load(config) if config else TrainConfig()
+    given = dict(model=model, img_size=img_size, epochs=epochs, epochs_frozen=epochs_frozen, batch_size=batch_size,
+                 seed=seed, target_sensitivity=target_sensitivity)
+    res = run_cv(data_dir, folds, repeats=repeats, config=cfg, out=out, show_leakage=show_leakage, console=console,
+                 **{k: v for k, v in given.items() if v is not None})
+    t = Table(title=f"{folds}-fold CV ({'group-aware' if res.grouped else 'image-level'}"
+                    + (f", {res.n_groups} groups" if res.n_groups else "") + ")", show_header=True)
+    t.add_column("metric")
+    t.add_column("mean [95% CI] over folds", justify="right")
+    t.add_column("pooled [95% bootstrap CI]", justify="right")
+    if res.leakage:
+        t.add_column("naive split", justify="right")
+        t.add_column("inflation", justify="right")
+    for k in CV_METRICS:
+        s = res.summary.get(k, {})
+        if s.get("mean") is None:
+            continue
+        c = res.pooled_ci.get(k)
+        row = [k, format_ci(s["mean"], s["low"], s["high"]),
+               format_ci(c["estimate"], c["low"], c["high"]) if c else format_ci(res.pooled.get(k))]
+        if res.leakage:
+            leak = res.leakage.get(k)
+            row += [f"{leak['naive']:.3f}", f"{leak['inflation']:+.3f}"] if leak else ["-", "-"]
+        t.add_row(*row)
+    console.print(t)
+    secs = ", ".join(f"{f['seconds']:.0f}" for f in res.folds)
+    console.print(f"wall time per fold (s): {secs}")
+    console.print(f"results: [bold]{res.out_dir}[/bold] (cv.json, folds.csv, oof_predictions.csv, report.html)")
+
+
+# ------------------------------------------------------------------------ predict / export / serve
+
+
+def _expand_paths(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders and globs -> image files; a missing plain path is kept (it becomes an error row)."""
+    from .data.discover import list_images
+
+    files: list[Path] = []
+    empty: list[str] = []
+    for p in paths:
+        found = list_images(p)
+        if found:
+            files.extend(found)
+        elif not any(ch in p for ch in "*?[") and not Path(p).is_dir():
+            files.append(Path(p))
+        else:
+            empty.append(p)
+    return files, empty
+
+
+def _prediction_rows(preds, classes: list[str]) -> list[list[str]]:
+    return [[p.path, p.label or "", *[f"{p.probabilities[c]:.6f}" if p.ok else "" for c in classes], p.error or ""]
+            for p in preds]
+
+
+def _format_predictions(preds, predictor, fmt: str) -> str:
+    import csv
+    import io
+    import json
+
+    classes = predictor.classes
+    if fmt == "json":
+        return json.dumps({"model": predictor.model_info(), "n": len(preds),
+                           "n_failed": sum(not p.ok for p in preds),
+                           "predictions": [p.to_dict() for p in preds]}, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "label", *[f"p_{c}" for c in classes], "error"])
+        w.writerows(_prediction_rows(preds, classes))
+        return buf.getvalue()
+    buf_console = Console(record=True, width=160, file=io.StringIO())
+    buf_console.print(_prediction_table(preds, classes))
+    return buf_console.export_text()
+
+
+def _prediction_table(preds, classes: list[str]) -> Table:
+    t = Table(show_header=True)
+    for col in ("path", "label", *[f"p({c})" for c in classes], "error"):
+        t.add_column(col, overflow="fold")
+    for row in _prediction_rows(preds, classes):
+        t.add_row(*[f"{float(v):.3f}" if 2 <= i < 2 + len(classes) and v else v for i, v in enumerate(row)])
+    return t
+
+
+@app.command()
+@handle_errors
+def predict(
+    model: Path = typer.Argument(..., help="A run folder or an exported .onnx file."),
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Write the results to this file (with --format table: csv for .csv, "
+                                         "json for .json, else the text table)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Write Grad-CAM overlays here (run folder only)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda... (run folders)."),
+):
+    """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
+
+    Exit code 0 when every file was read, 1 when some could not be, 2 on a usage error.
+
+    Example: braintumor predict runs/navoneel scans/ --format csv --out predictions.csv
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .errors import UsageError
+    from .inference import load_predictor
+
+    fmt = fmt.lower()
+    if fmt not in ("table", "csv", "json"):
+        raise typer.BadParameter(f"--format must be table, csv or json, not '{fmt}'")
+    files, empty = _expand_paths(paths)
+    for p in empty:
+        err_console.print(f"[yellow]warning[/yellow]: no images in {p}")
+    if not files:
+        raise UsageError(f"no image files found in {', '.join(paths)}")
+    predictor = load_predictor(model, device=device)
+    if heatmaps is not None and predictor.model is None:
+        raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True, disable=len(files) <= batch_size) as bar:
+        task = bar.add_task("predicting", total=len(files))
+        preds = predictor.predict_paths(files, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+    if heatmaps is not None:
+        try:
+            from .explain import explain
+        except ImportError as exc:
+            raise UsageError(f"Grad-CAM is not available in this installation ({exc})") from None
+        ok = [p for p in preds if p.ok]
+        stems: dict[str, int] = {}
+        with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True, disable=len(ok) <= batch_size) as bar:
+            task = bar.add_task("Grad-CAM", total=len(ok))
+            for p in ok:
+                stem = Path(p.path).name.split(".")[0] or "image"
+                stems[stem] = stems.get(stem, 0) + 1
+                if stems[stem] > 1:
+                    stem = f"{stem}_{stems[stem]}"
+                explain(predictor, p.path, method="gradcam").save(heatmaps, stem)
+                bar.advance(task)
+        err_console.print(f"Grad-CAM overlays of {len(ok)} image(s) in {heatmaps}")
+    out_fmt = fmt
+    if out is not None and fmt == "table":
+        out_fmt = {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "table")
+    text = _format_predictions(preds, predictor, out_fmt)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        err_console.print(f"wrote {len(preds)} prediction(s) to {out}")
+    elif fmt == "table":
+        console.print(_prediction_table(preds, predictor.classes))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    failed = [p for p in preds if not p.ok]
+    if failed:
+        err_console.print(f"{len(failed)} of {len(preds)} file(s) could not be read:", highlight=False)
+        for p in failed[:20]:
+            err_console.print(f"  {p.path}: {p.error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `braintumor train`."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The .onnx file (default RUN_DIR/model.onnx)."),
+    check: list[str] | None = typer.Option(None, "--check-images",
+                                           help="Images/folders/globs for the parity check "
+                                                "(default: the run's validation images)."),
+    atol: float = typer.Option(1e-4, "--atol", help="Largest accepted probability difference torch vs ONNX."),
+):
+    """Export a run to one ONNX file (dynamic batch, metadata embedded) after a parity check against torch.
+
+    The export fails (exit 1, nothing written) when onnxruntime's probabilities differ from torch's by more
+    than --atol on real images.
+
+    Example: braintumor export runs/navoneel --out navoneel.onnx
+    """
+    from .export import export_onnx
+
+    with console.status("exporting to ONNX and checking parity"):
+        res = export_onnx(run_dir, out, check_images=check or None, atol=atol)
+    console.print(f"wrote [bold]{res.path}[/bold] ({res.size_bytes / 1e6:.1f} MB); parity on {res.check_source}: "
+                  f"max |p_torch - p_onnx| = {res.max_abs_diff:.2e} (<= {atol:g}), labels agree: {res.labels_agree}")
+
+
+@app.command()
+@handle_errors
+def serve(
+    model: Path = typer.Argument(..., help="A run folder (Grad-CAM available) or an exported .onnx file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+):
+    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
+
+    Example: braintumor serve runs/navoneel --port 8000
+    """
+    from .errors import UsageError
+    from .serve import create_app
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("serving needs the 'serve' extra: pip install 'braintumor[serve]'") from None
+    application = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    err_console.print(f"serving {model} on http://{host}:{port}/ (research use only, not a medical device)")
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Public data sets: download from Kaggle, verify a local copy.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+@handle_errors
+def data_download(
+    dataset: str = typer.Argument(..., help="navoneel or nickparvar."),
+    to: Path = typer.Option(..., "--to", help="Folder to download into (created)."),
+):
+    """Download a data set from Kaggle (needs `pip install kagglehub` and network), then verify it.
+
+    Without kagglehub or network: one message with the manual steps, exit code 2.
+
+    Example: braintumor data download navoneel --to data/brain_mri_yes_no
+    """
+    from .data.datasets import download, verify
+
+    with console.status(f"downloading {dataset} to {to}"):
+        root = download(dataset, to)
+    console.print(f"downloaded {dataset} to [bold]{root}[/bold]")
+    _print_verify(verify(root, dataset))
+
+
+def _print_verify(report, limit: int = 200) -> None:
+    t = Table(title=f"{report.dataset}: {report.root}", show_header=True)
+    for col in ("split", "class", "found", "expected"):
+        t.add_column(col, justify="right" if col in ("found", "expected") else "left")
+    for (split, cls), (found, expected) in report.counts.items():
+        mark = "" if found == expected else "[red]"
+        t.add_row(split or "-", cls, f"{mark}{found}", str(expected))
+    console.print(t)
+    for p in report.problems[:limit]:
+        console.print(f"  {p}", highlight=False, soft_wrap=True, markup=False)
+    if len(report.problems) > limit:
+        console.print(f"  ... and {len(report.problems) - limit} more")
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("verify")
+@handle_errors
+def data_verify(
+    root: Path = typer.Argument(..., help="The data set folder (see --dataset)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="navoneel or nickparvar."),
+    decode: bool = typer.Option(True, "--decode/--no-decode",
+                                help="Decode images no SHA-256 manifest covers, to find corrupt files."),
+):
+    """Check a local copy: layout, class counts, and every file (missing, extra or corrupt files are named).
+
+    navoneel: ROOT holds yes/ (155) and no/ (98). nickparvar: ROOT is Training/ or Testing/, or their parent.
+    Exit code 0 when everything matches, 1 when something is missing, extra or corrupt, 2 on a usage error.
+
+    Example: braintumor data verify data/brain_mri_yes_no --dataset navoneel
+    """
+    from .data.datasets import verify
+
+    with console.status(f"verifying {root}"):
+        report = verify(root, dataset, decode=decode)
+    _print_verify(report)
 
 
 def main() -> None:

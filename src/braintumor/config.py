@@ -53,7 +53,9 @@ class TrainConfig:
     num_workers: int = 0
     strict: bool = False
     group_duplicates: bool = True
+    slices: str | int = "middle"
     device: str = "auto"
+    target_sensitivity: float | None = None
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -67,6 +69,9 @@ class TrainConfig:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         if self.img_size < 32:
             raise UsageError(f"img_size must be at least 32, got {self.img_size}")
+        from .data.slices import parse_slices
+
+        self.slices = parse_slices(self.slices)  # volumes: "middle", "all" or K slices (see data.slices)
 
     def to_dict(self) -> dict:
         return asdict(self)

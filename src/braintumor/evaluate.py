@@ -23,7 +23,8 @@ from .metrics import classification_metrics
 from .plots import plot_confusion, plot_roc
 from .rundir import RunDir
 
-HEADLINE = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "sensitivity", "specificity", "mcc")
+HEADLINE = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity", "specificity",
+            "mcc")
 
 
 @dataclass
@@ -77,11 +78,13 @@ def report_predictions(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
 
 
 def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Path | None = None, *,
-             strict: bool = False, batch_size: int = 64, on_skip=None, progress=None) -> EvaluationResult:
+             strict: bool = False, batch_size: int = 64, on_skip=None, progress=None, ci: bool = True,
+             n_boot: int = 1000) -> EvaluationResult:
     """Evaluate a run folder (or a :class:`Predictor`) on a labelled folder ``data_dir/<class>/...``.
 
     Outputs go to ``out`` (default: ``RUN/evaluations/<folder name>/``). Class folders must be among the
-    model's classes; unreadable files are skipped and listed in ``result.skipped``.
+    model's classes; unreadable files are skipped and listed in ``result.skipped``. With ``ci`` the metrics get
+    ``ci``: percentile-bootstrap 95% intervals over images (:func:`braintumor.stats.bootstrap_ci`).
     """
     pred = model if isinstance(model, Predictor) else Predictor.from_run(model)
     ds = discover(data_dir, classes=pred.classes)
@@ -94,4 +97,10 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     res = report_predictions(y, proba, pred.classes, Path(out) if out else None, paths, pred.positive_class,
                              pred.threshold, title=f"{Path(data_dir).name}")
     res.skipped = loaded.skipped
+    if ci and len(y):  # percentile-bootstrap 95% intervals (braintumor.stats), saved with the metrics
+        from .stats import bootstrap_ci
+
+        res.metrics["ci"] = bootstrap_ci(y, proba, pred.classes, pred.positive_class, pred.threshold, n_boot=n_boot)
+        if res.out_dir is not None:
+            RunDir(res.out_dir).write_json(Path(res.out_dir) / "metrics.json", res.metrics)
     return res

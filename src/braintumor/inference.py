@@ -41,6 +41,21 @@ class Prediction:
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities, "error": self.error}
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) over the model's parameter/buffer names, shapes and values.
+
+    The same weights give the same fingerprint whether they come from a run folder or an exported ONNX file.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _torch_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,6 +111,25 @@ class Predictor:
                 calib.get("temperature", 1.0), meta.get("threshold"), meta, device)
         p.run_dir = run.root
         return p
+
+    backend = "torch"
+    _fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the model weights (see :func:`weights_fingerprint`)."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+    def model_info(self) -> dict:
+        """``name`` (architecture), ``version`` (the run's name), ``fingerprint`` (of the weights) and more."""
+        meta = self.metadata
+        version = meta.get("run_name") or (Path(self.run_dir).resolve().name if self.run_dir else None)
+        return {"name": meta.get("model"), "version": version, "fingerprint": self.fingerprint,
+                "data_fingerprint": (meta.get("data") or {}).get("fingerprint"), "backend": self.backend,
+                "classes": self.classes, "positive_class": self.positive_class, "img_size": self.preprocessor.img_size,
+                "temperature": self.temperature, "threshold": self.threshold}
 
     @property
     def positive_index(self) -> int:
@@ -155,3 +189,23 @@ class Predictor:
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
     """Shorthand for :meth:`Predictor.from_run`."""
     return Predictor.from_run(run_dir, checkpoint, device)
+
+
+def load_predictor(path: str | Path, device: str = "auto") -> Predictor:
+    """A run folder -> torch :class:`Predictor`; an ``.onnx`` file -> ``braintumor.export.OnnxPredictor``.
+
+    Example:
+        >>> from braintumor.inference import load_predictor
+        >>> load_predictor("runs/navoneel/model.onnx")     # doctest: +SKIP
+        OnnxPredictor('runs/navoneel/model.onnx', model='efficientnet-lite0', classes=['no', 'yes'], img_size=224)
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        from .export import OnnxPredictor
+
+        return OnnxPredictor(p)
+    if p.is_dir():
+        return Predictor.from_run(p, device=device)
+    if p.suffix.lower() == ".onnx":
+        raise RunError(f"{p}: no such ONNX file")
+    raise RunError(f"{p}: not a run folder or an .onnx file")

@@ -27,7 +27,8 @@ def predict_labels(proba: np.ndarray, threshold: float | None = None, positive: 
 def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str],
                            positive: str | None = None, threshold: float | None = None) -> dict:
     """Accuracy, balanced accuracy, per-class and macro precision / recall (sensitivity) / specificity / F1,
-    ROC-AUC (binary: of the positive class; multi-class: one-vs-rest macro), MCC, log-loss, confusion matrix.
+    ROC-AUC and PR-AUC (average precision; binary: of the positive class; multi-class: one-vs-rest macro), MCC,
+    log-loss, confusion matrix.
 
     For binary problems the positive class's sensitivity, specificity, precision and F1 are also given at the top
     level (``sensitivity``, ``specificity``, ``precision``, ``f1``).
@@ -59,6 +60,7 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
         "macro_f1": float(f1.mean()),
         "mcc": float(skm.matthews_corrcoef(y, y_pred)),
         "roc_auc": roc_auc(y, proba, pos),
+        "pr_auc": pr_auc(y, proba, pos),
         "log_loss": float(skm.log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
@@ -85,3 +87,16 @@ def roc_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
     if len(present) < proba.shape[1]:
         return None
     return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+
+
+def pr_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
+    """PR-AUC as average precision; ``None`` when only one class is present."""
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    if proba.shape[1] == 2:
+        p = pos if pos is not None else 1
+        return float(skm.average_precision_score(y == p, proba[:, p]))
+    if len(present) < proba.shape[1]:
+        return None
+    return float(np.mean([skm.average_precision_score(y == c, proba[:, c]) for c in range(proba.shape[1])]))

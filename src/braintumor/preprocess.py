@@ -123,7 +123,11 @@ class Preprocessor:
 
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``uint8`` ``(N, S, S, 3)`` -> ``float32`` ``(N, 3, S, S)`` normalised tensor."""
-        x = torch.as_tensor(np.asarray(batch) if not isinstance(batch, torch.Tensor) else batch)
+        if not isinstance(batch, torch.Tensor):
+            batch = np.asarray(batch)
+            if not batch.flags.writeable:
+                batch = batch.copy()
+        x = torch.as_tensor(batch)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return self.normalise_float(x)
 

@@ -38,12 +38,14 @@ from .config import TrainConfig
 from .data.cache import load_images
 from .data.discover import ImageFolder, discover, fingerprint
 from .data.split import train_val_split
+from .distributed import DistContext, init_distributed, shutdown
 from .errors import DataError, RunError, UsageError
 from .evaluate import EvaluationResult, report_predictions
 from .inference import Predictor
 from .models import build_model, get_spec
 from .plots import plot_curves
 from .preprocess import Preprocessor
+from .report import write_report
 from .rundir import RunDir, atomic_write_text
 
 HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -204,7 +206,7 @@ class _Console:
 
     def print(self, *args, **kw) -> None:
         if self.console is not None:
-            self.console.print(*args, **kw)
+            self.console.print(*args, soft_wrap=True, **kw)
 
     def progress(self, description: str, total: int):
         if self.console is None:
@@ -257,19 +259,20 @@ def _skip_reporter(out: _Console):
 
 def group_folder(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
     """Attach duplicate groups from the audit when it is available (the evaluation issue adds it)."""
-    if not cfg.group_duplicates:
+    if not cfg.group_duplicates or all(r.group is not None for r in ds.records):
         return ds
     try:
         from .data.audit import duplicate_groups
     except ImportError:
         return ds
-    return ds.with_groups(duplicate_groups(ds.paths))
+    return ds.group_duplicates(duplicate_groups)
 
 
-def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console) -> PreparedData:
-    ds = discover(cfg.data_dir)
+def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: ImageFolder | None = None
+                 ) -> PreparedData:
+    ds = folder if folder is not None else discover(cfg.data_dir, slices=cfg.slices)
     if cfg.val_dir:
-        val_ds = discover(cfg.val_dir, classes=ds.classes)
+        val_ds = discover(cfg.val_dir, classes=ds.classes, slices=cfg.slices)
         train_ds = ds
         fp_paths = ds.paths + val_ds.paths
     else:
@@ -297,12 +300,24 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console) -> Prepared
     )
 
 
+def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dict:
+    """Temperature and decision threshold fitted on the validation split (``{}`` until calibration exists).
+
+    Returns metadata entries (``calibration``, ``threshold``...) that :class:`Predictor` applies at prediction time.
+    """
+    try:
+        from .calibration import calibrate_run
+    except ImportError:
+        return {}
+    return calibrate_run(predictor, data.val_x, data.val_y, cfg)
+
+
 # ------------------------------------------------------------------------------------------------- the loop
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None, drop_last_single: bool = True):
-    idx = rng.permutation(n) if rng is not None else np.arange(n)
-    out = [idx[i:i + batch_size] for i in range(0, n, batch_size)]
+def _batches(idx: np.ndarray, batch_size: int, drop_last_single: bool = True) -> list[np.ndarray]:
+    idx = np.asarray(idx)
+    out = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
     if drop_last_single and len(out) > 1 and len(out[-1]) == 1:  # BatchNorm cannot train on one sample
         out[-2] = np.concatenate([out[-2], out[-1]])
         out.pop()
@@ -313,63 +328,109 @@ def _to_float(x_u8: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(x_u8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def run_epoch(model, phase: Phase, data: PreparedData, pre: Preprocessor, cfg: TrainConfig, opt, sched,
-              loss_fn, device, precision, augmenter: Augmenter | None, epoch: int, bar) -> tuple[float, float]:
+def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, cfg: TrainConfig, opt, sched,
+              loss_fn, device, precision, augmenter: Augmenter | None, epoch: int, bar,
+              ctx: DistContext) -> tuple[float, float]:
+    """One training epoch over this process's shard; returns loss and accuracy summed over every process."""
     set_train_mode(model, phase)
-    rng = np.random.default_rng([cfg.seed, epoch])
-    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    model.frozen_backbone = phase.freeze_backbone
+    torch.manual_seed(cfg.seed * 100_003 + epoch * 101 + ctx.rank)
     if augmenter is not None:
-        augmenter.reseed(cfg.seed * 100_003 + epoch)
+        augmenter.reseed(cfg.seed * 100_003 + epoch * 101 + ctx.rank)
     tot_loss, correct, n = 0.0, 0, 0
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for bidx in _batches(len(data.train_y), cfg.batch_size, rng):
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+    order = ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, epoch)
+    for bidx in _batches(order, ctx.local_batch(cfg.batch_size)):
         x = _to_float(data.train_x[bidx], device)
         if augmenter is not None:
             x = augmenter(x)
         x = pre.normalise_float(x).contiguous(memory_format=mf)
         y = torch.as_tensor(data.train_y[bidx], device=device)
         with autocast(device, precision):
-            if phase.freeze_backbone:
-                with torch.no_grad():
-                    feats = model.backbone(x)
-                logits = model.head(model.pool(feats))
-            else:
-                logits = model(x)
+            logits = net(x)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:  # fp16 on CUDA: scale the loss so small gradients do not underflow
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         sched.step()
-        tot_loss += float(loss) * len(bidx)
+        tot_loss += float(loss.detach()) * len(bidx)
         correct += int((logits.argmax(1) == y).sum())
         n += len(bidx)
         if bar is not None:
-            bar.advance(len(bidx), f"loss {tot_loss / n:.4f} acc {correct / n:.3f}")
+            bar.advance(len(bidx) * ctx.world_size, f"loss {tot_loss / n:.4f} acc {correct / n:.3f}")
+    model.frozen_backbone = False
+    tot_loss, correct, n = ctx.all_reduce_sum([tot_loss, correct, n])
     return tot_loss / max(n, 1), correct / max(n, 1)
 
 
 @torch.no_grad()
 def evaluate_arrays(model, x_u8: np.ndarray, y: np.ndarray, pre: Preprocessor, device, precision,
-                    batch_size: int = 64, channels_last: bool = True) -> tuple[float, float, np.ndarray]:
+                    batch_size: int = 64, channels_last: bool = True,
+                    ctx: DistContext | None = None) -> tuple[float, float]:
+    """Validation loss and accuracy; each process scores its share and the sums are reduced."""
+    ctx = ctx or DistContext()
     model.eval()
     mf = torch.channels_last if channels_last else torch.contiguous_format
-    probs = []
-    for bidx in _batches(len(y), batch_size, None, drop_last_single=False):
+    mine = np.arange(ctx.rank, len(y), ctx.world_size)
+    loss_sum, correct = 0.0, 0
+    for bidx in _batches(mine, batch_size, drop_last_single=False):
         x = pre.normalise_float(_to_float(x_u8[bidx], device)).contiguous(memory_format=mf)
         with autocast(device, precision):
-            logits = model(x)
-        probs.append(torch.softmax(logits.float(), 1).cpu())
-    p = torch.cat(probs).numpy()
-    yt = torch.as_tensor(y)
-    loss = float(nn.functional.nll_loss(torch.log(torch.as_tensor(p).clamp_min(1e-7)), yt))
-    return loss, float((p.argmax(1) == y).mean()), p
+            logits = model(x).float()
+        yt = torch.as_tensor(y[bidx], device=device)
+        loss_sum += float(nn.functional.cross_entropy(logits, yt, reduction="sum"))
+        correct += int((logits.argmax(1) == yt).sum())
+    loss_sum, correct, n = ctx.all_reduce_sum([loss_sum, correct, len(mine)])
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor, data: PreparedData, device,
+                    precision: str, ctx: DistContext) -> dict:
+    from .data.discover import positive_class
+
+    classes = data.classes
+    return {
+        "model": cfg.model, "pretrained": bool(pretrained),
+        "pretrained_source": spec.pretrained_source if pretrained else None,
+        "classes": classes, "num_classes": len(classes), "positive_class": positive_class(classes),
+        "img_size": cfg.img_size, "preprocessing": pre.to_dict(),
+        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+        "gradcam_target_layer": spec.target_layer, "threshold": None, "calibration": {"temperature": 1.0},
+        "data": {"data_dir": str(cfg.data_dir), "val_dir": cfg.val_dir, "fingerprint": data.fingerprint,
+                 "n_train": int(len(data.train_y)), "n_val": int(len(data.val_y)),
+                 "train_counts": {c: int((data.train_y == i).sum()) for i, c in enumerate(classes)},
+                 "val_counts": {c: int((data.val_y == i).sum()) for i, c in enumerate(classes)},
+                 "groups": data.n_groups, "slices": cfg.slices,
+                 "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped]},
+        "seed": cfg.seed, "device": str(device), "precision": precision, "world_size": ctx.world_size,
+        "versions": versions(), "status": "running",
+    }
+
+
+def _write_split(run: RunDir, data: PreparedData) -> None:
+    """Which file went where, for audits and for reproducing evaluations."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "subset"])
+    c = data.classes
+    w.writerows([p, c[y], "train"] for p, y in zip(data.train_paths, data.train_y, strict=True))
+    w.writerows([p, c[y], "val"] for p, y in zip(data.val_paths, data.val_y, strict=True))
+    atomic_write_text(run.root / "split.csv", buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------------ entry point
 
 
 def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None, *, resume: bool = False,
-          console=None) -> TrainResult:
+          console=None, folder: ImageFolder | None = None) -> TrainResult:
     """Train a classifier and write a complete run folder.
 
     Args:
@@ -378,73 +439,72 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         out: the run folder (default: ``runs/<time>-<data>-<model>``).
         resume: continue the run in ``out`` from ``checkpoints/last.pt``.
         console: a ``rich.console.Console`` for progress bars and per-epoch lines (``None``: quiet).
+        folder: train on these records instead of discovering ``config.data_dir`` (cross-validation passes the
+            training folds here; the train/validation split then happens inside them as usual).
 
     Raises:
         DataError: unusable data set (no images, empty class folder, single class).
         UsageError: bad configuration.
     """
     t_start = time.time()
-    outc = _Console(console)
+    cfg, run = _resolve_run(config, out, resume)
+    spec = get_spec(cfg.model)
+    pretrained = spec.pretrained_default if cfg.pretrained is None else cfg.pretrained
+    device = resolve_device(cfg.device)
+    ctx = init_distributed(device.type)
+    try:
+        if ctx.active and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        # Every process must write into the same folder: rank 0 picks it.
+        run = RunDir(ctx.broadcast(str(run.root)))
+        return _train(cfg, run, resume, spec, pretrained, device, ctx, _Console(console if ctx.is_main else None),
+                      folder, t_start)
+    finally:
+        shutdown(ctx)
+
+
+def _resolve_run(config, out, resume: bool) -> tuple[TrainConfig, RunDir]:
     if resume:
         if out is None:
             raise UsageError("--resume needs the run folder to continue")
         run = RunDir(out)
         if not run.config.is_file():
             raise RunError(f"{run.root}: not a run folder (no config.yaml) - nothing to resume")
-        cfg = TrainConfig.load(run.config)
-    else:
-        cfg = (config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-               if isinstance(config, dict) else TrainConfig.load(config))
-        if not cfg.data_dir:
-            raise UsageError("no data folder given")
-        run = RunDir(out or RunDir.default_for(cfg.data_dir, cfg.model))
-        if run.last.exists() or run.metrics.exists():
-            raise UsageError(f"{run.root} already holds a run; use --resume to continue it or pick another --out")
+        return TrainConfig.load(run.config), run
+    cfg = (config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+           if isinstance(config, dict) else TrainConfig.load(config))
+    if not cfg.data_dir:
+        raise UsageError("no data folder given")
+    run = RunDir(out or RunDir.default_for(cfg.data_dir, cfg.model))
+    if run.last.exists() or run.metrics.exists():
+        raise UsageError(f"{run.root} already holds a run; use --resume to continue it or pick another --out")
+    return cfg, run
 
-    spec = get_spec(cfg.model)
-    pretrained = spec.pretrained_default if cfg.pretrained is None else cfg.pretrained
-    device = resolve_device(cfg.device)
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, device: torch.device,
+           ctx: DistContext, outc: _Console, folder: ImageFolder | None, t_start: float) -> TrainResult:
     precision = resolve_precision(cfg, device)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or default_threads())
+        torch.set_num_threads(cfg.num_threads or max(1, default_threads() // ctx.world_size))
     seed_everything(cfg.seed)
 
     pre = Preprocessor(img_size=cfg.img_size, crop_brain=cfg.crop_brain, grayscale=cfg.grayscale,
                        mean=spec.mean, std=spec.std)
-    data = prepare_data(cfg, pre, outc)
+    data = prepare_data(cfg, pre, outc, folder)
     classes = data.classes
-    from .data.discover import positive_class
-
-    run.create()
-    if not resume:
-        cfg.save(run.config)
-    meta = {
-        "model": cfg.model, "pretrained": bool(pretrained), "pretrained_source": spec.pretrained_source if pretrained
-        else None, "classes": classes, "num_classes": len(classes), "positive_class": positive_class(classes),
-        "img_size": cfg.img_size, "preprocessing": pre.to_dict(),
-        "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
-        "gradcam_target_layer": spec.target_layer, "threshold": None, "calibration": {"temperature": 1.0},
-        "data": {"data_dir": str(cfg.data_dir), "val_dir": cfg.val_dir, "fingerprint": data.fingerprint,
-                 "n_train": int(len(data.train_y)), "n_val": int(len(data.val_y)),
-                 "train_counts": {c: int((data.train_y == i).sum()) for i, c in enumerate(classes)},
-                 "val_counts": {c: int((data.val_y == i).sum()) for i, c in enumerate(classes)},
-                 "groups": data.n_groups,
-                 "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped]},
-        "seed": cfg.seed, "device": str(device), "precision": precision, "versions": versions(),
-        "status": "running",
-    }
-    if resume and run.metadata.is_file():
-        old = run.read_metadata()
-        if old.get("data", {}).get("fingerprint") != data.fingerprint:
-            outc.print("[yellow]warning[/yellow]: the data changed since this run started (fingerprint differs)")
-        meta["wall_seconds_before_resume"] = old.get("wall_seconds", 0.0)
-    run.write_json(run.metadata, meta)
-    # The split, for audits and for reproducing evaluations.
-    with open(run.root / "split.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "subset"])
-        w.writerows([p, classes[y], "train"] for p, y in zip(data.train_paths, data.train_y, strict=True))
-        w.writerows([p, classes[y], "val"] for p, y in zip(data.val_paths, data.val_y, strict=True))
+    meta = _start_metadata(cfg, spec, pretrained, pre, data, device, precision, ctx)
+    if ctx.is_main:
+        run.create()
+        if not resume:
+            cfg.save(run.config)
+        if resume and run.metadata.is_file():
+            old = run.read_metadata()
+            if old.get("data", {}).get("fingerprint") != data.fingerprint:
+                outc.print("[yellow]warning[/yellow]: the data changed since this run started (fingerprint differs)")
+            meta["wall_seconds_before_resume"] = old.get("wall_seconds", 0.0)
+        run.write_json(run.metadata, meta)
+        _write_split(run, data)
+    ctx.barrier()
 
     model = build_model(cfg.model, len(classes), pretrained=pretrained, img_size=cfg.img_size).to(device)
     if cfg.channels_last:
@@ -453,7 +513,7 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
     weights = class_weight_tensor(data.train_y, len(classes)).to(device) if cfg.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     augmenter = Augmenter(seed=cfg.seed) if cfg.augment else None
-    steps = len(_batches(len(data.train_y), cfg.batch_size, None))
+    steps = len(_batches(ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, 0), ctx.local_batch(cfg.batch_size)))
 
     history: list[dict] = []
     best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0}
@@ -468,7 +528,8 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
             start_phase, start_epoch = len(phases), 0
         outc.print(f"resuming {run.root} after epoch {len(history)}")
     outc.print(f"[bold]{cfg.model}[/bold] ({'ImageNet' if pretrained else 'random init'}) on {len(data.train_y)} "
-               f"train / {len(data.val_y)} val images, {len(classes)} classes, {cfg.img_size}px, {device}/{precision}"
+               f"train / {len(data.val_y)} val images, {len(classes)} classes, {cfg.img_size}px, "
+               f"{device}/{precision}" + (f", {ctx.world_size} processes" if ctx.active else "")
                + (f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""))
 
     global_epoch = len(history)
@@ -476,6 +537,7 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
     for pi in range(start_phase, len(phases)):
         phase = phases[pi]
         set_trainable(model, phase)
+        net = ctx.wrap(model, device)
         opt, sched = make_optimizer(model, phase, cfg, steps)
         first = 0
         if pi == start_phase and opt_state is not None and start_epoch > 0:
@@ -488,10 +550,10 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
             t0 = time.time()
             label = f"{phase.name} {e + 1}/{phase.epochs}"
             with outc.progress(f"epoch {global_epoch + 1} ({label})", len(data.train_y)) as bar:
-                loss, acc = run_epoch(model, phase, data, pre, cfg, opt, sched, loss_fn, device, precision,
-                                      augmenter, global_epoch, bar)
-            vloss, vacc, _ = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
-                                             channels_last=cfg.channels_last)
+                loss, acc = run_epoch(net, model, phase, data, pre, cfg, opt, sched, loss_fn, device, precision,
+                                      augmenter, global_epoch, bar, ctx)
+            vloss, vacc = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
+                                          channels_last=cfg.channels_last, ctx=ctx)
             global_epoch += 1
             row = {"epoch": global_epoch, "phase": phase.name, "loss": loss, "accuracy": acc, "val_loss": vloss,
                    "val_accuracy": vacc, "lr": float(opt.param_groups[0]["lr"]), "seconds": time.time() - t0}
@@ -499,22 +561,25 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
             improved = vloss < best["val_loss"] - 1e-6
             if improved:
                 best = {"val_loss": vloss, "val_accuracy": vacc, "epoch": global_epoch}
-                run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": global_epoch,
-                                               "val_loss": vloss, "val_accuracy": vacc, "model_name": cfg.model,
-                                               "classes": classes, "img_size": cfg.img_size})
                 bad_epochs = 0
             else:
                 bad_epochs += 1
             stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience
             last_in_phase = e + 1 == phase.epochs
-            run.save_checkpoint(run.last, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "phase": pi + 1 if last_in_phase else pi, "epoch_in_phase": 0 if last_in_phase else e + 1,
-                "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop,
-            })
-            write_history(run.history, history)
-            outc.print(f"epoch {global_epoch:3d} {label:<14} loss {loss:.4f} acc {acc:.3f} | val loss {vloss:.4f} "
-                       f"acc {vacc:.3f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s" + (" *" if improved else ""))
+            if ctx.is_main:
+                if improved:
+                    run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": global_epoch,
+                                                   "val_loss": vloss, "val_accuracy": vacc, "model_name": cfg.model,
+                                                   "classes": classes, "img_size": cfg.img_size})
+                run.save_checkpoint(run.last, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "phase": pi + 1 if last_in_phase else pi, "epoch_in_phase": 0 if last_in_phase else e + 1,
+                    "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop,
+                })
+                write_history(run.history, history)
+            outc.print(f"epoch {global_epoch:3d} {label:<14} loss {loss:.4f} acc {acc:.3f} | "
+                       f"val loss {vloss:.4f} acc {vacc:.3f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
+                       + (" *" if improved else ""))
             if stop:
                 outc.print(f"early stopping: no validation-loss improvement for {cfg.patience} epochs")
                 stopped = True
@@ -522,6 +587,9 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         if stopped:
             break
 
+    ctx.barrier()
+    if not ctx.is_main:
+        return TrainResult(run.root, {}, history, meta)
     if not run.best.is_file():
         raise RunError(f"{run.root}: no epoch was trained (epochs=0?)")
     # Final evaluation of the best checkpoint, in fp32, through the same Predictor used for prediction.
@@ -530,13 +598,19 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
     meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
     run.write_json(run.metadata, meta)
     predictor = Predictor.from_run(run.root, device=str(device))
+    post = calibrate(predictor, data, cfg)
+    if post:
+        meta.update(post)
+        run.write_json(run.metadata, meta)
+        predictor = Predictor.from_run(run.root, device=str(device))
     proba = predictor.proba_prepared(data.val_x)
     ev = report_predictions(data.val_y, proba, classes, run.root, data.val_paths, meta["positive_class"],
-                            None, title="validation")
+                            meta.get("threshold"), title="validation")
     if history:
         plot_curves(history, run.curves)
     metrics = dict(ev.metrics)
     metrics["best_epoch"] = best["epoch"]
     metrics["wall_seconds"] = meta["wall_seconds"]
     run.write_json(run.metrics, metrics)
+    write_report(run.root)
     return TrainResult(run.root, metrics, history, meta, ev)

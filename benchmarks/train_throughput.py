@@ -1,0 +1,60 @@
+"""Training throughput (img/s) per registered model and input size: eager, channels_last, bf16 autocast.
+
+    python benchmarks/train_throughput.py [--models cnn,efficientnet-lite0] [--sizes 224,128] [--batch 16] [--steps 3]
+
+Prints one JSON object. Random inputs, full fine-tuning steps (forward, backward, Adam step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+from _common import emit, machine, timeit  # noqa: E402
+
+from braintumor.models import available_models, build_model  # noqa: E402
+
+
+def step_fn(model, x, y, opt, variant):
+    def step():
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else torch.autocast("cpu", enabled=False)
+        with ctx:
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default=",".join(available_models()))
+    ap.add_argument("--sizes", default="224,128")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--variants", default="eager,channels_last,bf16")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for name in args.models.split(","):
+        for size in map(int, args.sizes.split(",")):
+            for variant in args.variants.split(","):
+                model = build_model(name, 2, pretrained=False, img_size=size).train()
+                x = torch.randn(args.batch, 3, size, size)
+                if variant in ("channels_last", "bf16"):
+                    model = model.to(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = torch.randint(0, 2, (args.batch,))
+                opt = torch.optim.Adam(model.parameters(), 1e-4)
+                times = timeit(step_fn(model, x, y, opt, variant), args.steps)
+                rows.append({"model": name, "size": size, "variant": variant, "batch": args.batch,
+                             "img_per_s": round(args.batch * len(times) / sum(times), 2)})
+    emit({"benchmark": "train_throughput", "machine": machine(), "results": rows})
+
+
+if __name__ == "__main__":
+    main()

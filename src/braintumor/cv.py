@@ -1,0 +1,276 @@
+"""Group-aware (repeated) stratified k-fold cross-validation: one model per fold, honest pooled results.
+
+Each fold trains a full run (:func:`braintumor.train.train`) on the other folds; early stopping, temperature and
+threshold use an inner validation split carved out of those training folds, so the test fold is never used to
+choose anything. Duplicate groups (from :mod:`braintumor.data.audit`) keep near-copies of one scan inside one fold.
+``show_leakage=True`` repeats the whole cross-validation with a naive image-level split and reports how much that
+inflates the results.
+
+Layout of the output folder::
+
+    CV/
+      cv.json                 settings, per-fold metrics, mean and 95% CI per metric, pooled metrics (+ bootstrap
+                              CIs over groups), wall time per fold, leakage comparison
+      folds.csv               one row per fold: sizes, seconds, metrics
+      oof_predictions.csv     out-of-fold predictions: repeat, fold, path, group, label, predicted, probabilities
+      confusion_matrix.png  roc.png  calibration.png      pooled out-of-fold
+      report.html
+      folds/r0-f0/            the fold's run folder (train outputs + test/ evaluation of its test fold)
+      naive/                  the same layout for the image-level split (with show_leakage)
+
+Example:
+    >>> from braintumor.cv import cv
+    >>> res = cv("data/phantoms", folds=3, model="cnn", img_size=64, epochs=3, out="runs/cv-demo")  # doctest: +SKIP
+    >>> res.summary["accuracy"]                                                                    # doctest: +SKIP
+    {'mean': 0.95, 'std': 0.02, 'low': 0.90, 'high': 1.0, 'n': 3}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .data.discover import ImageFolder, discover
+from .data.split import assert_disjoint_groups, kfold
+from .errors import DataError, UsageError
+from .rundir import RunDir
+
+CV_METRICS = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity", "specificity",
+              "mcc")
+
+
+@dataclass
+class CVResult:
+    """What :func:`cv` returns: per-fold metrics, their mean and 95% CI, pooled out-of-fold metrics."""
+
+    out_dir: Path
+    folds: list[dict]
+    summary: dict
+    pooled: dict
+    pooled_ci: dict = field(default_factory=dict)
+    grouped: bool = True
+    n_groups: int | None = None
+    leakage: dict | None = None
+    naive: CVResult | None = None
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={self.summary[k]['mean']:.3f}" for k in ("accuracy", "roc_auc")
+                          if self.summary.get(k, {}).get("mean") is not None)
+        return f"CVResult({len(self.folds)} folds, {'group-aware' if self.grouped else 'image-level'}, {items})"
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "grouped": self.grouped, "n_groups": self.n_groups,
+                "folds": self.folds, "summary": self.summary, "pooled": self.pooled, "pooled_ci": self.pooled_ci,
+                "leakage": self.leakage}
+
+
+def _folder(data: str | Path | ImageFolder) -> ImageFolder:
+    return data if isinstance(data, ImageFolder) else discover(data)
+
+
+def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
+    """Attach duplicate groups (the audit's) unless the records carry groups already or grouping is off."""
+    if not cfg.group_duplicates:
+        return ds.with_groups([None] * len(ds))
+    from .train import group_folder
+
+    return group_folder(ds, cfg)
+
+
+def _evaluate_fold(run_dir: Path, test: ImageFolder):
+    """Predict the test fold with the fold's Predictor (its preprocessing, temperature and threshold)."""
+    from .data.cache import load_images
+    from .evaluate import report_predictions
+    from .inference import Predictor
+
+    pred = Predictor.from_run(run_dir)
+    loaded = load_images(test.paths, pred.preprocessor)
+    y = np.asarray(test.labels)[loaded.kept]
+    proba = pred.proba_prepared(loaded.images)
+    paths = [str(test.paths[i]) for i in loaded.kept]
+    groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
+    ev = report_predictions(y, proba, pred.classes, run_dir / "test", paths, pred.positive_class, pred.threshold,
+                            title="test fold")
+    return ev, groups, pred
+
+
+def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, console, label: str,
+            keep_checkpoints: bool) -> CVResult:
+    from .metrics import predict_labels
+    from .stats import bootstrap_ci, mean_ci
+    from .train import train
+
+    groups = ds.groups
+    out.mkdir(parents=True, exist_ok=True)
+    rows, oof = [], []
+    classes = ds.classes
+    positive = None
+    for r, f, tr, te in kfold(ds.labels, groups, folds, repeats, cfg.seed):
+        if groups is not None:
+            assert_disjoint_groups(groups, tr, te)
+        name = f"r{r}-f{f}"
+        run_dir = out / "folds" / name
+        if console is not None:
+            console.print(f"[bold]{label}[/bold] fold {f + 1}/{folds}" + (f" repeat {r + 1}/{repeats}" if repeats > 1
+                          else "") + f": {len(tr)} train+val / {len(te)} test images")
+        t0 = time.time()
+        fold_cfg = replace(cfg, seed=cfg.seed + 1000 * r + f)
+        res = train(fold_cfg, out=run_dir, folder=ds.subset(tr), console=None)
+        ev, test_groups, pred = _evaluate_fold(run_dir, ds.subset(te))
+        seconds = time.time() - t0
+        positive = pred.positive_class
+        row = {"repeat": r, "fold": f, "n_train": res.metadata["data"]["n_train"],
+               "n_val": res.metadata["data"]["n_val"], "n_test": int(len(ev.y_true)), "seconds": round(seconds, 1),
+               "best_epoch": res.metrics.get("best_epoch"),
+               "temperature": (res.metadata.get("calibration") or {}).get("temperature"),
+               "threshold": pred.threshold}
+        row.update({k: ev.metrics.get(k) for k in CV_METRICS})
+        rows.append(row)
+        pos_idx = classes.index(positive) if positive in classes else 1
+        y_pred = predict_labels(ev.proba, pred.threshold, pos_idx)
+        for p, g, yt, yp, pr in zip(ev.paths, test_groups, ev.y_true, y_pred, ev.proba, strict=True):
+            oof.append((r, f, p, g, int(yt), int(yp), pr))
+        if not keep_checkpoints and RunDir(run_dir).last.is_file():
+            RunDir(run_dir).last.unlink()  # optimizer state: only needed to resume, 3x the model's size
+        if console is not None:
+            console.print(f"  accuracy {row['accuracy']:.3f}  ROC-AUC {row['roc_auc'] or float('nan'):.3f}  "
+                          f"sensitivity {row.get('sensitivity') or float('nan'):.3f}  "
+                          f"specificity {row.get('specificity') or float('nan'):.3f}  ({seconds:.0f} s)")
+
+    summary = {k: mean_ci([row[k] for row in rows if row[k] is not None]) for k in CV_METRICS}
+    summary["seconds_per_fold"] = mean_ci([row["seconds"] for row in rows])
+    y = np.asarray([o[4] for o in oof])
+    proba = np.stack([o[6] for o in oof])
+    paths = [o[2] for o in oof]
+    # Pooled out-of-fold metrics: decisions are each fold's own (its threshold, if any); scores are pooled.
+    y_pred_oof = np.asarray([o[5] for o in oof])
+    pooled = pooled_metrics(y, proba, y_pred_oof, classes, positive)
+    pooled_ci = bootstrap_ci(y, proba, classes, positive, groups=[o[3] for o in oof], n_boot=1000, seed=cfg.seed,
+                             y_pred=y_pred_oof)
+    _write_outputs(out, rows, oof, classes, y, proba, pooled, positive, label)
+    n_groups = len(set(groups)) if groups is not None else None
+    result = CVResult(out, rows, summary, pooled, pooled_ci, groups is not None, n_groups)
+    RunDir(out).write_json(out / "cv.json", {
+        "kind": "cv", "split": label, "n_folds": folds, "repeats": repeats, "classes": classes,
+        "positive_class": positive, "grouped": groups is not None, "n_images": len(ds), "n_groups": n_groups,
+        "n_oof": len(paths), "config": cfg.to_dict(), **result.to_dict()})
+    return result
+
+
+def pooled_metrics(y: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, classes: list[str],
+                   positive: str | None) -> dict:
+    """:func:`classification_metrics` of pooled scores, with the label-based metrics recomputed from the folds'
+    own decisions ``y_pred`` (folds may carry different thresholds)."""
+    from sklearn.metrics import confusion_matrix
+
+    from .metrics import classification_metrics
+    from .stats import metric_vector
+
+    k = len(classes)
+    m = classification_metrics(y, proba, classes, positive)
+    pos = (classes.index(positive) if positive in classes else 1) if k == 2 else None
+    v = metric_vector(y, y_pred, proba, k, pos, with_scores=False)
+    for key in ("accuracy", "balanced_accuracy", "mcc", "macro_f1", "sensitivity", "specificity", "f1"):
+        if key in v and key in m:
+            m[key] = None if not np.isfinite(v[key]) else v[key]
+    for i, c in enumerate(classes):
+        for key in ("sensitivity", "specificity", "precision", "f1"):
+            m["per_class"][c][key] = float(np.nan_to_num(v[f"{i}:{key}"]))
+        m["per_class"][c]["recall"] = m["per_class"][c]["sensitivity"]
+    m["confusion_matrix"] = confusion_matrix(y, y_pred, labels=list(range(k))).tolist()
+    m["threshold"] = "per fold"
+    return m
+
+
+def _write_outputs(out: Path, rows, oof, classes, y, proba, pooled, positive, label) -> None:
+    from .calibration import plot_reliability
+    from .plots import plot_confusion, plot_roc
+
+    with open(out / "folds.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(out / "oof_predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["repeat", "fold", "path", "group", "label", "predicted", *[f"p_{c}" for c in classes]])
+        for r, f, p, g, yt, yp, pr in oof:
+            w.writerow([r, f, p, g, classes[yt], classes[yp], *[f"{v:.6f}" for v in pr]])
+    plot_confusion(pooled["confusion_matrix"], classes, out / "confusion_matrix.png",
+                   f"pooled out-of-fold ({label})")
+    plot_roc(y, proba, list(classes), out / "roc.png", positive)
+    plot_reliability(y, proba, out / "calibration.png", title="Calibration (pooled out-of-fold)")
+
+
+def leakage_table(grouped: CVResult, naive: CVResult) -> dict:
+    """Per metric: group-aware mean, naive mean, inflation (naive - group-aware) and both fold spreads."""
+    out = {}
+    for k in CV_METRICS:
+        a, b = grouped.summary.get(k, {}), naive.summary.get(k, {})
+        if a.get("mean") is None or b.get("mean") is None:
+            continue
+        out[k] = {"group_aware": a["mean"], "naive": b["mean"], "inflation": b["mean"] - a["mean"],
+                  "group_aware_std": a.get("std"), "naive_std": b.get("std")}
+    return out
+
+
+def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, config: TrainConfig | None = None,
+       out: str | Path | None = None, show_leakage: bool = False, console=None, keep_checkpoints: bool = False,
+       report: bool = True, **overrides) -> CVResult:
+    """Cross-validate a training recipe.
+
+    Args:
+        data: a labelled folder (``<class>/<images>``) or an :class:`ImageFolder` (records may carry groups).
+        folds, repeats: ``repeats`` x stratified group ``folds``-fold (a new shuffle per repeat).
+        config: the training recipe (default :class:`TrainConfig`); ``overrides`` replace its fields
+            (``model="cnn", img_size=64, epochs=3``...).
+        out: output folder (default ``runs/<time>-<data>-cv``).
+        show_leakage: also run the naive image-level split and report the inflation (``result.leakage``).
+        console: a ``rich`` console for progress lines.
+        keep_checkpoints: keep each fold's ``last.pt`` (optimizer state); ``best.pt`` is always kept.
+        report: write ``report.html``.
+
+    Raises:
+        DataError: too few images or groups for the folds.
+        UsageError: bad settings.
+    """
+    if folds < 2:
+        raise UsageError(f"--folds must be at least 2, got {folds}")
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    ds = _folder(data)
+    cfg = config if config is not None else TrainConfig()
+    data_dir = cfg.data_dir or str(ds.root)
+    cfg = replace(cfg, data_dir=data_dir, val_dir=None, **overrides)
+    out = Path(out) if out is not None else RunDir.default_for(ds.root, "cv")
+    if (out / "cv.json").exists():
+        raise UsageError(f"{out} already holds a cross-validation; pick another --out")
+    grouped_ds = _grouped(ds, cfg)
+    n_units = len(set(grouped_ds.groups)) if grouped_ds.groups else len(grouped_ds)
+    counts = np.bincount(grouped_ds.labels)
+    if n_units < folds or counts.min() < folds:
+        raise DataError(f"{len(ds)} images in {n_units} groups (smallest class {counts.min()}): too few for "
+                        f"{folds} folds")
+    result = _run_cv(grouped_ds, cfg, folds, repeats, out, console,
+                     "group-aware" if grouped_ds.groups is not None else "image-level", keep_checkpoints)
+    if show_leakage:
+        naive_cfg = replace(cfg, group_duplicates=False)
+        naive_ds = ds.with_groups([None] * len(ds))
+        naive = _run_cv(naive_ds, naive_cfg, folds, repeats, out / "naive", console, "naive image-level",
+                        keep_checkpoints)
+        result.naive = naive
+        result.leakage = leakage_table(result, naive)
+        doc = json.loads((out / "cv.json").read_text())
+        doc["leakage"] = result.leakage
+        doc["naive_summary"] = naive.summary
+        RunDir(out).write_json(out / "cv.json", doc)
+    if report:
+        from .report import write_cv_report
+
+        write_cv_report(out)
+    return result

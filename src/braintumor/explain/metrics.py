@@ -1,0 +1,289 @@
+"""How far to trust a heatmap: localisation against lesion masks and faithfulness to the model.
+
+* :func:`pointing_game`: is the map's peak inside the lesion mask?
+* :func:`heatmap_iou`: IoU of the thresholded map with the mask.
+* :func:`deletion_insertion`: RISE-style curves. Pixels are replaced by a blurred copy of the image in the order
+  of the map (deletion: most important first; insertion: start from the blurred image and reveal the most
+  important pixels first); the area under the target-class probability curve. A faithful map has a LOW
+  deletion AUC and a HIGH insertion AUC, compared with a random map (:func:`random_maps`).
+* :func:`randomisation_check`: Spearman correlation between the maps of the trained model and of a copy with
+  re-initialised weights (Adebayo et al. 2018). A map that survives randomisation explains the image, not the
+  model: a trustworthy method gives a LOW correlation.
+* :func:`evaluate_explanations`: all of the above over a list of files with masks (``braintumor explain --masks``).
+
+Masks go through exactly the geometry the image goes through (:func:`prepare_mask`).
+
+Example:
+    >>> import numpy as np
+    >>> from braintumor.explain.metrics import heatmap_iou, pointing_game
+    >>> m = np.zeros((8, 8), np.float32); m[2, 3] = 1.0
+    >>> mask = np.zeros((8, 8), bool); mask[1:4, 2:5] = True
+    >>> pointing_game(m, mask), round(heatmap_iou(m, mask), 3)
+    (True, 0.111)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.read import read_image
+from ..errors import DataError, UnreadableImageError
+from ..inference import Predictor
+from ..preprocess import Preprocessor, pad_to_square
+from .core import Explanation, explain_prepared, heatmaps, load_image
+from .heatmaps import blur_baseline
+
+# ------------------------------------------------------------------------------------------------ masks
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask image -> ``bool`` ``(H, W)`` (pixels brighter than half-scale are lesion)."""
+    return read_image(path).mean(axis=2) > 127
+
+
+def prepare_mask(preprocessor: Preprocessor, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Send ``mask`` through the geometry :meth:`Preprocessor.prepare` applies to ``image`` (nearest resize).
+
+    Raises:
+        DataError: the mask's size differs from the image's.
+    """
+    image = load_image(image)
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask.mean(axis=2) > 127 if mask.dtype == np.uint8 else mask.any(axis=2)
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
+    top, left, bottom, right = preprocessor.crop_box(image)
+    m = pad_to_square(mask[top:bottom, left:right].astype(np.uint8) * 255)
+    s = preprocessor.img_size
+    if m.shape[0] != s:
+        m = np.asarray(Image.fromarray(m).resize((s, s), Image.NEAREST))
+    return m > 127
+
+
+def find_mask(image_path: str | Path, masks_dir: str | Path) -> Path | None:
+    """The mask of ``image_path``: ``<masks_dir>/<class>/<name>`` (the phantom layout) or ``<masks_dir>/<name>``."""
+    p, d = Path(image_path), Path(masks_dir)
+    for cand in (d / p.parent.name / p.name, d / p.name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+# ------------------------------------------------------------------------------------------- localisation
+
+
+def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> bool:
+    """``True`` when the map's maximum lies inside ``mask`` (a constant map points nowhere: ``False``)."""
+    h = np.asarray(heatmap)
+    if not np.isfinite(h).all() or h.max() - h.min() <= 1e-12 or not np.asarray(mask).any():
+        return False
+    y, x = np.unravel_index(int(np.argmax(h)), h.shape)
+    return bool(mask[y, x])
+
+
+def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of ``heatmap >= threshold`` (the map is in ``[0, 1]``) with ``mask``."""
+    pred = np.asarray(heatmap) >= threshold
+    mask = np.asarray(mask, bool)
+    union = np.logical_or(pred, mask).sum()
+    return float(np.logical_and(pred, mask).sum() / union) if union else 0.0
+
+
+# ------------------------------------------------------------------------------------------- faithfulness
+
+
+def random_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Uniform random maps ``(n, size, size)``: the baseline a faithful map must beat."""
+    return np.random.default_rng(seed).random((n, size, size)).astype(np.float32)
+
+
+def _order(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    flat = np.asarray(heatmap, np.float64).ravel()
+    # Ties (e.g. the zero region of a ReLU'd Grad-CAM) are broken at random, never in raster order.
+    return np.lexsort((rng.random(flat.size), -flat))
+
+
+def deletion_insertion(predict_proba: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                       maps: np.ndarray, class_idx: Sequence[int], steps: int = 20, sigma: float | None = None,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """Deletion and insertion AUCs (RISE-style) of ``maps`` for prepared ``uint8`` images.
+
+    Args:
+        predict_proba: ``uint8 (M, S, S, 3) -> probabilities (M, K)`` (``Predictor.proba_prepared``).
+        images: prepared ``uint8`` ``(N, S, S, 3)``.
+        maps: ``(N, S, S)``, high = important.
+        class_idx: the class whose probability is followed, per image.
+        steps: number of equal pixel fractions between 0 and 1.
+        sigma: blur of the 'removed' image (see :func:`~braintumor.explain.heatmaps.blur_baseline`).
+
+    Returns:
+        ``deletion`` and ``insertion`` AUCs ``(N,)`` in ``[0, 1]`` and their curves ``(N, steps + 1)``.
+    """
+    images = np.asarray(images)
+    n, s = images.shape[0], images.shape[1]
+    base = blur_baseline(images, sigma)
+    rng = np.random.default_rng(seed)
+    counts = np.round(np.linspace(0, s * s, steps + 1)).astype(int)
+    curves = {"deletion": np.zeros((n, steps + 1)), "insertion": np.zeros((n, steps + 1))}
+    for i in range(n):
+        order = _order(maps[i], rng)
+        rank = np.empty(s * s, np.int64)
+        rank[order] = np.arange(s * s)
+        rank = rank.reshape(s, s)
+        sel = rank[None] < counts[:, None, None]  # (steps+1, S, S): pixels already switched
+        deleted = np.where(sel[..., None], base[i][None], images[i][None])
+        inserted = np.where(sel[..., None], images[i][None], base[i][None])
+        p = predict_proba(np.concatenate([deleted, inserted]).astype(np.uint8))[:, int(class_idx[i])]
+        curves["deletion"][i], curves["insertion"][i] = p[:steps + 1], p[steps + 1:]
+    return {"deletion": np.trapezoid(curves["deletion"], dx=1 / steps, axis=1),
+            "insertion": np.trapezoid(curves["insertion"], dx=1 / steps, axis=1),
+            "deletion_curve": curves["deletion"], "insertion_curve": curves["insertion"]}
+
+
+def randomised_predictor(predictor: Predictor, seed: int = 0) -> Predictor:
+    """A copy of ``predictor`` whose model has every layer re-initialised (weights and BatchNorm statistics)."""
+    import torch
+
+    model = copy.deepcopy(predictor.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+    rp = Predictor(model, predictor.preprocessor, predictor.classes, predictor.positive_class,
+                   predictor.temperature, predictor.threshold, predictor.metadata, device=str(predictor.device))
+    return rp
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (0 where either is constant)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def randomisation_check(predictor: Predictor, images: np.ndarray, class_idx: Sequence[int],
+                        method: str = "gradcam", maps: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Per-image Spearman correlation between the trained model's maps and a weight-randomised model's maps.
+
+    Both explain the same class per image. ``maps``: the trained model's maps if already computed.
+    """
+    if maps is None:
+        maps = heatmaps(predictor, images, class_idx, method)
+    rand = heatmaps(randomised_predictor(predictor, seed), images, class_idx, method)
+    return np.array([spearman(a, b) for a, b in zip(maps, rand, strict=True)], np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- a folder
+
+
+@dataclass
+class ExplanationReport:
+    """:func:`evaluate_explanations` output: per-image rows and the summary."""
+
+    rows: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def _mean(values) -> float | None:
+    v = [float(x) for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], masks_dir: str | Path | None,
+                          method: str = "gradcam", target: str | int | None = None, steps: int = 20,
+                          randomisation_images: int = 16, batch_size: int = 16, seed: int = 0,
+                          on_skip: Callable[[Path, str], None] | None = None,
+                          progress: Callable[[int], None] | None = None,
+                          on_explanation: Callable[[Explanation, Path], None] | None = None,
+                          ) -> ExplanationReport:
+    """Explain ``paths`` and measure localisation (against masks) and faithfulness.
+
+    Args:
+        masks_dir: where masks live (``<dir>/<class>/<name>`` or ``<dir>/<name>``); ``None``: no localisation.
+        randomisation_images: how many masked (else any) images the randomisation check uses (0: skip).
+        on_explanation: called with each :class:`Explanation` and its path (e.g. to save figures).
+
+    Summary keys: ``n``, ``n_masked``, ``pointing_game`` (masked images), ``pointing_game_correct`` (masked
+    images whose predicted class is their folder's class), ``iou``, ``deletion_auc``, ``insertion_auc``,
+    ``random_deletion_auc``, ``random_insertion_auc``, ``randomisation_spearman`` (mean of the absolute values).
+    """
+    rows: list[dict] = []
+    keep_imgs, keep_idx, keep_maps, keep_masked = [], [], [], []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i:i + batch_size]
+        raws, ok = [], []
+        for p in chunk:
+            try:
+                raws.append(read_image(p))
+                ok.append(Path(p))
+            except UnreadableImageError as exc:
+                if on_skip is not None:
+                    on_skip(Path(p), exc.reason)
+        if ok:
+            prepared = np.stack([predictor.preprocessor.prepare(r) for r in raws])
+            exs = explain_prepared(predictor, prepared, method, target, [str(p) for p in ok], batch_size)
+            idx = [predictor.classes.index(e.target) for e in exs]
+            maps = np.stack([e.heatmap for e in exs])
+            di = deletion_insertion(predictor.proba_prepared, prepared, maps, idx, steps, seed=seed + i)
+            ri = deletion_insertion(predictor.proba_prepared, prepared,
+                                    random_maps(len(ok), prepared.shape[1], seed + i), idx, steps, seed=seed + i)
+            for j, (p, raw, ex) in enumerate(zip(ok, raws, exs, strict=True)):
+                row = {"path": str(p), "class": p.parent.name, "predicted": ex.label,
+                       "probability": ex.probability, "target": ex.target, "has_mask": False,
+                       "pointing": None, "iou": None, "deletion_auc": float(di["deletion"][j]),
+                       "insertion_auc": float(di["insertion"][j]),
+                       "random_deletion_auc": float(ri["deletion"][j]),
+                       "random_insertion_auc": float(ri["insertion"][j])}
+                mpath = find_mask(p, masks_dir) if masks_dir is not None else None
+                mask = None
+                if mpath is not None:
+                    mask = prepare_mask(predictor.preprocessor, raw, load_mask(mpath))
+                    if mask.any():
+                        row.update(has_mask=True, pointing=pointing_game(ex.heatmap, mask),
+                                   iou=heatmap_iou(ex.heatmap, mask))
+                rows.append(row)
+                keep_imgs.append(prepared[j])
+                keep_idx.append(idx[j])
+                keep_maps.append(ex.heatmap)
+                keep_masked.append(row["has_mask"])
+                if on_explanation is not None:
+                    on_explanation(ex, p)
+        if progress is not None:
+            progress(len(chunk))
+    if not rows:
+        raise DataError("no readable images to explain")
+
+    masked = [r for r in rows if r["has_mask"]]
+    correct = [r for r in masked if r["predicted"] == r["class"]]
+    summary = {
+        "method": method, "n": len(rows), "n_masked": len(masked), "n_masked_correct": len(correct),
+        "pointing_game": _mean(r["pointing"] for r in masked),
+        "pointing_game_correct": _mean(r["pointing"] for r in correct),
+        "iou": _mean(r["iou"] for r in masked),
+        "deletion_auc": _mean(r["deletion_auc"] for r in rows),
+        "insertion_auc": _mean(r["insertion_auc"] for r in rows),
+        "random_deletion_auc": _mean(r["random_deletion_auc"] for r in rows),
+        "random_insertion_auc": _mean(r["random_insertion_auc"] for r in rows),
+        "randomisation_spearman": None, "steps": steps,
+    }
+    if randomisation_images > 0:
+        order = [k for k, m in enumerate(keep_masked) if m] + [k for k, m in enumerate(keep_masked) if not m]
+        sel = order[:randomisation_images]
+        rho = randomisation_check(predictor, np.stack([keep_imgs[k] for k in sel]), [keep_idx[k] for k in sel],
+                                  method, maps=np.stack([keep_maps[k] for k in sel]), seed=seed)
+        summary["randomisation_spearman"] = float(np.mean(np.abs(rho)))
+        summary["randomisation_n"] = len(sel)
+    return ExplanationReport(rows, summary)

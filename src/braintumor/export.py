@@ -1,0 +1,305 @@
+"""ONNX export of a run, and :class:`OnnxPredictor`: the exported file alone is enough to predict.
+
+The exported graph takes a normalised ``float32`` batch ``input`` of shape ``(batch, 3, S, S)`` (dynamic batch) and
+returns ``logits`` and ``probabilities`` (softmax of ``logits / temperature``). Everything else a prediction needs
+(classes, the preprocessing, input size, normalisation, temperature, threshold, positive class, model name, data
+and weights fingerprints) is embedded in the file's ``metadata_props``: ``braintumor.metadata`` holds the run's
+metadata as JSON, and a few flat keys (``classes``, ``img_size``...) make it readable in tools such as Netron.
+
+At export the ONNX model is run next to the torch model on real images (the run's validation images from
+``split.csv``, or images you give); the export FAILS (:class:`ParityError`, no file written) when the largest
+absolute difference of the probabilities exceeds ``atol`` (default ``1e-4``).
+
+Example:
+    >>> from braintumor.export import export_onnx, OnnxPredictor
+    >>> res = export_onnx("runs/navoneel", "model.onnx")              # doctest: +SKIP
+    >>> res.max_abs_diff < 1e-4                                         # doctest: +SKIP
+    True
+    >>> pred = OnnxPredictor("model.onnx")                              # doctest: +SKIP
+    >>> [p.label for p in pred.predict_paths(["scan.jpg"])]             # doctest: +SKIP
+    ['yes']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import BrainTumorError, RunError, UnreadableImageError, UsageError
+from .inference import Predictor
+from .preprocess import Preprocessor
+from .rundir import RunDir, atomic_write_bytes
+
+#: ``metadata_props`` key holding the run's full metadata as JSON.
+METADATA_KEY = "braintumor.metadata"
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "probabilities")
+OPSET = 17
+
+
+class ParityError(BrainTumorError):
+    """The exported ONNX model does not reproduce the torch model's probabilities: the export is refused."""
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise UsageError(f"ONNX needs the 'onnx' extra ({exc.name} is missing): pip install 'braintumor[onnx]'"
+                         ) from None
+    return onnx, onnxruntime
+
+
+class _Exportable(torch.nn.Module):
+    """The classifier plus the calibrated softmax, so non-Python consumers get probabilities directly."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature), dtype=torch.float32))
+
+    def forward(self, input: torch.Tensor):  # noqa: A002 - the ONNX input name
+        logits = self.model(input)
+        return logits, torch.softmax(logits * self.inv_temperature, dim=1)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and how closely it matches torch."""
+
+    path: Path
+    max_abs_diff: float
+    n_checked: int
+    check_source: str
+    labels_agree: bool
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "max_abs_diff": self.max_abs_diff, "n_checked": self.n_checked,
+                "check_source": self.check_source, "labels_agree": self.labels_agree, "size_bytes": self.size_bytes}
+
+
+def onnx_metadata(predictor: Predictor) -> dict[str, str]:
+    """The ``metadata_props`` written into the file (all values are strings)."""
+    meta = dict(predictor.metadata)
+    meta.setdefault("calibration", {})
+    meta["calibration"] = dict(meta["calibration"] or {}, temperature=predictor.temperature)
+    meta["threshold"] = predictor.threshold
+    meta["weights_fingerprint"] = predictor.fingerprint
+    if predictor.run_dir is not None:
+        meta.setdefault("run_name", Path(predictor.run_dir).resolve().name)
+    pre = predictor.preprocessor
+    return {
+        METADATA_KEY: json.dumps(meta, default=str),
+        "model": str(meta.get("model", "")),
+        "classes": json.dumps(predictor.classes),
+        "positive_class": json.dumps(predictor.positive_class),
+        "img_size": str(pre.img_size),
+        "preprocessing": json.dumps(pre.to_dict()),
+        "normalisation": json.dumps({"mean": list(pre.mean), "std": list(pre.std)}),
+        "temperature": repr(float(predictor.temperature)),
+        "threshold": json.dumps(predictor.threshold),
+        "data_fingerprint": str((meta.get("data") or {}).get("fingerprint", "")),
+        "weights_fingerprint": predictor.fingerprint,
+        "input": f"{INPUT_NAME}: float32 (batch, 3, {pre.img_size}, {pre.img_size}), normalised by the Preprocessor",
+        "outputs": "logits (batch, n_classes); probabilities = softmax(logits / temperature)",
+    }
+
+
+def _export_bytes(predictor: Predictor) -> bytes:
+    """The legacy TorchScript-based exporter (opset 17, dynamic batch): robust for every registered model."""
+    model = predictor.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    wrapper = _Exportable(model, predictor.temperature).eval()
+    s = predictor.preprocessor.img_size
+    dummy = torch.zeros(2, 3, s, s)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (dummy,), buf, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES), do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+        )
+    # Put the model back the way the Predictor uses it.
+    predictor.model = model.to(predictor.device)
+    if predictor.device.type == "cpu":
+        predictor.model = predictor.model.to(memory_format=torch.channels_last)
+    return buf.getvalue()
+
+
+def _with_metadata(onnx_bytes: bytes, props: dict[str, str]) -> bytes:
+    onnx, _ = _require_onnx()
+    from . import __version__
+
+    proto = onnx.load_from_string(onnx_bytes)
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = "braintumor"
+    proto.producer_version = __version__
+    proto.doc_string = "braintumor classifier; see metadata_props['braintumor.metadata']"
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def _validation_images(run_dir: Path, pre: Preprocessor, limit: int) -> list[np.ndarray]:
+    """Prepared images of the run's validation split (``split.csv``), unreadable ones skipped."""
+    from .data.read import read_image
+
+    split = run_dir / "split.csv"
+    if not split.is_file():
+        return []
+    with open(split, newline="") as fh:
+        paths = [r["path"] for r in csv.DictReader(fh) if r.get("subset") == "val"]
+    out = []
+    for p in paths:
+        if len(out) >= limit:
+            break
+        try:
+            out.append(pre.prepare(read_image(p)))
+        except UnreadableImageError:
+            continue
+    return out
+
+
+def _check_images(predictor: Predictor, images: Sequence[str | Path] | None, limit: int
+                  ) -> tuple[np.ndarray, str]:
+    from .data.discover import list_images
+    from .data.read import read_image
+
+    pre = predictor.preprocessor
+    if images:
+        files = [f for p in images for f in list_images(p)]
+        prepared = []
+        for f in files[:limit]:
+            try:
+                prepared.append(pre.prepare(read_image(f)))
+            except UnreadableImageError:
+                continue
+        if not prepared:
+            raise UsageError(f"no readable image among the parity-check images {list(map(str, images))}")
+        return np.stack(prepared), f"{len(prepared)} given image(s)"
+    if predictor.run_dir is not None:
+        val = _validation_images(Path(predictor.run_dir), pre, limit)
+        if val:
+            return np.stack(val), f"{len(val)} validation image(s) from split.csv"
+    # No real image reachable (the training data moved): synthetic phantoms keep the check meaningful.
+    from .data.synthetic import make_phantom
+
+    rng = np.random.default_rng(0)
+    ph = [make_phantom(rng, size=max(64, pre.img_size), tumour=bool(i % 2))[0] for i in range(min(limit, 16))]
+    return np.stack([pre.prepare(np.repeat(g[..., None], 3, axis=2)) for g in ph]), \
+        f"{len(ph)} synthetic phantom(s) (validation images not found)"
+
+
+def _reference_proba(predictor: Predictor, prepared: np.ndarray) -> np.ndarray:
+    return predictor.proba_prepared(prepared)
+
+
+def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
+                check_images: Sequence[str | Path] | None = None, n_check: int = 64, atol: float = 1e-4
+                ) -> ExportResult:
+    """Export a run (folder or loaded :class:`Predictor`) to one self-describing ONNX file.
+
+    Args:
+        run: a run folder, or a torch :class:`Predictor`.
+        out: the ``.onnx`` file (default ``RUN/model.onnx``).
+        check_images: files/folders/globs for the parity check (default: the run's validation images).
+        n_check: at most this many images are compared.
+        atol: largest accepted absolute difference of any probability.
+
+    Raises:
+        ParityError: onnxruntime's probabilities differ from torch's by more than ``atol`` (nothing written).
+        RunError: not a run folder.
+    """
+    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device="cpu")
+    if predictor.model is None:
+        raise UsageError("export needs a torch model (a run folder), not an ONNX predictor")
+    if out is None:
+        if predictor.run_dir is None:
+            raise UsageError("give the output .onnx path")
+        out = RunDir(predictor.run_dir).onnx
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"{out}: the output file must end in .onnx")
+    _require_onnx()
+    data = _with_metadata(_export_bytes(predictor), onnx_metadata(predictor))
+
+    prepared, source = _check_images(predictor, check_images, n_check)
+    ref = _reference_proba(predictor, prepared)
+    onnx_pred = OnnxPredictor(data)
+    got = onnx_pred.proba_prepared(prepared, batch_size=16)
+    diff = float(np.abs(ref - got).max()) if len(ref) else 0.0
+    agree = predictor.labels_from_proba(ref) == onnx_pred.labels_from_proba(got)
+    if not np.isfinite(diff) or diff > atol:
+        raise ParityError(f"ONNX export refused: probabilities differ from torch by {diff:.3g} (> {atol:g}) "
+                          f"on {source}")
+    atomic_write_bytes(out, lambda fh: fh.write(data))
+    return ExportResult(out, diff, len(prepared), source, agree, len(data))
+
+
+class OnnxPredictor(Predictor):
+    """A :class:`Predictor` backed by onnxruntime and a file written by :func:`export_onnx`.
+
+    Same interface (``predict_paths``, ``proba_prepared``, ``predict_proba``, ``labels_from_proba``,
+    ``classes``, ``threshold``...). The preprocessing is the run's :class:`Preprocessor`, rebuilt from the file's
+    metadata. ``model`` is ``None``: Grad-CAM needs the torch model of a run folder.
+
+    Args:
+        path: the ``.onnx`` file (or its bytes).
+        threads: onnxruntime intra-op threads (``None``: its default).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path | bytes, threads: int | None = None):
+        _, ort = _require_onnx()
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        source = path if isinstance(path, bytes) else str(path)
+        if not isinstance(path, bytes) and not Path(path).is_file():
+            raise RunError(f"{path}: no such ONNX file")
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise RunError(f"{'ONNX bytes' if isinstance(path, bytes) else path}: not a loadable ONNX model "
+                           f"({str(exc).splitlines()[0][:200]})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise RunError(f"{'ONNX bytes' if isinstance(path, bytes) else path}: not exported by braintumor "
+                           f"(no '{METADATA_KEY}' metadata)")
+        meta = json.loads(props[METADATA_KEY])
+        self.path = None if isinstance(path, bytes) else Path(path)
+        self.device = torch.device("cpu")
+        self.model = None
+        self.preprocessor = Preprocessor.from_dict(meta["preprocessing"])
+        self.classes = list(meta["classes"])
+        self.positive_class = meta.get("positive_class")
+        self.temperature = float((meta.get("calibration") or {}).get("temperature") or 1.0)
+        self.threshold = meta.get("threshold")
+        self.metadata = meta
+        self.run_dir = None
+        self._fingerprint = meta.get("weights_fingerprint")
+
+    def __repr__(self) -> str:
+        return (f"OnnxPredictor({str(self.path) if self.path else '<bytes>'!r}, model={self.metadata.get('model')!r}, "
+                f"classes={self.classes}, img_size={self.preprocessor.img_size})")
+
+    def logits(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Logits for a normalised ``(N, 3, S, S)`` tensor, through onnxruntime (thread-safe)."""
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        outs = [self.session.run(["logits"], {INPUT_NAME: arr[i:i + batch_size]})[0]
+                for i in range(0, len(arr), batch_size)]
+        return torch.from_numpy(np.concatenate(outs)) if outs else torch.empty(0, len(self.classes))

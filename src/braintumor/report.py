@@ -1,0 +1,470 @@
+"""One self-contained HTML page per run (``report.html``): every figure embedded, no network, no CDN.
+
+:func:`write_report` documents a training run (data and audit, curves, metrics with bootstrap CIs, confusion
+matrix, ROC, calibration, per-class metrics, sample predictions, Grad-CAM, caveats); :func:`write_cv_report`
+documents a cross-validation folder written by :func:`braintumor.cv.cv`. Each section is built on its own: a
+section that fails says so in the page instead of losing the report (or the training run that called it).
+
+Example:
+    >>> from braintumor.report import write_report
+    >>> write_report("runs/demo")                # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .rundir import RunDir, atomic_write_text
+from .stats import bootstrap_ci, format_ci
+
+RUN_SECTIONS = ("summary", "data", "audit", "metrics", "curves", "confusion", "roc", "calibration", "per-class",
+                "samples", "gradcam", "caveats")
+CV_SECTIONS = ("summary", "data", "audit", "metrics", "folds", "pooled", "confusion", "roc", "calibration", "leakage",
+               "caveats")
+AUDIT_MAX_IMAGES = 3000  # run the duplicate audit from the report only when the data set is this small
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.muted{color:#777}.warn{background:#fff4e5;border-left:4px solid #f0a030;padding:.5em 1em}
+.grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{margin:0;width:140px;font-size:12px}
+.grid img{width:140px;height:140px;object-fit:contain;background:#000}
+.ok{color:#1a7f37}.bad{color:#c62828}img.fig{max-width:100%}nav a{margin-right:.8em}
+"""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _img_file(path: Path, alt: str) -> str:
+    if not Path(path).is_file():
+        return f'<p class="muted">{_esc(Path(path).name)} not available.</p>'
+    return f'<img class="fig" alt="{_esc(alt)}" src="{_png_uri(Path(path).read_bytes())}">'
+
+
+def _array_uri(img: np.ndarray, size: int = 140) -> str:
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(img, dtype=np.uint8))
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return _png_uri(buf.getvalue())
+
+
+def _section(sid: str, title: str, build: Callable[[], str]) -> str:
+    try:
+        body = build()
+    except Exception as exc:  # noqa: BLE001 - one broken section must not lose the page
+        body = f'<p class="warn">This section could not be built: {_esc(type(exc).__name__)}: {_esc(exc)}</p>'
+    return f'<section id="{sid}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>\n'
+
+
+def _page(title: str, subtitle: str, sections: list[tuple[str, str, Callable[[], str]]]) -> str:
+    nav = " ".join(f'<a href="#{sid}">{_esc(t)}</a>' for sid, t, _ in sections)
+    body = "".join(_section(sid, t, b) for sid, t, b in sections)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{_esc(title)}</h1>\n<p class=\"muted\">{_esc(subtitle)}</p>\n"
+            f"<nav>{nav}</nav>\n{body}<p class=\"muted\">braintumor {__version__}, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Research use only.</p>\n</body></html>\n")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ci_text(ci: dict, key: str, point=None) -> str:
+    c = ci.get(key)
+    if c:
+        return format_ci(c["estimate"], c["low"], c["high"])
+    return _fmt(point)
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
+    """``predictions.csv`` -> paths, true labels, predicted labels, probabilities, class names."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = [k[2:] for k in (rows[0].keys() if rows else []) if k.startswith("p_")]
+    proba = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
+    return ([r["path"] for r in rows], [r["label"] for r in rows], [r["predicted"] for r in rows],
+            proba.reshape(len(rows), len(classes)), classes)
+
+
+# -------------------------------------------------------------------------------------------- audit section
+
+
+def load_or_run_audit(root: Path, data_dir: str | None, n_images: int | None) -> dict | None:
+    """The audit of the run's data: ``root/audit.json`` if present, else run it (small data sets only) and save."""
+    path = root / "audit.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not data_dir or not Path(data_dir).is_dir() or (n_images or 0) > AUDIT_MAX_IMAGES:
+        return None
+    try:
+        from .data.audit import audit
+    except ImportError:
+        return None
+    doc = audit(data_dir).to_dict()
+    RunDir(root).write_json(path, doc)
+    return doc
+
+
+def _render_value(v, depth: int = 0) -> str:
+    if isinstance(v, dict):
+        if depth >= 2:
+            return _esc(json.dumps(v, default=str)[:300])
+        rows = "".join(f"<tr><td>{_esc(k)}</td><td style='text-align:left'>{_render_value(x, depth + 1)}</td></tr>"
+                       for k, x in v.items())
+        return f"<table>{rows}</table>"
+    if isinstance(v, list):
+        if not v:
+            return "none"
+        shown = ", ".join(_esc(json.dumps(x, default=str)[:160]) for x in v[:5])
+        more = f" ... ({len(v)} in all)" if len(v) > 5 else ""
+        return f"{len(v)}: {shown}{more}"
+    if isinstance(v, float):
+        return _fmt(v)
+    return _esc(v)
+
+
+def _audit_html(doc: dict | None) -> str:
+    if doc is None:
+        return ('<p class="muted">No audit available (run <code>braintumor audit DATA_DIR</code>; the duplicate audit '
+                "needs the <code>audit</code> extra).</p>")
+    return _render_value(doc)
+
+
+# ------------------------------------------------------------------------------------------------ run report
+
+
+def _metrics_rows(metrics: dict, ci: dict) -> list[list]:
+    from .evaluate import HEADLINE
+
+    rows = []
+    for k in HEADLINE:
+        if metrics.get(k) is not None:
+            rows.append([k, _ci_text(ci, k, metrics[k])])
+    for k in ("log_loss", "n"):
+        if metrics.get(k) is not None:
+            rows.append([k, _fmt(metrics[k])])
+    return rows
+
+
+def _val_groups(paths: list[str]) -> list[str] | None:
+    try:
+        from .data.audit import duplicate_groups
+    except ImportError:
+        return None
+    try:
+        return list(duplicate_groups(paths))
+    except Exception:  # noqa: BLE001 - CIs fall back to image-level resampling
+        return None
+
+
+def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_boot: int = 1000) -> Path:
+    """Write ``RUN/report.html`` for a training run folder and return its path.
+
+    Bootstrap CIs of the validation metrics are computed from ``predictions.csv`` (over duplicate groups when the
+    audit is available). The audit is read from ``RUN/audit.json`` or run on small data sets and saved there.
+    """
+    run = RunDir(run_dir)
+    meta = run.read_metadata()
+    metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
+    classes = meta["classes"]
+    state: dict = {}
+
+    def ci() -> dict:
+        if "ci" not in state:
+            state["ci"] = {}
+            if metrics.get("ci"):
+                state["ci"] = metrics["ci"]
+            elif run.predictions.is_file():
+                paths, labels, _, proba, _ = read_predictions(run.predictions)
+                y = [classes.index(lab) for lab in labels]
+                groups = _val_groups(paths)
+                state["ci"] = bootstrap_ci(y, proba, classes, meta.get("positive_class"), meta.get("threshold"),
+                                           groups=groups, n_boot=n_boot, seed=int(meta.get("seed", 0)))
+        return state["ci"]
+
+    def summary() -> str:
+        d = meta.get("data", {})
+        c = ci()
+        unit = f"over {c.get('n_units')} {c.get('unit')}s" if c else ""
+        rows = [["model", f"{meta['model']} ({'ImageNet-pretrained' if meta.get('pretrained') else 'random init'})"],
+                ["classes", ", ".join(classes) + (f" (positive: {meta['positive_class']})"
+                                                  if meta.get("positive_class") else "")],
+                ["input", f"{meta['img_size']} px, brain crop " + ("on" if meta["preprocessing"].get("crop_brain")
+                                                                     else "off")],
+                ["validation accuracy", _ci_text(c, "accuracy", metrics.get("accuracy"))],
+                ["validation ROC-AUC", _ci_text(c, "roc_auc", metrics.get("roc_auc"))],
+                ["validation images", d.get("n_val")], ["best epoch", meta.get("best_epoch")],
+                ["wall time", f"{meta.get('wall_seconds', 0):.0f} s on {meta.get('device')}/{meta.get('precision')}"]]
+        return (_table(["", ""], rows) + f'<p class="muted">Intervals: 95% percentile bootstrap {unit} of the '
+                "validation split. The validation split also chose the best epoch and the calibration, so these "
+                "numbers are optimistic; use <code>braintumor cv</code> or a separate test folder for an estimate "
+                "you can quote.</p>")
+
+    def data() -> str:
+        d = meta.get("data", {})
+        rows = [["data folder", d.get("data_dir")], ["training images", d.get("n_train")],
+                ["validation images", d.get("n_val")],
+                ["training per class", ", ".join(f"{k}: {v}" for k, v in d.get("train_counts", {}).items())],
+                ["validation per class", ", ".join(f"{k}: {v}" for k, v in d.get("val_counts", {}).items())],
+                ["duplicate groups", d.get("groups") if d.get("groups") else "not used (image-level split)"],
+                ["unreadable files skipped", len(d.get("skipped", []))],
+                ["fingerprint", (d.get("fingerprint") or "")[:16]]]
+        out = _table(["", ""], rows)
+        if d.get("skipped"):
+            out += _table(["skipped file", "reason"], [[s["path"], s["reason"]] for s in d["skipped"][:20]])
+        return out
+
+    def audit_section() -> str:
+        d = meta.get("data", {})
+        n = (d.get("n_train") or 0) + (d.get("n_val") or 0)
+        return _audit_html(meta.get("audit") or load_or_run_audit(run.root, d.get("data_dir"), n))
+
+    def metrics_section() -> str:
+        return _table(["metric (validation)", "estimate [95% CI]"], _metrics_rows(metrics, ci()))
+
+    def calibration() -> str:
+        cal = meta.get("calibration") or {}
+        rows = [["temperature", _fmt(cal.get("temperature"))]]
+        for k in ("ece_before", "ece_after", "nll_before", "nll_after"):
+            if cal.get(k) is not None:
+                rows.append([k.replace("_", " "), _fmt(cal[k])])
+        th = meta.get("threshold_info")
+        if th:
+            rows += [["decision threshold", f"{th['threshold']:.4f} on p({meta.get('positive_class')})"],
+                     ["target sensitivity", _fmt(th["target_sensitivity"])],
+                     ["sensitivity / specificity at threshold (validation)",
+                      f"{_fmt(th['sensitivity'])} / {_fmt(th.get('specificity'))}"],
+                     ["sensitivity / specificity at argmax (validation)",
+                      f"{_fmt(th.get('argmax_sensitivity'))} / {_fmt(th.get('argmax_specificity'))}"]]
+        else:
+            rows.append(["decision rule", "argmax" if meta.get("threshold") is None
+                         else f"p({meta.get('positive_class')}) >= {meta['threshold']}"])
+        return _table(["", ""], rows) + _img_file(run.root / "calibration.png", "reliability diagram")
+
+    def per_class() -> str:
+        c = ci().get("per_class", {})
+        rows = []
+        for cls in classes:
+            pc = metrics.get("per_class", {}).get(cls, {})
+            cc = c.get(cls, {})
+            rows.append([cls, pc.get("support", "-")] + [_ci_text(cc, k, pc.get(k)) for k in
+                                                         ("sensitivity", "specificity", "precision", "f1")])
+        return _table(["class", "support", "sensitivity (recall)", "specificity", "precision", "F1"], rows)
+
+    def samples() -> str:
+        from .data.read import read_image
+        from .preprocess import Preprocessor
+
+        if not run.predictions.is_file():
+            return '<p class="muted">No predictions.csv.</p>'
+        paths, labels, preds, proba, pcls = read_predictions(run.predictions)
+        pre = Preprocessor.from_dict(meta["preprocessing"])
+        conf = proba.max(axis=1) if len(proba) else np.zeros(0)
+        wrong = [i for i in np.argsort(-conf) if labels[i] != preds[i]][:n_samples]
+        right = [i for i in np.argsort(-conf) if labels[i] == preds[i]]
+        right = [right[j] for j in np.linspace(0, len(right) - 1, min(n_samples, len(right))).astype(int)] \
+            if right else []
+        out = []
+        for title, idx in (("Correct (spread over confidence)", right), ("Wrong (most confident first)", wrong)):
+            figs = []
+            for i in idx:
+                try:
+                    uri = _array_uri(pre.prepare(read_image(paths[i])))
+                except Exception:  # noqa: BLE001 - a moved file just loses its thumbnail
+                    continue
+                cls_ok = "ok" if labels[i] == preds[i] else "bad"
+                figs.append(f'<figure><img alt="{_esc(Path(paths[i]).name)}" src="{uri}"><figcaption>'
+                            f'{_esc(Path(paths[i]).name)}<br>true {_esc(labels[i])}, <span class="{cls_ok}">'
+                            f"predicted {_esc(preds[i])}</span> ({conf[i]:.2f})</figcaption></figure>")
+            out.append(f"<h3>{_esc(title)}: {len(idx)}</h3>" + (f'<div class="grid">{"".join(figs)}</div>'
+                                                                   if figs else '<p class="muted">none</p>'))
+        return "".join(out) + '<p class="muted">Thumbnails show the prepared model input (crop, greyscale, resize).</p>'
+
+    def gradcam() -> str:
+        try:
+            from .explain import explain_batch
+        except ImportError:
+            return '<p class="muted">Grad-CAM is not available in this installation (braintumor.explain).</p>'
+        from .inference import Predictor
+
+        if not run.predictions.is_file():
+            return '<p class="muted">No predictions.csv.</p>'
+        paths, labels, preds, _, _ = read_predictions(run.predictions)
+        wrong = [i for i in range(len(paths)) if labels[i] != preds[i]][: n_gradcam // 2]
+        right = [i for i in range(len(paths)) if labels[i] == preds[i]][: n_gradcam - len(wrong)]
+        idx = right + wrong
+        if not idx:
+            return '<p class="muted">No validation images.</p>'
+        pred = Predictor.from_run(run.root, device="cpu")
+        exs = explain_batch(pred, [paths[i] for i in idx])
+        figs = []
+        for i, ex in zip(idx, exs, strict=True):
+            cls_ok = "ok" if labels[i] == preds[i] else "bad"
+            figs.append(f'<figure><img alt="Grad-CAM {_esc(Path(paths[i]).name)}" src="{_array_uri(ex.overlay())}">'
+                        f"<figcaption>{_esc(Path(paths[i]).name)}<br>true {_esc(labels[i])}, "
+                        f'<span class="{cls_ok}">predicted {_esc(ex.label)}</span> ({ex.probability:.2f})'
+                        "</figcaption></figure>")
+        return (f'<div class="grid">{"".join(figs)}</div><p class="muted">Grad-CAM at layer '
+                f"{_esc(meta.get('gradcam_target_layer'))}: where the predicted class's evidence lies. A map on the "
+                "skull, the background or text marks is a warning sign (shortcut learning), not an explanation of "
+                "the tumour.</p>")
+
+    def curves() -> str:
+        return _img_file(run.curves, "training curves")
+
+    def caveats() -> str:
+        d = meta.get("data", {})
+        items = [f"The validation split is small ({d.get('n_val')} images): see the width of the intervals above. "
+                 "It also chose the best epoch, the temperature and any threshold, which makes it optimistic.",
+                 "Public brain-MRI sets contain exact and near duplicates (the same scan resized, re-encoded or "
+                 "flipped). " + ("This run kept duplicate groups on one side of the split."
+                                 if d.get("groups") else "This run did NOT group duplicates: copies of one scan may "
+                                 "sit on both sides of the split and inflate the numbers."),
+                 "Source confounding: tumour and non-tumour images often come from different scanners, hospitals or "
+                 "web sources (different sizes, borders, text marks, colour). A model can separate sources instead "
+                 "of pathology; check Grad-CAM maps and test on data from another source.",
+                 "Images are single 2-D slices of unknown plane and sequence, without patient identifiers: "
+                 "patient-level leakage cannot be ruled out.",
+                 "Research and education use only. Not a medical device; not for diagnosis or treatment decisions."]
+        return "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in items) + "</ul>"
+
+    sections = [("summary", "Summary", summary), ("data", "Data", data), ("audit", "Data audit", audit_section),
+                ("metrics", "Metrics with 95% CIs", metrics_section), ("curves", "Training curves", curves),
+                ("confusion", "Confusion matrix", lambda: _img_file(run.confusion, "confusion matrix")),
+                ("roc", "ROC curve", lambda: _img_file(run.roc, "ROC")),
+                ("calibration", "Calibration", calibration), ("per-class", "Per-class metrics", per_class),
+                ("samples", "Sample predictions", samples), ("gradcam", "Grad-CAM", gradcam),
+                ("caveats", "Caveats", caveats)]
+    page = _page(f"braintumor run report: {run.root.name}",
+                 f"{meta['model']} on {meta.get('data', {}).get('data_dir')}", sections)
+    atomic_write_text(run.report, page)
+    return run.report
+
+
+# ------------------------------------------------------------------------------------------------- cv report
+
+
+def write_cv_report(cv_dir: str | Path) -> Path:
+    """Write ``CV/report.html`` for a cross-validation folder (``cv.json`` and its figures) and return its path."""
+    root = Path(cv_dir)
+    doc = json.loads((root / "cv.json").read_text())
+    summary, folds, pooled, pci = doc["summary"], doc["folds"], doc["pooled"], doc.get("pooled_ci", {})
+    metrics = [k for k in ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity",
+                           "specificity", "mcc") if summary.get(k, {}).get("mean") is not None]
+
+    def s(k: str) -> str:
+        v = summary[k]
+        return format_ci(v["mean"], v.get("low"), v.get("high"))
+
+    def summary_section() -> str:
+        cfg = doc.get("config", {})
+        sec = summary.get("seconds_per_fold", {})
+        rows = [["split", f"{doc['repeats']} x {doc['n_folds']}-fold, "
+                 + ("group-aware (duplicate groups kept within one fold)" if doc["grouped"]
+                    else "image-level (no duplicate groups)")],
+                ["model", f"{cfg.get('model')} at {cfg.get('img_size')} px, {cfg.get('epochs_frozen')} frozen + "
+                 f"{cfg.get('epochs')} epochs"],
+                ["mean accuracy [95% CI]", s("accuracy") if "accuracy" in summary else "-"],
+                ["mean ROC-AUC [95% CI]", s("roc_auc") if "roc_auc" in metrics else "-"],
+                ["wall time per fold", f"{sec.get('mean') or 0:.0f} s (mean)"]]
+        return _table(["", ""], rows) + ('<p class="muted">Means over folds with t-based 95% intervals; each fold\'s '
+                                         "model never saw its test fold, and the test fold chose nothing (epoch, "
+                                         "temperature and threshold came from an inner validation split).</p>")
+
+    def data_section() -> str:
+        rows = [["data folder", doc["config"].get("data_dir")], ["images", doc["n_images"]],
+                ["duplicate groups", doc.get("n_groups") or "-"], ["classes", ", ".join(doc["classes"])],
+                ["out-of-fold predictions", doc["n_oof"]]]
+        return _table(["", ""], rows)
+
+    def audit_section() -> str:
+        return _audit_html(load_or_run_audit(root, doc["config"].get("data_dir"), doc["n_images"]))
+
+    def metrics_section() -> str:
+        rows = [[k, s(k), _fmt(summary[k].get("std"))] for k in metrics]
+        return _table(["metric", "mean over folds [95% CI]", "fold std"], rows)
+
+    def folds_section() -> str:
+        keys = [k for k in ("accuracy", "roc_auc", "sensitivity", "specificity", "mcc") if k in metrics]
+        rows = [[f"{f['repeat']}/{f['fold']}", f["n_train"], f["n_val"], f["n_test"], f"{f['seconds']:.0f}",
+                 _fmt(f.get("temperature"), 2)] + [_fmt(f.get(k)) for k in keys] for f in folds]
+        return _table(["repeat/fold", "train", "inner val", "test", "seconds", "T", *keys], rows)
+
+    def pooled_section() -> str:
+        rows = [[k, _ci_text(pci, k, pooled.get(k))] for k in metrics if pooled.get(k) is not None]
+        unit = f"{pci.get('unit', 'image')}s" if pci else ""
+        return (_table(["metric (pooled out-of-fold)", "estimate [95% bootstrap CI]"], rows)
+                + f'<p class="muted">Pooled over every out-of-fold prediction; bootstrap resamples {unit}. '
+                  "Predictions: <code>oof_predictions.csv</code>.</p>")
+
+    def leakage_section() -> str:
+        leak = doc.get("leakage")
+        if not leak:
+            return ('<p class="muted">Not measured: run with <code>--show-leakage</code> to repeat the '
+                    "cross-validation with a naive image-level split and see how much duplicates inflate it.</p>")
+        rows = [[k, _fmt(v["group_aware"]), _fmt(v["naive"]), f"{v['inflation']:+.3f}", _fmt(v.get("group_aware_std")),
+                 _fmt(v.get("naive_std"))] for k, v in leak.items()]
+        return (_table(["metric", "group-aware mean", "naive mean", "inflation", "group-aware std", "naive std"], rows)
+                + '<p class="muted">Inflation = naive - group-aware. Fold noise is several points: small differences '
+                  "mean little, but a naive split also understates the spread.</p>")
+
+    def caveats() -> str:
+        items = ["About " + str(int(np.mean([f["n_test"] for f in folds]))) + " test images per fold: fold-to-fold "
+                 "noise is large, and folds share training data, so the t-interval is somewhat optimistic.",
+                 "Duplicate groups come from the image audit (exact and near copies); patient identity is unknown, "
+                 "so leakage between slices of one patient cannot be ruled out.",
+                 "Source confounding (different scanners / web sources per class) can inflate every number here; "
+                 "only an external test set shows transfer.",
+                 "Research and education use only. Not a medical device."]
+        return "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in items) + "</ul>"
+
+    sections = [("summary", "Summary", summary_section), ("data", "Data", data_section),
+                ("audit", "Data audit", audit_section), ("metrics", "Metrics: mean and 95% CI over folds",
+                                                          metrics_section),
+                ("folds", "Per fold", folds_section), ("pooled", "Pooled out-of-fold metrics", pooled_section),
+                ("confusion", "Pooled confusion matrix", lambda: _img_file(root / "confusion_matrix.png", "confusion")),
+                ("roc", "Pooled ROC", lambda: _img_file(root / "roc.png", "ROC")),
+                ("calibration", "Calibration (pooled out-of-fold)",
+                 lambda: _img_file(root / "calibration.png", "reliability diagram")),
+                ("leakage", "Naive-split inflation", leakage_section), ("caveats", "Caveats", caveats)]
+    page = _page(f"braintumor cross-validation: {root.name}", f"{doc['config'].get('model')} on "
+                 f"{doc['config'].get('data_dir')}", sections)
+    out = root / "report.html"
+    atomic_write_text(out, page)
+    return out

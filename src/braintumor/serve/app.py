@@ -1,0 +1,352 @@
+"""The FastAPI application: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``GET /`` (the page), ``/docs``.
+
+* The model is loaded once (:class:`ModelService`) and shared by every request. Decoding, preprocessing and
+  inference run in the thread pool, never on the event loop. A torch model is guarded by a lock (Grad-CAM
+  temporarily changes the model's hooks and gradient flags); an onnxruntime session is thread-safe and runs
+  requests concurrently.
+* Bad input never gives a 500: an oversized upload is a 413 (checked on ``Content-Length`` and while streaming),
+  an image whose header announces more than ``max_pixels`` pixels is a 413 before any pixel is decoded, a
+  non-image is a 415, a corrupt/truncated/too small image or a missing ``file`` field is a 422.
+* The page (``GET /``) is one self-contained HTML file with inline CSS/JS: no CDN, no external asset (enforced by
+  its Content-Security-Policy). ``/docs`` is an offline, server-rendered API reference built from the OpenAPI
+  schema (FastAPI's Swagger UI would load its scripts from a CDN); the schema itself is at ``/openapi.json``.
+
+Example:
+    >>> from fastapi.testclient import TestClient
+    >>> from braintumor.serve import create_app
+    >>> client = TestClient(create_app("runs/demo"))                                  # doctest: +SKIP
+    >>> client.post("/v1/predict", files={"file": open("scan.png", "rb")}).json()["label"]   # doctest: +SKIP
+    'yes'
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import os
+import tempfile
+import threading
+import time
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import UnreadableImageError, UsageError
+from ..inference import Predictor, load_predictor
+
+#: Largest accepted upload (bytes).
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Largest accepted image, in pixels, read from the header before decoding (decompression-bomb guard).
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Room for the multipart envelope around the file.
+_MULTIPART_SLACK = 64 * 1024
+FIELD = "file"
+NOTICE = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
+
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'")
+DOCS_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+
+
+class RejectedInput(Exception):
+    """A request the API refuses with a 4xx status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+class ModelService:
+    """One loaded predictor shared by all requests; thread-safe :meth:`predict` and :meth:`explain`.
+
+    Args:
+        predictor: a torch :class:`~braintumor.inference.Predictor` or an ``OnnxPredictor``.
+    """
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        # Torch: one forward at a time (Grad-CAM patches the module). onnxruntime sessions are thread-safe.
+        self._lock = threading.Lock() if predictor.backend == "torch" else contextlib.nullcontext()
+        info = predictor.model_info()
+        self.model = {"name": info["name"], "version": info["version"], "fingerprint": info["fingerprint"]}
+        self.info = info
+
+    @property
+    def can_explain(self) -> bool:
+        return getattr(self.predictor, "model", None) is not None
+
+    def predict(self, image: np.ndarray) -> dict:
+        """Label and probabilities of one ``(H, W, 3)`` ``uint8`` image."""
+        p = self.predictor
+        prepared = p.preprocessor.prepare(image)[None]
+        with self._lock:
+            proba = p.proba_prepared(prepared)
+        label = p.labels_from_proba(proba)[0]
+        return {"label": label, "probabilities": {c: float(v) for c, v in zip(p.classes, proba[0], strict=True)}}
+
+    def explain(self, image: np.ndarray) -> dict:
+        """Grad-CAM of the predicted class as a base64 PNG overlay (torch run folders only)."""
+        if not self.can_explain:
+            raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
+                                     "ONNX file (start it with the run folder to get Grad-CAM overlays)")
+        try:
+            from ..explain import explain
+        except ImportError as exc:  # pragma: no cover - the explain module ships with the package
+            raise RejectedInput(501, f"Grad-CAM is not available in this installation ({exc})") from None
+        with self._lock:
+            ex = explain(self.predictor, image, method="gradcam")
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(ex.overlay()).save(buf, format="PNG")
+        return {"method": "gradcam", "target": ex.target or ex.label,
+                "png_base64": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def _status_for(reason: str, identified: bool) -> int:
+    if "too large" in reason:
+        return 413
+    return 422 if identified else 415
+
+
+def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Upload bytes -> ``(H, W, 3)`` ``uint8`` through the package's one reader (:func:`read_image`).
+
+    The header is read first: more than ``max_pixels`` pixels is refused before any pixel is decoded.
+
+    Raises:
+        RejectedInput: 413 too large, 415 not an image, 422 corrupt/truncated/too small.
+    """
+    from PIL import Image
+
+    from ..data.read import read_image
+
+    if not data:
+        raise RejectedInput(422, "the uploaded file is empty")
+    identified = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                identified = True
+    except Image.DecompressionBombError as exc:
+        raise RejectedInput(413, f"image too large ({exc}); limit {max_pixels} pixels") from None
+    except Exception:  # noqa: BLE001 - not a PIL raster; the reader decides (DICOM...) below
+        identified = False
+    if identified and w * h > max_pixels:
+        raise RejectedInput(413, f"image too large: {w}x{h} pixels (limit {max_pixels} pixels)")
+    suffix = Path(filename or "").suffix.lower()
+    suffix = suffix if suffix.replace(".", "").isalnum() and len(suffix) <= 8 else ""
+    fd, tmp = tempfile.mkstemp(prefix="braintumor-upload-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            return read_image(tmp)
+        except UnreadableImageError as exc:
+            raise RejectedInput(_status_for(exc.reason, identified), f"unreadable image: {exc.reason}") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault, never a 500
+            raise RejectedInput(422 if identified else 415, f"unreadable image: {type(exc).__name__}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _page() -> str:
+    text = resources.files("braintumor.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    return text.replace("{{NOTICE}}", html.escape(NOTICE))
+
+
+def docs_html(schema: dict) -> str:
+    """A self-contained HTML API reference rendered from an OpenAPI schema (no scripts, no external assets)."""
+    e = html.escape
+    parts = [f"<h1>{e(schema.get('info', {}).get('title', 'API'))} "
+             f"<small>{e(str(schema.get('info', {}).get('version', '')))}</small></h1>",
+             f"<p>{e(schema.get('info', {}).get('description', ''))}</p>",
+             "<p>Machine-readable schema: <a href='/openapi.json'>/openapi.json</a> "
+             "(load it into any OpenAPI viewer). This page works offline.</p>"]
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            parts.append(f"<section><h2><code>{e(method.upper())} {e(path)}</code></h2>"
+                         f"<p><b>{e(op.get('summary', ''))}</b></p><pre>{e(op.get('description', '') or '')}</pre>")
+            params = op.get("parameters") or []
+            if params:
+                parts.append("<h3>Parameters</h3><ul>" + "".join(
+                    f"<li><code>{e(p['name'])}</code> ({e(p.get('in', ''))}, "
+                    f"{e(str(p.get('schema', {}).get('type', '')))}): {e(p.get('description', '') or '')}</li>"
+                    for p in params) + "</ul>")
+            body = (op.get("requestBody") or {}).get("content") or {}
+            if body:
+                parts.append("<h3>Request body</h3><ul>" + "".join(
+                    f"<li><code>{e(ct)}</code>: {e(str(c.get('schema', {}).get('properties', {}) or ''))}</li>"
+                    for ct, c in body.items()) + "</ul>")
+            resp = op.get("responses") or {}
+            parts.append("<h3>Responses</h3><ul>" + "".join(
+                f"<li><code>{e(code)}</code> {e(r.get('description', ''))}</li>" for code, r in resp.items())
+                + "</ul></section>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+             "section{border-top:1px solid #ccc;margin-top:1rem}pre{white-space:pre-wrap;background:#f6f6f6;"
+             "padding:.5rem}code{background:#eef;padding:0 .2rem}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>API docs</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The FastAPI app serving ``model`` (a run folder, an ``.onnx`` file or a loaded predictor).
+
+    Raises:
+        UsageError: FastAPI is not installed (``pip install 'braintumor[serve]'``).
+        RunError: ``model`` is not a run folder or an exported ONNX file.
+    """
+    try:
+        from fastapi import FastAPI, Query, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
+        from starlette.concurrency import run_in_threadpool
+    except ImportError as exc:
+        raise UsageError(f"serving needs the 'serve' extra ({exc.name} is missing): "
+                         f"pip install 'braintumor[serve]'") from None
+
+    predictor = model if isinstance(model, Predictor) else load_predictor(model)
+    service = ModelService(predictor)
+    limit_mb = max_upload_bytes / (1024 * 1024)
+
+    app = FastAPI(
+        title="braintumor", version=__version__, docs_url=None, redoc_url=None,
+        description=f"Brain-MRI tumour classifier. {NOTICE}",
+    )
+    app.state.service = service
+
+    @app.exception_handler(RejectedInput)
+    async def _rejected(request, exc: RejectedInput):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        msgs = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors())
+        return JSONResponse({"detail": f"invalid request: {msgs}"}, status_code=422)
+
+    @app.middleware("http")
+    async def _headers(request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    async def read_body(request: Request) -> bytes:
+        cap = max_upload_bytes + _MULTIPART_SLACK
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise RejectedInput(400, "invalid Content-Length header")
+            if int(declared) > cap:
+                raise RejectedInput(413, f"upload too large: {int(declared)} bytes (limit {limit_mb:g} MB)")
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > cap:
+                raise RejectedInput(413, f"upload too large (limit {limit_mb:g} MB)")
+        return bytes(buf)
+
+    async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str | None]:
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/form-data"):
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
+            except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's fault
+                detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+                raise RejectedInput(400, f"malformed multipart body: {detail}") from None
+            upload = form.get(FIELD)
+            if upload is None or isinstance(upload, str):
+                got = sorted(form.keys())
+                why = "is text, not a file" if isinstance(upload, str) else f"is missing (got fields: {got})"
+                raise RejectedInput(422, f"multipart field '{FIELD}' {why}; send the image as "
+                                         f"-F '{FIELD}=@scan.png'")
+            data = await upload.read()
+            await form.close()
+            if len(data) > max_upload_bytes:
+                raise RejectedInput(413, f"upload too large: {len(data)} bytes (limit {limit_mb:g} MB)")
+            return data, upload.filename
+        if not body:
+            raise RejectedInput(422, f"empty request: send the image as multipart/form-data field '{FIELD}' "
+                                     f"(or the raw bytes with Content-Type image/*)")
+        if ctype.startswith("image/") or ctype.startswith("application/octet-stream"):
+            if len(body) > max_upload_bytes:
+                raise RejectedInput(413, f"upload too large: {len(body)} bytes (limit {limit_mb:g} MB)")
+            return body, None
+        raise RejectedInput(415, f"unsupported Content-Type '{ctype or 'none'}': send multipart/form-data with "
+                                 f"field '{FIELD}' (or the raw image with Content-Type image/*)")
+
+    predict_body = {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
+                                           "properties": {FIELD: {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}}}}
+    errors = {400: {"description": "malformed request, or explain=true on an ONNX model"},
+              413: {"description": f"upload over {limit_mb:g} MB, or image over {max_pixels} pixels"},
+              415: {"description": "not an image"},
+              422: {"description": "corrupt, truncated or too small image; missing 'file' field"}}
+
+    @app.post("/v1/predict", summary="Classify one image", responses=errors, openapi_extra={"requestBody":
+              predict_body})
+    async def predict(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay PNG "
+                                                                                  "(base64); run folders only")):
+        """Upload one image (multipart field ``file``). Returns ``label``, ``probabilities`` (class -> p, after the
+        run's temperature), ``threshold`` (binary decision threshold, or null for argmax) and ``model``
+        ``{name, version, fingerprint}``. With ``explain=true``: ``overlay`` ``{method, target, png_base64}``."""
+        t0 = time.perf_counter()
+        if explain and not service.can_explain:
+            raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
+                                     "ONNX file")
+        body = await read_body(request)
+        data, filename = await image_bytes(request, body)
+        img = await run_in_threadpool(decode_upload, data, filename, max_pixels)
+        out = await run_in_threadpool(service.predict, img)
+        out.update({"threshold": predictor.threshold, "positive_class": predictor.positive_class,
+                    "model": service.model, "image": {"width": int(img.shape[1]), "height": int(img.shape[0])}})
+        if explain:
+            out["overlay"] = await run_in_threadpool(service.explain, img)
+        out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return out
+
+    @app.get("/v1/model", summary="The served model")
+    async def model_info():
+        """Name, version (run), weights fingerprint, classes, input size, temperature, threshold and limits."""
+        return dict(service.info, explain_available=service.can_explain, notice=NOTICE,
+                    limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "field": FIELD})
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok", "model": service.model}
+
+    page = _page()
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return HTMLResponse(docs_html(app.openapi()), headers={"Content-Security-Policy": DOCS_CSP})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)
+
+    return app

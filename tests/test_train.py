@@ -1,0 +1,117 @@
+"""Training end to end on phantoms: accuracy, run folder, determinism, resume after kill -9."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from braintumor.config import TrainConfig
+from braintumor.data.synthetic import write_phantoms
+from braintumor.errors import UsageError
+from braintumor.inference import Predictor
+from braintumor.rundir import RunDir
+from braintumor.train import train
+
+
+def test_tiny_cnn_learns_phantoms(trained_run):
+    m = trained_run.metrics
+    assert m["accuracy"] >= 0.9, m
+    assert m["roc_auc"] >= 0.9, m
+    assert m["n"] == len(trained_run.evaluation.y_true) >= 60
+
+
+def test_run_folder_is_complete(trained_run):
+    run = RunDir(trained_run.run_dir)
+    for path in (run.config, run.metadata, run.history, run.metrics, run.predictions, run.curves, run.confusion,
+                 run.roc, run.best, run.last):
+        assert path.is_file() and path.stat().st_size > 0, path
+    meta = run.read_metadata()
+    for key in ("classes", "preprocessing", "img_size", "normalisation", "seed", "versions", "positive_class"):
+        assert key in meta
+    assert meta["status"] == "complete" and meta["classes"] == ["no", "yes"]
+    assert len(meta["data"]["fingerprint"]) == 64
+    rows = list(csv.DictReader(open(run.history)))
+    assert rows and set(rows[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+    cfg = TrainConfig.load(run.config)
+    assert cfg.model == "cnn" and cfg.img_size == 64
+    # No temp files left behind by the atomic writes.
+    assert not [p for p in run.checkpoints.iterdir() if p.name.startswith(".")]
+
+
+def test_predictor_reproduces_validation_metrics(trained_run):
+    """Loading the run for prediction reproduces its preprocessing: same probabilities as at training."""
+    pred = Predictor.from_run(trained_run.run_dir)
+    rows = list(csv.DictReader(open(RunDir(trained_run.run_dir).predictions)))
+    res = pred.predict_paths([r["path"] for r in rows[:20]])
+    for r, p in zip(rows[:20], res, strict=True):
+        assert p.label == r["predicted"]
+        assert abs(p.probabilities["yes"] - float(r["p_yes"])) < 1e-4
+
+
+def test_existing_run_is_not_overwritten(trained_run, phantoms):
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(TrainConfig(data_dir=str(phantoms), model="cnn", img_size=64, epochs=1), out=trained_run.run_dir)
+
+
+@pytest.fixture(scope="module")
+def small_phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small")
+    write_phantoms(out, n=80, size=64, seed=5)
+    return out
+
+
+SMALL = dict(model="cnn", img_size=32, epochs=4, batch_size=16, seed=7, num_threads=1, patience=0)
+
+
+def test_same_seed_same_numbers(small_phantoms, tmp_path):
+    a = train(TrainConfig(data_dir=str(small_phantoms), **SMALL), out=tmp_path / "a")
+    b = train(TrainConfig(data_dir=str(small_phantoms), **SMALL), out=tmp_path / "b")
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b.history]
+    assert a.metrics["confusion_matrix"] == b.metrics["confusion_matrix"]
+    assert a.metrics["log_loss"] == b.metrics["log_loss"]
+
+
+def test_resume_after_kill_9(small_phantoms, tmp_path):
+    """kill -9 in the middle of a run, then --resume: it finishes with the same numbers as an uninterrupted run."""
+    cfg = dict(SMALL, epochs=6)
+    ref = train(TrainConfig(data_dir=str(small_phantoms), **cfg), out=tmp_path / "ref")
+
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "braintumor", "train", str(small_phantoms), "--model", "cnn", "--img-size", "32",
+            "--epochs", "6", "--batch-size", "16", "--seed", "7", "--patience", "0", "--out", str(run)]
+    cfg_file = tmp_path / "cfg.yaml"
+    TrainConfig(data_dir=str(small_phantoms), **cfg).save(cfg_file)
+    args += ["--config", str(cfg_file)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hist = RunDir(run).history
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if hist.is_file() and len(hist.read_text().strip().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not RunDir(run).metrics.exists()
+    assert RunDir(run).last.is_file()
+
+    out = subprocess.run([sys.executable, "-m", "braintumor", "train", "--resume", str(run)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "resuming" in out.stdout
+    meta = json.loads(RunDir(run).metadata.read_text())
+    assert meta["status"] == "complete"
+    done = json.loads(RunDir(run).metrics.read_text())
+    rows = list(csv.DictReader(open(RunDir(run).history)))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    for r, h in zip(rows, ref.history, strict=True):
+        assert float(r["val_loss"]) == pytest.approx(h["val_loss"], rel=1e-4)
+    assert done["confusion_matrix"] == ref.metrics["confusion_matrix"]
