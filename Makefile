@@ -29,6 +29,9 @@ demo: $(STAMP)  ## phantoms -> train (EfficientNet-Lite0, ImageNet weights) -> e
 test: $(STAMP)  ## the test suite (what .ci/run calls)
 	$(PY) -m pytest -q
 
+docs: $(STAMP)  ## API reference + user guide -> site/ (warnings are errors)
+	$(VENV)/bin/mkdocs build --strict
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 

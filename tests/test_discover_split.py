@@ -87,3 +87,10 @@ def test_fingerprint_changes_with_bytes(tmp_path):
     assert f1 == fingerprint(ds.paths, tmp_path)
     _img(tmp_path / "no" / "b.png", 3)
     assert fingerprint(ds.paths, tmp_path) != f1
+
+
+def test_split_ignores_group_names():
+    y = [i % 2 for i in range(40)]
+    a = [f"x{i // 2}" for i in range(40)]
+    b = [f"renamed-{(i // 2) * 7919 % 1000}" for i in range(40)]
+    assert all(np.array_equal(u, v) for u, v in zip(train_val_split(y, a), train_val_split(y, b), strict=True))

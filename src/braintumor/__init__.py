@@ -1,10 +1,26 @@
 """braintumor: train, evaluate, explain and serve brain-MRI tumour classifiers.
 
-The public API, importable from the package::
+The public API, importable from the package (the ``braintumor`` command is a thin layer over it)::
 
     import braintumor as bt
-    result = bt.train(bt.TrainConfig(data_dir="data/phantoms", model="cnn", img_size=64), out="runs/demo")
+
+    bt.write_phantoms("data/phantoms", n=200, size=96)                   # or a folder of <class>/<images>
+    result = bt.train(bt.TrainConfig(data_dir="data/phantoms", img_size=64, epochs_frozen=1, epochs=1),
+                      out="runs/demo")
     predictor = bt.load_run(result.run_dir)
+    bt.explain(predictor, "data/phantoms/yes/phantom_00001.png").figure()
+
+========================  ===============================================================================
+data                      :func:`load_folder` (= :func:`discover`), :func:`read_image`, :func:`write_phantoms`,
+                          :func:`audit`
+training                  :class:`TrainConfig`, :func:`train` -> :class:`TrainResult`, :func:`cv` ->
+                          :class:`CVResult`, :func:`available_models`, :func:`build_model`
+evaluation                :func:`evaluate` -> :class:`EvaluationResult`
+prediction                :func:`load_run` / :class:`Predictor`, :func:`load_predictor` (run folder or ONNX),
+                          :class:`Preprocessor`
+explanation               :func:`explain` -> :class:`Explanation`
+deployment                :func:`export_onnx` -> :class:`OnnxPredictor`
+========================  ===============================================================================
 
 Heavy modules (torch, MONAI) are imported on first use, so ``import braintumor`` stays fast.
 """
@@ -12,27 +28,62 @@ Heavy modules (torch, MONAI) are imported on first use, so ``import braintumor``
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
+#: Public name -> (module, attribute). Everything here is documented with an example (tests/test_api.py).
 _LAZY = {
+    # data
+    "load_folder": ("braintumor.data.discover", "discover"),
+    "discover": ("braintumor.data.discover", "discover"),
+    "read_image": ("braintumor.data.read", "read_image"),
+    "write_phantoms": ("braintumor.data.synthetic", "write_phantoms"),
+    "audit": ("braintumor.data.audit", "audit"),
+    # training
     "TrainConfig": ("braintumor.config", "TrainConfig"),
     "train": ("braintumor.train", "train"),
     "TrainResult": ("braintumor.train", "TrainResult"),
-    "evaluate": ("braintumor.evaluate", "evaluate"),
-    "EvaluationResult": ("braintumor.evaluate", "EvaluationResult"),
-    "Predictor": ("braintumor.inference", "Predictor"),
-    "load_run": ("braintumor.inference", "load_run"),
-    "Preprocessor": ("braintumor.preprocess", "Preprocessor"),
-    "discover": ("braintumor.data.discover", "discover"),
-    "load_folder": ("braintumor.data.discover", "discover"),
-    "read_image": ("braintumor.data.read", "read_image"),
-    "write_phantoms": ("braintumor.data.synthetic", "write_phantoms"),
+    "cv": ("braintumor.cv", "cv"),
+    "CVResult": ("braintumor.cv", "CVResult"),
     "available_models": ("braintumor.models.registry", "available_models"),
     "build_model": ("braintumor.models.registry", "build_model"),
+    # evaluation
+    "evaluate": ("braintumor.evaluate", "evaluate"),
+    "EvaluationResult": ("braintumor.evaluate", "EvaluationResult"),
+    # prediction
+    "Predictor": ("braintumor.inference", "Predictor"),
+    "load_run": ("braintumor.inference", "load_run"),
+    "load_predictor": ("braintumor.inference", "load_predictor"),
+    "Preprocessor": ("braintumor.preprocess", "Preprocessor"),
+    # explanation
+    "explain": ("braintumor.explain", "explain"),
+    "Explanation": ("braintumor.explain", "Explanation"),
+    # deployment
+    "export_onnx": ("braintumor.export", "export_onnx"),
+    "OnnxPredictor": ("braintumor.export", "OnnxPredictor"),
 }
 
 __all__ = ["__version__", *_LAZY]
+
+
+#: Public functions that share their name with a submodule (``braintumor.train`` is also a module).
+_SHADOWED = frozenset(n for n, (mod, _) in _LAZY.items() if f"{mod}.".startswith(f"braintumor.{n}."))
+
+
+class _Package(types.ModuleType):
+    """``braintumor`` itself: the import system must not replace ``bt.train`` (the function) by the submodule.
+
+    Importing a submodule sets it as an attribute of its package; for the names in :data:`_SHADOWED` that
+    would turn ``bt.evaluate`` into a module as soon as anything imported ``braintumor.evaluate``. Submodules stay
+    importable as usual (``from braintumor.train import TrainResult``, ``importlib.import_module``).
+    """
+
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return  # keep the public function (loaded on first access by __getattr__)
+        super().__setattr__(name, value)
 
 
 def __getattr__(name: str):
@@ -47,3 +98,6 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
+
+
+sys.modules[__name__].__class__ = _Package

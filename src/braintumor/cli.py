@@ -494,6 +494,222 @@ def data_verify(
     _print_verify(report)
 
 
+# ---------------------------------------------------------------------------------------------------- explain
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """File stems for output names; clashes (yes/1.jpg and no/1.jpg) get the parent folder, then a counter."""
+    stems = [p.name.split(".")[0] or "image" for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    out, seen = [], set()
+    for p, s in zip(paths, stems, strict=True):
+        name = f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
+        base, k = name, 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def _explain_table(summary: dict) -> Table:
+    t = Table(title=f"explanation metrics ({summary['method']}, {summary['n']} images, "
+                    f"{summary['n_masked']} with masks)", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("meaning")
+    rows = [
+        ("pointing_game", "map peak inside the lesion mask (masked images)"),
+        ("pointing_game_correct", f"same, correctly classified masked images ({summary['n_masked_correct']})"),
+        ("iou", "IoU of map >= 0.5 with the mask"),
+        ("deletion_auc", "lower = more faithful"),
+        ("random_deletion_auc", "the same for a random map"),
+        ("insertion_auc", "higher = more faithful"),
+        ("random_insertion_auc", "the same for a random map"),
+        ("randomisation_spearman", "|Spearman| trained vs randomised weights; low = passes"),
+    ]
+    for key, meaning in rows:
+        v = summary.get(key)
+        t.add_row(key, "-" if v is None else f"{v:.3f}", meaning)
+    return t
+
+
+@app.command("explain")
+@handle_errors
+def explain_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `braintumor train`."),
+    images: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for figures, overlays and raw heatmaps (.npy)."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++ or occlusion."),
+    target: str | None = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
+    masks: Path | None = typer.Option(None, "--masks",
+                                      help="Lesion masks (<dir>/<class>/<name> or <dir>/<name>): report pointing "
+                                           "game, IoU, deletion/insertion AUC and the randomisation check."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
+    steps: int = typer.Option(20, "--steps", min=2, help="Deletion/insertion steps (with --masks)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda..."),
+):
+    """Heatmaps (Grad-CAM, Grad-CAM++, occlusion): per image a 3-panel figure, the overlay and the raw map.
+
+    Writes OUT/<name>.png (original | heatmap | overlay, titled with the prediction), OUT/<name>_overlay.png and
+    OUT/<name>_heatmap.npy (float32 in [0, 1] at the model-input size, high = important). With --masks, also
+    OUT/explain_metrics.json and OUT/explain_metrics.csv.
+
+    Example: braintumor explain runs/navoneel data/brain_mri_yes_no/yes --out explanations --method gradcam++
+    """
+    import csv
+    import json
+
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .data.read import read_image
+    from .errors import UnreadableImageError, UsageError
+    from .explain import as_predictor, evaluate_explanations, explain_prepared
+    from .explain.saliency import check_method
+    from .inference import Predictor
+
+    method = check_method(method)
+    if masks is not None and not masks.is_dir():
+        raise UsageError(f"--masks {masks}: no such folder")
+    files, empty = _expand_paths(images)
+    for p in empty:
+        err_console.print(f"[yellow]warning[/yellow]: no images in {p}")
+    if not files:
+        raise UsageError(f"no image files found in {', '.join(images)}")
+    predictor = as_predictor(Predictor.from_run(run_dir, device=device))
+    stems = dict(zip(files, _unique_stems(files), strict=True))
+    failed: list[tuple[Path, str]] = []
+
+    def skip(path: Path, reason: str) -> None:
+        failed.append((path, reason))
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+
+    written = 0
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(f"explaining ({method})", total=len(files))
+        if masks is not None:
+            def save(ex, path):
+                nonlocal written
+                ex.save(out, stems[Path(path)])
+                written += 1
+
+            report = evaluate_explanations(predictor, files, masks, method, target, steps=steps,
+                                           batch_size=batch_size, on_skip=skip, on_explanation=save,
+                                           progress=lambda n: bar.advance(task, n))
+        else:
+            for i in range(0, len(files), batch_size):
+                chunk = files[i:i + batch_size]
+                prepared, ok = [], []
+                for p in chunk:
+                    try:
+                        prepared.append(predictor.preprocessor.prepare(read_image(p)))
+                        ok.append(p)
+                    except UnreadableImageError as exc:
+                        skip(p, exc.reason)
+                if ok:
+                    for ex, p in zip(explain_prepared(predictor, np.stack(prepared), method, target,
+                                                      [str(p) for p in ok], batch_size), ok, strict=True):
+                        ex.save(out, stems[p])
+                        written += 1
+                bar.advance(task, len(chunk))
+    console.print(f"wrote {written} explanation(s) ({method}) to [bold]{out}[/bold]")
+    if masks is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "explain_metrics.json").write_text(json.dumps(report.summary, indent=2) + "\n")
+        with open(out / "explain_metrics.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(report.rows[0]))
+            w.writeheader()
+            w.writerows(report.rows)
+        console.print(_explain_table(report.summary))
+        if not report.summary["n_masked"]:
+            err_console.print(f"[yellow]warning[/yellow]: no masks found in {masks} for these images")
+    if failed:
+        err_console.print(f"{len(failed)} of {len(files)} file(s) could not be read")
+        raise typer.Exit(1)
+
+
+@app.command("audit")
+@handle_errors
+def audit_cmd(
+    data_dir: Path = typer.Argument(..., help="Labelled folder: <class>/<images>."),
+    against: Path | None = typer.Option(None, "--against", help="Second labelled folder to check for copies of "
+                                        "DATA_DIR's images (e.g. a test or pretraining set)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
+    show: int = typer.Option(10, "--show", help="Groups/files listed per section."),
+):
+    """Duplicate and leakage audit: exact and near-duplicate groups, label conflicts, copies in another folder,
+    unreadable files, class balance and source confounders.
+
+    Example: braintumor audit data/brain_mri_yes_no --against data/nickparvar/Training --json audit.json
+    """
+    import json
+
+    from .data.audit import audit as run_audit
+
+    with console.status(f"auditing {data_dir}" + (f" against {against}" if against else "")):
+        r = run_audit(data_dir, against=against)
+
+    def listing(title: str, groups: list, colour: str) -> None:
+        if not groups:
+            return
+        console.print(f"[{colour}]{title}: {len(groups)}[/{colour}]")
+        for g in groups[:show]:
+            if isinstance(g, dict) and "matches" in g:
+                m = g["matches"]
+                console.print(f"  {g['file']} ({g['class']}) -> " + ", ".join(
+                    f"{x['file']} ({x['class']}, {x['kind']} {x['score']:.2f})" for x in m[:3])
+                    + (f" +{len(m) - 3}" if len(m) > 3 else ""), highlight=False)
+            elif isinstance(g, dict):
+                console.print("  " + ", ".join(f"{f} ({c})" for f, c in zip(g["files"], g["classes"], strict=True))
+                              + f"  [dim]min score {g['min_score']:.2f}[/dim]", highlight=False)
+            else:
+                console.print("  " + ", ".join(g), highlight=False)
+        if len(groups) > show:
+            console.print(f"  ... {len(groups) - show} more (see --json)")
+
+    listing("cross-class duplicate groups (label conflicts)", r.cross_class_groups, "red")
+    if against is not None:
+        listing(f"images with a copy in {against}", r.leaks, "red")
+    listing("byte-identical groups", r.byte_groups, "yellow")
+    listing("identical-pixel groups (different bytes)", r.pixel_groups, "yellow")
+    listing("near-duplicate groups", r.near_groups, "yellow")
+    listing("unreadable files", [[f"{u['file']}: {u['reason']}"] for u in r.unreadable], "red")
+
+    t = Table(title=f"{r.data_dir}: {r.n_images} files, {r.n_distinct} distinct", show_header=True)
+    for col in ("class", "files", "distinct", "median size", "aspect", "colour", "formats", "mean grey",
+                "brain box"):
+        t.add_column(col, justify="left" if col in ("class", "formats") else "right")
+    for c, s in r.class_stats.items():
+        size = f"{s['width'].get('median', 0):.0f}x{s['height'].get('median', 0):.0f}" if s["readable"] else "-"
+        fmts = ", ".join(f"{k} {v}" for k, v in s["formats"].items())
+        if s["name_mismatch"]:
+            fmts += f" ({s['name_mismatch']} misnamed)"
+        t.add_row(c, str(s["n"]), str(r.distinct_per_class.get(c, 0)), size,
+                  f"{s['aspect'].get('median', 0):.2f}", f"{s['colour_fraction']:.0%}", fmts,
+                  f"{s['mean_intensity'].get('mean', 0):.0f}", f"{s['brain_fraction'].get('median', 0):.2f}")
+    console.print(t)
+    conf = r.confounders
+    if "auc" in conf:
+        console.print(f"trivial model on image statistics ({conf['model']}, {conf['folds']}-fold grouped CV): "
+                      f"accuracy {conf['accuracy']:.3f} (chance {conf['chance_accuracy']:.3f}), "
+                      f"AUC {conf['auc']:.3f}", highlight=False)
+    for w in r.warnings:
+        console.print(f"[yellow]warning[/yellow]: {w}", highlight=False)
+    console.print(f"byte-identical: {len(r.byte_groups)} groups / {r.n_byte_duplicates} files; near-duplicate "
+                  f"groups: {len(r.near_groups)}; cross-class groups: {len(r.cross_class_groups)}; distinct images: "
+                  f"{r.n_distinct}" + (f"; with copies in {against}: {r.leak_counts['files']}" if against else "")
+                  + f" ({r.seconds:.1f} s)", highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(r.to_dict(), indent=1) + "\n")
+        console.print(f"written to [bold]{json_out}[/bold]")
+
+
 def main() -> None:
     app(prog_name="braintumor")
 

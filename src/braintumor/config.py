@@ -25,6 +25,14 @@ class TrainConfig:
     ``lr_frozen``), phase 2 fine-tunes every layer with BatchNorm statistics frozen (``epochs`` epochs, one-cycle
     schedule peaking at ``lr``). Models without pretrained weights train in one phase (``epochs`` at ``lr``).
     ``lr=None`` picks 1e-4 for fine-tuning and 1e-3 from scratch.
+
+    Example:
+        >>> from braintumor import TrainConfig
+        >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=3)
+        >>> cfg.model, cfg.batch_size
+        ('efficientnet-lite0', 32)
+        >>> cfg.save("my.yaml"); TrainConfig.load("my.yaml") == cfg     # doctest: +SKIP
+        True
     """
 
     data_dir: str = ""

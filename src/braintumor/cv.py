@@ -47,7 +47,15 @@ CV_METRICS = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_
 
 @dataclass
 class CVResult:
-    """What :func:`cv` returns: per-fold metrics, their mean and 95% CI, pooled out-of-fold metrics."""
+    """What :func:`cv` returns: per-fold metrics, their mean and 95% CI, pooled out-of-fold metrics.
+
+    In Jupyter it displays as a table (fold mean +/- std, CI of the mean, pooled value and CI per metric).
+
+    Example:
+        >>> res = cv("data/phantoms", folds=3, model="cnn", img_size=64, epochs=3)   # doctest: +SKIP
+        >>> res.summary["roc_auc"]["mean"], res.pooled["accuracy"]                   # doctest: +SKIP
+        (0.99, 0.96)
+    """
 
     out_dir: Path
     folds: list[dict]
@@ -63,6 +71,11 @@ class CVResult:
         items = ", ".join(f"{k}={self.summary[k]['mean']:.3f}" for k in ("accuracy", "roc_auc")
                           if self.summary.get(k, {}).get("mean") is not None)
         return f"CVResult({len(self.folds)} folds, {'group-aware' if self.grouped else 'image-level'}, {items})"
+
+    def _repr_html_(self) -> str:
+        from .display import cv_html
+
+        return cv_html(self)
 
     def to_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "grouped": self.grouped, "n_groups": self.n_groups,
@@ -238,6 +251,13 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     Raises:
         DataError: too few images or groups for the folds.
         UsageError: bad settings.
+
+    Example:
+        >>> from braintumor import cv
+        >>> res = cv("data/phantoms", folds=3, model="cnn", img_size=64, epochs=3,
+        ...          out="runs/cv-demo", show_leakage=True)                         # doctest: +SKIP
+        >>> res.summary["accuracy"]["mean"], res.leakage["accuracy"]["inflation"]    # doctest: +SKIP
+        (0.95, 0.01)
     """
     if folds < 2:
         raise UsageError(f"--folds must be at least 2, got {folds}")

@@ -29,7 +29,17 @@ HEADLINE = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_au
 
 @dataclass
 class EvaluationResult:
-    """Metrics of one evaluation and where its files went."""
+    """Metrics of one evaluation and where its files went.
+
+    ``metrics`` holds everything :func:`~braintumor.metrics.classification_metrics` computes, plus ``ci``
+    (bootstrap 95% intervals) from :func:`evaluate`. In Jupyter it displays as a table of the headline metrics
+    with their intervals and the confusion matrix.
+
+    Example:
+        >>> res = evaluate("runs/demo", "data/phantoms-test")           # doctest: +SKIP
+        >>> res.headline()["accuracy"], res.metrics["ci"]["accuracy"]    # doctest: +SKIP
+        (0.95, {'estimate': 0.95, 'low': 0.91, 'high': 0.99})
+    """
 
     metrics: dict
     out_dir: Path | None = None
@@ -44,6 +54,14 @@ class EvaluationResult:
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v:.3f}" for k, v in self.headline().items())
         return f"EvaluationResult(n={self.metrics.get('n')}, {items})"
+
+    def _repr_html_(self) -> str:
+        from .display import esc, metrics_html
+
+        info = [("outputs", esc(self.out_dir))] if self.out_dir else []
+        if self.skipped:
+            info.append(("skipped files", str(len(self.skipped))))
+        return metrics_html(self.metrics, "EvaluationResult", info)
 
 
 def write_predictions(path: Path, paths: Sequence[str], y_true: Sequence[int], proba: np.ndarray,
@@ -85,6 +103,14 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     Outputs go to ``out`` (default: ``RUN/evaluations/<folder name>/``). Class folders must be among the
     model's classes; unreadable files are skipped and listed in ``result.skipped``. With ``ci`` the metrics get
     ``ci``: percentile-bootstrap 95% intervals over images (:func:`braintumor.stats.bootstrap_ci`).
+
+    Example:
+        >>> from braintumor import evaluate
+        >>> res = evaluate("runs/demo", "data/phantoms-test")     # doctest: +SKIP
+        >>> res                                                    # doctest: +SKIP
+        EvaluationResult(n=100, accuracy=0.950, balanced_accuracy=0.950, ...)
+        >>> res.out_dir                                            # doctest: +SKIP
+        PosixPath('runs/demo/evaluations/phantoms-test')
     """
     pred = model if isinstance(model, Predictor) else Predictor.from_run(model)
     ds = discover(data_dir, classes=pred.classes)

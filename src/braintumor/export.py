@@ -221,6 +221,12 @@ def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
     Raises:
         ParityError: onnxruntime's probabilities differ from torch's by more than ``atol`` (nothing written).
         RunError: not a run folder.
+
+    Example:
+        >>> from braintumor import export_onnx
+        >>> res = export_onnx("runs/demo")                                # doctest: +SKIP
+        >>> res.path, res.max_abs_diff < 1e-4                             # doctest: +SKIP
+        (PosixPath('runs/demo/model.onnx'), True)
     """
     predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device="cpu")
     if predictor.model is None:
@@ -258,6 +264,12 @@ class OnnxPredictor(Predictor):
     Args:
         path: the ``.onnx`` file (or its bytes).
         threads: onnxruntime intra-op threads (``None``: its default).
+
+    Example:
+        >>> from braintumor import OnnxPredictor
+        >>> pred = OnnxPredictor("runs/demo/model.onnx")                  # doctest: +SKIP
+        >>> pred.predict_paths(["scan.png"])[0].label                     # doctest: +SKIP
+        'yes'
     """
 
     backend = "onnxruntime"

@@ -73,6 +73,14 @@ class Predictor:
         temperature: logits are divided by it before the softmax (calibration).
         threshold: binary decision threshold on the positive class probability (``None``: argmax).
         metadata: the run's metadata.
+
+    Example:
+        >>> from braintumor import Predictor
+        >>> pred = Predictor.from_run("runs/demo")                        # doctest: +SKIP
+        >>> pred                                                          # doctest: +SKIP
+        Predictor(model='efficientnet-lite0', classes=['no', 'yes'], img_size=96, temperature=1.1, threshold=0.5)
+        >>> pred.predict_paths(["scan.png"])[0].probabilities             # doctest: +SKIP
+        {'no': 0.03, 'yes': 0.97}
     """
 
     def __init__(self, model: torch.nn.Module, preprocessor: Preprocessor, classes: Sequence[str],
@@ -187,7 +195,14 @@ class Predictor:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
-    """Shorthand for :meth:`Predictor.from_run`."""
+    """Load a run folder for prediction: shorthand for :meth:`Predictor.from_run`.
+
+    Example:
+        >>> import braintumor as bt
+        >>> predictor = bt.load_run("runs/demo")                          # doctest: +SKIP
+        >>> [p.label for p in predictor.predict_paths(["a.png", "b.png"])]  # doctest: +SKIP
+        ['yes', 'no']
+    """
     return Predictor.from_run(run_dir, checkpoint, device)
 
 

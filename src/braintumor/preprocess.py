@@ -74,6 +74,14 @@ class Preprocessor:
         grayscale: average colour channels (MRI is greyscale; removes colour-vs-grey source confounding).
         mean, std: per-channel normalisation on ``[0, 1]`` pixel values (the backbone's convention).
         crop_threshold: ``uint8`` threshold of the crop's foreground mask.
+
+    Example:
+        >>> import numpy as np
+        >>> from braintumor import Preprocessor
+        >>> pre = Preprocessor(img_size=64)
+        >>> x = pre.prepare(np.zeros((100, 120, 3), np.uint8))
+        >>> x.shape, pre.normalise(x[None]).shape
+        ((64, 64, 3), torch.Size([1, 3, 64, 64]))
     """
 
     img_size: int = 224

@@ -64,7 +64,18 @@ class Phase:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the run folder, validation metrics of the best checkpoint, history."""
+    """What :func:`train` returns: the run folder, validation metrics of the best checkpoint, history.
+
+    In Jupyter it displays as a table of the validation metrics, the confusion matrix and the training curves.
+
+    Example:
+        >>> cfg = TrainConfig(data_dir="data/phantoms", model="cnn", img_size=64)
+        >>> result = train(cfg, out="runs/demo")                                # doctest: +SKIP
+        >>> result.metrics["accuracy"], result.run_dir                          # doctest: +SKIP
+        (0.97, PosixPath('runs/demo'))
+        >>> result.predictor().predict_paths(["scan.png"])[0].label             # doctest: +SKIP
+        'yes'
+    """
 
     run_dir: Path
     metrics: dict
@@ -77,7 +88,15 @@ class TrainResult:
         items = ", ".join(f"{k}={self.metrics[k]:.3f}" for k in keys if self.metrics.get(k) is not None)
         return f"TrainResult(run_dir={str(self.run_dir)!r}, {items})"
 
+    def _repr_html_(self) -> str:
+        from .display import esc, file_html, metrics_html
+
+        info = [("run folder", esc(self.run_dir)), ("model", esc(self.metadata.get("model", "?")))]
+        return (metrics_html(self.metrics, "TrainResult (validation, best checkpoint)", info)
+                + file_html(RunDir(self.run_dir).curves, width=640))
+
     def predictor(self) -> Predictor:
+        """The trained model as a :class:`Predictor` (loaded from the run folder's best checkpoint)."""
         return Predictor.from_run(self.run_dir)
 
 
@@ -442,9 +461,20 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         folder: train on these records instead of discovering ``config.data_dir`` (cross-validation passes the
             training folds here; the train/validation split then happens inside them as usual).
 
+    Returns:
+        A :class:`TrainResult`: the run folder, the validation metrics of the best checkpoint, the history.
+
     Raises:
         DataError: unusable data set (no images, empty class folder, single class).
         UsageError: bad configuration.
+
+    Example:
+        >>> from braintumor import TrainConfig, train
+        >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=2)
+        >>> result = train(cfg, out="runs/demo")                    # doctest: +SKIP
+        >>> round(result.metrics["roc_auc"], 3)                      # doctest: +SKIP
+        0.991
+        >>> train(None, out="runs/demo", resume=True)              # doctest: +SKIP
     """
     t_start = time.time()
     cfg, run = _resolve_run(config, out, resume)

@@ -13,7 +13,6 @@ Example:
 """
 
 from .core import Explanation, as_predictor, explain, explain_batch, explain_prepared, heatmaps, target_layer
-from .heatmaps import METHODS, blur_baseline, cam_maps, normalise_maps, occlusion_maps
 from .metrics import (
     ExplanationReport,
     deletion_insertion,
@@ -28,6 +27,7 @@ from .metrics import (
     randomised_predictor,
     spearman,
 )
+from .saliency import METHODS, blur_baseline, cam_maps, normalise_maps, occlusion_maps
 
 __all__ = [
     "METHODS", "Explanation", "ExplanationReport", "as_predictor", "blur_baseline", "cam_maps",

@@ -24,7 +24,7 @@ from ..data.read import read_image
 from ..errors import UsageError
 from ..inference import Predictor
 from ..models import get_spec
-from .heatmaps import cam_maps, check_method, occlusion_maps
+from .saliency import cam_maps, check_method, occlusion_maps
 
 ImageLike = str | Path | np.ndarray
 
@@ -42,6 +42,15 @@ class Explanation:
         target: the class the map explains (``label`` unless asked otherwise).
         method: ``gradcam``, ``gradcam++`` or ``occlusion``.
         source: the file the image came from (``None`` for arrays).
+
+    In Jupyter it displays as its :meth:`figure` (original | heatmap | overlay).
+
+    Example:
+        >>> ex = explain("runs/demo", "scan.png")                      # doctest: +SKIP
+        >>> ex                                                         # doctest: +SKIP
+        Explanation(label='yes', probability=0.970, target='yes', method='gradcam', heatmap=(224, 224))
+        >>> ex.overlay().shape                                         # doctest: +SKIP
+        (224, 224, 3)
     """
 
     heatmap: np.ndarray
@@ -56,6 +65,11 @@ class Explanation:
     def __repr__(self) -> str:
         return (f"Explanation(label={self.label!r}, probability={self.probability:.3f}, target={self.target!r}, "
                 f"method={self.method!r}, heatmap={self.heatmap.shape})")
+
+    def _repr_html_(self) -> str:
+        from ..display import figure_html
+
+        return figure_html(self.figure())
 
     def coloured(self, cmap: str = "jet") -> np.ndarray:
         """The heatmap as an ``uint8`` RGB image."""
@@ -113,7 +127,9 @@ class Explanation:
 
 def as_predictor(model_or_run) -> Predictor:
     """A :class:`Predictor` from a Predictor, a run folder, or anything with ``.predictor()`` (a TrainResult)."""
-    if isinstance(model_or_run, Predictor):
+    if getattr(model_or_run, "preprocessor", None) is not None and hasattr(model_or_run, "proba_prepared"):
+        if getattr(model_or_run, "model", None) is None:
+            raise UsageError("explanations need the torch model of a run folder; an .onnx model has no gradients")
         return model_or_run
     if isinstance(model_or_run, (str, Path)):
         return Predictor.from_run(model_or_run)
@@ -157,7 +173,7 @@ def resolve_targets(predictor: Predictor, proba: np.ndarray, target: str | int |
 
 def heatmaps(predictor: Predictor, prepared: np.ndarray, class_idx: Sequence[int], method: str = "gradcam",
              batch_size: int = 16) -> np.ndarray:
-    """Maps ``(N, S, S)`` for prepared ``uint8`` images and the given class indices (see :mod:`.heatmaps`)."""
+    """Maps ``(N, S, S)`` for prepared ``uint8`` images and the given class indices (see :mod:`.saliency`)."""
     method = check_method(method)
     prepared = np.asarray(prepared)
     if len(prepared) == 0:

@@ -37,7 +37,7 @@ from ..errors import DataError, UnreadableImageError
 from ..inference import Predictor
 from ..preprocess import Preprocessor, pad_to_square
 from .core import Explanation, explain_prepared, heatmaps, load_image
-from .heatmaps import blur_baseline
+from .saliency import blur_baseline
 
 # ------------------------------------------------------------------------------------------------ masks
 
@@ -121,7 +121,7 @@ def deletion_insertion(predict_proba: Callable[[np.ndarray], np.ndarray], images
         maps: ``(N, S, S)``, high = important.
         class_idx: the class whose probability is followed, per image.
         steps: number of equal pixel fractions between 0 and 1.
-        sigma: blur of the 'removed' image (see :func:`~braintumor.explain.heatmaps.blur_baseline`).
+        sigma: blur of the 'removed' image (see :func:`~braintumor.explain.saliency.blur_baseline`).
 
     Returns:
         ``deletion`` and ``insertion`` AUCs ``(N,)`` in ``[0, 1]`` and their curves ``(N, steps + 1)``.

@@ -99,12 +99,27 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def available_models() -> list[str]:
+    """Names of the registered models (the choices of ``--model``).
+
+    Example:
+        >>> from braintumor import available_models
+        >>> available_models()
+        ['cnn', 'efficientnet-lite0', 'efficientnet-b0', 'resnet18', 'densenet121']
+    """
     _ensure_loaded()
     return list(_REGISTRY)
 
 
 def build_model(name: str, num_classes: int, pretrained: bool | None = None, img_size: int = 224) -> Classifier:
-    """Build a registered model. ``pretrained=None`` uses the model's default."""
+    """Build a registered model. ``pretrained=None`` uses the model's default.
+
+    Example:
+        >>> import torch
+        >>> from braintumor import build_model
+        >>> model = build_model("cnn", num_classes=2, img_size=64)
+        >>> model(torch.zeros(1, 3, 64, 64)).shape
+        torch.Size([1, 2])
+    """
     spec = get_spec(name)
     if pretrained is None:
         pretrained = spec.pretrained_default

@@ -19,7 +19,6 @@ Example:
     'yes'
 """
 
-from __future__ import annotations
 
 import base64
 import contextlib
@@ -258,7 +257,7 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
 
     async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str | None]:
         ctype = request.headers.get("content-type", "").lower()
-        if ctype.startswith("multipart/form-data"):
+        if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             sent = False
 
             async def replay():
@@ -272,7 +271,7 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                 form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
             except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's fault
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-                raise RejectedInput(400, f"malformed multipart body: {detail}") from None
+                raise RejectedInput(400, f"malformed form body: {detail}") from None
             upload = form.get(FIELD)
             if upload is None or isinstance(upload, str):
                 got = sorted(form.keys())

@@ -12,7 +12,7 @@ enabled even when called under ``torch.no_grad()`` or ``torch.inference_mode()``
 Example:
     >>> import torch
     >>> from braintumor.models import build_model
-    >>> from braintumor.explain.heatmaps import cam_maps
+    >>> from braintumor.explain.saliency import cam_maps
     >>> model = build_model("cnn", 2).eval()
     >>> cam_maps(model, torch.randn(2, 3, 64, 64), "backbone", [1, 0]).shape
     (2, 64, 64)

@@ -1,0 +1,175 @@
+"""Bounded load test of ``braintumor serve``: N requests at C concurrent, without and with ``explain=true``.
+
+Starts its own server on a free port of 127.0.0.1 (or uses ``--url`` pointing at 127.0.0.1/localhost only),
+stops by itself (fixed request count, plus a wall-clock deadline), and prints ONE JSON object: latency
+p50/p95/mean/max in ms, errors and throughput for each phase.
+
+Example:
+    python benchmarks/load_test.py runs/navoneel --requests 500 --concurrency 16
+    python benchmarks/load_test.py runs/navoneel/model.onnx --requests 200      # ONNX: no explain phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _phantom_png(size: int = 256) -> bytes:
+    from PIL import Image
+
+    from braintumor.data.synthetic import make_phantom
+
+    img, _ = make_phantom(np.random.default_rng(0), size=size, tumour=True)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}")
+        time.sleep(0.3)
+    raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")
+
+
+def _stats(latencies: list[float], errors: int, wall: float, n: int, not_run: int, codes: dict) -> dict:
+    lat = np.asarray(latencies) * 1000
+    q = (lambda p: round(float(np.percentile(lat, p)), 1)) if len(lat) else (lambda p: None)
+    return {"requests": n, "ok": len(latencies), "errors": errors, "not_run": not_run, "status_codes": codes,
+            "p50_ms": q(50), "p95_ms": q(95), "mean_ms": round(float(lat.mean()), 1) if len(lat) else None,
+            "max_ms": round(float(lat.max()), 1) if len(lat) else None, "wall_s": round(wall, 2),
+            "throughput_rps": round(len(latencies) / wall, 2) if wall > 0 else None}
+
+
+async def _phase(url: str, image: bytes, n: int, concurrency: int, explain: bool, deadline: float) -> dict:
+    import httpx
+
+    target = url + "/v1/predict" + ("?explain=true" if explain else "")
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    errors = 0
+    not_run = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def worker(client: httpx.AsyncClient):
+        nonlocal errors, not_run
+        while True:
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if time.time() > deadline:
+                not_run += 1
+                continue
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(target, files={"file": ("phantom.png", image, "image/png")})
+                codes[str(r.status_code)] = codes.get(str(r.status_code), 0) + 1
+                body = r.json()
+                if r.status_code == 200 and "label" in body and (not explain or "overlay" in body):
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+            except Exception as exc:  # noqa: BLE001 - every failure counts as an error
+                codes[type(exc).__name__] = codes.get(type(exc).__name__, 0) + 1
+                errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return _stats(latencies, errors, time.perf_counter() - t0, n, not_run, codes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", help="run folder or .onnx file to serve (omit with --url)")
+    ap.add_argument("--url", help="an already running server on 127.0.0.1/localhost")
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--explain-requests", type=int, default=None, help="default: same as --requests")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--image", type=Path, help="image to upload (default: a 256 px synthetic phantom)")
+    ap.add_argument("--max-seconds", type=float, default=900, help="stop sending after this long in total")
+    args = ap.parse_args(argv)
+    if (args.model is None) == (args.url is None):
+        ap.error("give MODEL or --url")
+    if not 1 <= args.concurrency <= 256 or not 1 <= args.requests <= 100_000:
+        ap.error("--concurrency in 1..256 and --requests in 1..100000")
+
+    image = args.image.read_bytes() if args.image else _phantom_png()
+    proc = None
+    if args.url:
+        host = urllib.parse.urlsplit(args.url).hostname
+        if host not in LOOPBACK:
+            ap.error(f"--url must point at 127.0.0.1/localhost, not {host!r}")
+        url = args.url.rstrip("/")
+    else:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, "-m", "braintumor", "serve", args.model, "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        _wait_healthy(url, proc)
+        with urllib.request.urlopen(url + "/v1/model", timeout=10) as r:
+            info = json.loads(r.read())
+        deadline = time.time() + args.max_seconds
+        # Warm-up (not measured): first calls allocate buffers.
+        asyncio.run(_phase(url, image, 4, 2, False, deadline))
+        result = {"url": url, "model": {k: info.get(k) for k in ("name", "version", "fingerprint", "backend")},
+                  "image_bytes": len(image), "concurrency": args.concurrency, "cpu_count": os.cpu_count(),
+                  "without_explain": asyncio.run(_phase(url, image, args.requests, args.concurrency, False,
+                                                        deadline))}
+        n_explain = args.requests if args.explain_requests is None else args.explain_requests
+        if info.get("explain_available") and n_explain > 0:
+            asyncio.run(_phase(url, image, 2, 1, True, deadline))
+            result["with_explain"] = asyncio.run(_phase(url, image, n_explain, args.concurrency, True, deadline))
+        else:
+            result["with_explain"] = None
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    print(json.dumps(result))
+    errors = result["without_explain"]["errors"] + ((result["with_explain"] or {}).get("errors") or 0)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

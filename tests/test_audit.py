@@ -1,0 +1,182 @@
+"""Duplicate and leakage audit: known copies must group, distinct scans must not, labels and leaks reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from braintumor.cli import app
+from braintumor.data.audit import AuditReport, audit, duplicate_groups
+from braintumor.data.synthetic import make_phantom
+from conftest import NAVONEEL, needs_data
+
+
+def _scan(seed: int, tumour: bool = False) -> np.ndarray:
+    """A phantom head on a larger black canvas, like a real slice with background around it."""
+    img, _ = make_phantom(np.random.default_rng(seed), size=160, tumour=tumour)
+    canvas = np.zeros((200, 220), np.uint8)
+    canvas[20:180, 30:190] = img
+    return canvas
+
+
+def _save(arr: np.ndarray, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+# The copies of scan A that must all land in one group, and the distinct scans that must not join it.
+COPIES = ["yes/a.png", "yes/a_bytes.png", "yes/a_reencoded.jpg", "yes/a_resized.png", "yes/a_cropped.png",
+          "yes/a_brighter.png", "yes/a_rgb_png_named.jpg"]
+DISTINCT = ["yes/b.png", "yes/c.png", "no/d.png", "no/e.png", "no/f.jpg"]
+
+
+@pytest.fixture(scope="module")
+def copies_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audit")
+    a = _scan(1, tumour=True)
+    _save(a, root / "yes/a.png")
+    shutil.copyfile(root / "yes/a.png", root / "yes/a_bytes.png")
+    _save(a, root / "yes/a_reencoded.jpg", quality=80)
+    _save(np.asarray(Image.fromarray(a).resize((150, 136), Image.BILINEAR)), root / "yes/a_resized.png")
+    _save(a[6:-4, 12:-8], root / "yes/a_cropped.png")                            # trims background and a bit more
+    _save(np.clip(a.astype(np.float32) * 1.15 + 10, 0, 255).astype(np.uint8), root / "yes/a_brighter.png")
+    _save(np.repeat(a[..., None], 3, axis=2), root / "yes/a_rgb_png_named.jpg", format="PNG")
+    _save(_scan(2, tumour=True), root / "yes/b.png")
+    _save(_scan(3, tumour=True), root / "yes/c.png")
+    _save(_scan(4), root / "no/d.png")
+    _save(_scan(5), root / "no/e.png")
+    _save(_scan(6), root / "no/f.jpg", quality=90)
+    return root
+
+
+def _group_of(root: Path, names: list[str]) -> dict[str, str]:
+    paths = [root / n for n in names]
+    return dict(zip(names, duplicate_groups(paths), strict=True))
+
+
+def test_duplicate_groups_known_copies(copies_dir):
+    g = _group_of(copies_dir, COPIES + DISTINCT)
+    assert len({g[n] for n in COPIES}) == 1, g
+    assert len({g[n] for n in DISTINCT}) == len(DISTINCT)
+    assert g["yes/a.png"] not in {g[n] for n in DISTINCT}
+    # Ids depend on content, not on order.
+    rev = _group_of(copies_dir, list(reversed(COPIES + DISTINCT)))
+    assert rev == g
+
+
+def test_distinct_phantoms_never_merge(phantoms):
+    from braintumor.data import discover
+
+    ds = discover(phantoms)
+    groups = duplicate_groups(ds.paths)
+    assert len(groups) == len(ds) == 400
+    assert len(set(groups)) == 400
+
+
+def test_audit_report_on_copies(copies_dir):
+    r = audit(copies_dir)
+    assert isinstance(r, AuditReport)
+    assert r.n_images == 12 and r.n_readable == 12
+    assert r.n_distinct == 1 + len(DISTINCT)
+    assert r.byte_groups == [["yes/a.png", "yes/a_bytes.png"]]
+    # The PNG named .jpg decodes to the same pixels as a.png (greyscale stored as RGB: same RGB array).
+    assert r.pixel_groups and "yes/a_rgb_png_named.jpg" in r.pixel_groups[0]
+    assert len(r.near_groups) == 1 and sorted(r.near_groups[0]["files"]) == sorted(COPIES)
+    assert r.near_groups[0]["min_score"] >= 0.8
+    assert r.cross_class_groups == []
+    assert r.distinct_per_class == {"no": 3, "yes": 3}
+    assert r.class_stats["yes"]["name_mismatch"] == 1 and r.class_stats["no"]["name_mismatch"] == 0
+    assert r.class_stats["yes"]["formats"] == {"PNG": 8, "JPEG": 1}
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["n_distinct"] == 6 and d["against"] is None
+    assert "n_distinct" in repr(r) or "6 distinct" in repr(r)
+
+
+def test_cross_class_conflict_and_unreadable(copies_dir, tmp_path):
+    root = tmp_path / "conflict"
+    shutil.copytree(copies_dir, root)
+    _save(np.asarray(Image.open(root / "yes/c.png")), root / "no/c_again.jpg", quality=85)  # label conflict
+    (root / "no/broken.png").write_text("not an image")
+    _save(np.full((40, 30), 120, np.uint8), root / "no/tiny.png")
+    r = audit(root)
+    assert len(r.cross_class_groups) == 1
+    conflict = r.cross_class_groups[0]
+    assert sorted(conflict["files"]) == ["no/c_again.jpg", "yes/c.png"]
+    assert sorted(conflict["classes"]) == ["no", "yes"]
+    assert r.warnings[0].startswith("1 duplicate group(s)")            # label conflicts come first
+    assert r.unreadable == [{"file": "no/broken.png", "reason": "not an image (looks like text)"}]
+    assert r.tiny == [{"file": "no/tiny.png", "width": 30, "height": 40}]
+    assert r.n_images == 15 and r.n_readable == 14
+    groups = duplicate_groups([root / "no/broken.png", root / "yes/c.png", root / "no/c_again.jpg"])
+    assert groups[1] == groups[2] != groups[0]
+
+
+def test_against_leakage(copies_dir, tmp_path):
+    other = tmp_path / "other"
+    _save(np.asarray(Image.open(copies_dir / "no/d.png")).copy(), other / "notumor/d_copy.jpg", quality=75)
+    _save(_scan(7), other / "notumor/g.png")
+    _save(_scan(8, tumour=True), other / "glioma/h.png")
+    shutil.copyfile(copies_dir / "yes/b.png", other / "glioma/b_same_bytes.png")
+    r = audit(copies_dir, against=other, confounders=False)
+    leaked = {e["file"]: e for e in r.leaks}
+    assert sorted(leaked) == ["no/d.png", "yes/b.png"]
+    assert leaked["no/d.png"]["matches"][0]["file"] == "notumor/d_copy.jpg"
+    assert leaked["no/d.png"]["matches"][0]["kind"] == "near"
+    assert leaked["yes/b.png"]["matches"] == [{"file": "glioma/b_same_bytes.png", "class": "glioma",
+                                              "score": 1.0, "kind": "bytes"}]
+    assert r.leak_counts == {"files": 2, "exact": 1, "per_class": {"no": 1, "yes": 1}, "other_files": 2}
+    assert any("have a copy in" in w for w in r.warnings)
+
+
+def test_confounder_check_flags_source_difference(tmp_path):
+    # Same anatomy generator, but each class comes from a "different scanner": sizes and brightness differ.
+    for k in range(20):
+        _save(_scan(100 + k), tmp_path / "no" / f"n{k}.png")
+        big = np.asarray(Image.fromarray(_scan(200 + k, tumour=True)).resize((330, 300)))
+        _save(np.clip(big.astype(np.int16) + 25, 0, 255).astype(np.uint8), tmp_path / "yes" / f"y{k}.jpg")
+    r = audit(tmp_path)
+    conf = r.confounders
+    assert conf["warning"] and conf["auc"] >= 0.95 and conf["accuracy"] >= 0.9
+    assert conf["chance_accuracy"] == 0.5 and conf["folds"] == 5
+    assert any("image statistics alone" in w for w in r.warnings)
+
+
+def test_cli_audit_json(copies_dir, tmp_path):
+    out = tmp_path / "audit.json"
+    other = tmp_path / "other"
+    _save(np.asarray(Image.open(copies_dir / "no/e.png")), other / "notumor/e.png", compress_level=1)
+    _save(_scan(9, tumour=True), other / "glioma/x.png")
+    res = CliRunner().invoke(app, ["audit", str(copies_dir), "--against", str(other), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "near-duplicate groups: 1" in res.output and "distinct images: 6" in res.output
+    assert "images with a copy in" in res.output and "no/e.png (no) -> notumor/e.png (notumor, pixels 1.00)" \
+        in res.output
+    d = json.loads(out.read_text())
+    assert d["n_distinct"] == 6 and len(d["byte_groups"]) == 1 and d["cross_class_groups"] == []
+    assert d["leak_counts"]["files"] == 1 and d["leaks"][0]["file"] == "no/e.png"
+    assert set(d) >= {"class_stats", "confounders", "near_groups", "leaks", "unreadable", "warnings"}
+
+
+def test_cli_audit_missing_folder(tmp_path):
+    res = CliRunner().invoke(app, ["audit", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    assert "no such folder" in res.output
+
+
+@needs_data(NAVONEEL)
+def test_navoneel_duplicates():
+    r = audit(NAVONEEL)
+    assert len(r.byte_groups) == 22 and r.n_byte_duplicates == 47
+    assert r.cross_class_groups == []
+    assert 195 <= r.n_distinct <= 210
+    assert r.unreadable == [] and r.class_counts == {"no": 98, "yes": 155}
+    assert r.class_stats["no"]["name_mismatch"] == 6
+    # Image statistics alone separate the classes of this set (different sources): the audit must say so.
+    assert r.confounders["warning"] and r.confounders["auc"] > 0.75

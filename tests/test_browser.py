@@ -1,0 +1,124 @@
+"""A real ``braintumor serve`` process: the web page in Debian's chromium (Playwright), and the load-test script.
+
+Skips cleanly without chromium (``apt-get install chromium``) or Playwright (``pip install playwright``; no browser
+download: the system chromium is launched).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).is_file()),
+                shutil.which("chromium"))
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    """``braintumor serve RUN`` on a random free port of 127.0.0.1; stopped after the module."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    fh = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "braintumor", "serve", str(trained_run.run_dir), "--host",
+                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        fh.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_upload_shows_label_bars_and_overlay(server, phantoms_test, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    image = sorted((phantoms_test / "yes").glob("*.png"))[0]
+    external: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("request", lambda req: external.append(req.url)
+                    if not req.url.startswith((server, "data:", "blob:")) else None)
+            console_errors: list[str] = []
+            page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(server + "/")
+            assert "not a medical device" in page.locator("#notice").inner_text().lower()
+            # Locator waits (not wait_for_function: the page's CSP forbids eval, as it should).
+            page.locator("#model", has_text="cnn").wait_for(timeout=30_000)
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#overlay-fig:not(.hidden)", timeout=60_000)
+            label = page.locator("#label").inner_text().strip()
+            assert label in ("yes", "no")
+            assert page.locator("#bars .bar").count() == 2
+            assert page.locator(f"#bars .bar.top[data-cls='{label}']").count() == 1
+            widths = page.eval_on_selector_all("#bars .fill", "els => els.map(e => parseFloat(e.style.width))")
+            assert abs(sum(widths) - 100) < 0.5
+            assert page.eval_on_selector("#overlay", "img => img.complete && img.naturalWidth") == 64
+            assert page.eval_on_selector("#preview", "img => img.complete && img.naturalWidth") > 0
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            # A bad file shows the server's message, not a crash.
+            bad = tmp_path / "notes.png"
+            bad.write_text("not an image\n")
+            page.set_input_files("#file", str(bad))
+            page.locator("#error", has_text="415").wait_for(timeout=30_000)
+            assert "not an image" in page.locator("#error").inner_text()
+        finally:
+            browser.close()
+    assert external == [], f"the page requested external assets: {external}"
+    assert not [e for e in console_errors if "415" not in e], console_errors
+    print(f"screenshot: {shot}")
+
+
+def test_load_test_script_against_real_server(server, capsys):
+    """benchmarks/load_test.py: a bounded run against the live server, 0 errors, one JSON object printed."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("load_test", REPO / "benchmarks" / "load_test.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--url", server, "--requests", "12", "--explain-requests", "4", "--concurrency", "4"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0
+    assert out["without_explain"]["ok"] == 12 and out["without_explain"]["errors"] == 0
+    assert out["with_explain"]["ok"] == 4 and out["with_explain"]["p50_ms"] > 0
+    with pytest.raises(SystemExit):
+        mod.main(["--url", "http://example.com:8000"])
