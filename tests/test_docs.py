@@ -86,3 +86,10 @@ def test_guide_pages_are_in_the_nav():
 def test_readme_names_the_docs_command():
     assert "make docs" in (REPO / "README.md").read_text()
     assert re.search(r"^docs:.*\n\t\$\(VENV\)/bin/mkdocs build --strict", (REPO / "Makefile").read_text(), re.M)
+
+
+def test_package_docstring_shows_the_same_quick_start():
+    import braintumor
+
+    doc = [line.strip() for line in braintumor.__doc__.splitlines()]
+    assert all(line.strip() in doc for line in quickstart_block())

@@ -38,7 +38,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     monkeypatch.setenv("BRAINTUMOR_QUICK", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows the figures
     nb = _read()
     t0 = time.time()
     # kernel "python3" is ipykernel in the interpreter running the tests (the venv); cwd is tmp_path

@@ -4,11 +4,13 @@ The public API, importable from the package (the ``braintumor`` command is a thi
 
     import braintumor as bt
 
-    bt.write_phantoms("data/phantoms", n=200, size=96)                   # or a folder of <class>/<images>
-    result = bt.train(bt.TrainConfig(data_dir="data/phantoms", img_size=64, epochs_frozen=1, epochs=1),
-                      out="runs/demo")
-    predictor = bt.load_run(result.run_dir)
-    bt.explain(predictor, "data/phantoms/yes/phantom_00001.png").figure()
+    bt.write_phantoms("data/phantoms", n=120, size=64)            # or your own folder: data/<class>/<images>
+    config = bt.TrainConfig(data_dir="data/phantoms", img_size=64, epochs_frozen=2, epochs=2)
+    result = bt.train(config, out="runs/quickstart")               # EfficientNet-Lite0, ImageNet weights
+    print(result)                                                  # validation metrics of the best checkpoint
+    predictor = bt.load_run("runs/quickstart")
+    image = bt.load_folder("data/phantoms").paths[-1]              # the last file of the last class: a tumour
+    bt.explain(predictor, image).figure().savefig("gradcam.png")   # image | Grad-CAM | overlay
 
 ========================  ===============================================================================
 data                      :func:`load_folder` (= :func:`discover`), :func:`read_image`, :func:`write_phantoms`,

@@ -79,13 +79,29 @@ def find_mask(image_path: str | Path, masks_dir: str | Path) -> Path | None:
 # ------------------------------------------------------------------------------------------- localisation
 
 
-def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> bool:
-    """``True`` when the map's maximum lies inside ``mask`` (a constant map points nowhere: ``False``)."""
+def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance: float = 0.0) -> bool:
+    """``True`` when the map's maximum lies inside ``mask`` (a constant map points nowhere: ``False``).
+
+    ``tolerance``: also a hit within this many pixels of the mask. The original pointing game (Zhang et al. 2016)
+    uses 15 px at 224 px, i.e. ``tolerance = 15 / 224 * side`` (:func:`standard_tolerance`); 0 = strictly inside.
+    """
     h = np.asarray(heatmap)
-    if not np.isfinite(h).all() or h.max() - h.min() <= 1e-12 or not np.asarray(mask).any():
+    mask = np.asarray(mask, bool)
+    if not np.isfinite(h).all() or h.max() - h.min() <= 1e-12 or not mask.any():
         return False
     y, x = np.unravel_index(int(np.argmax(h)), h.shape)
-    return bool(mask[y, x])
+    if mask[y, x]:
+        return True
+    if tolerance <= 0:
+        return False
+    from scipy import ndimage
+
+    return bool(ndimage.distance_transform_edt(~mask)[y, x] <= tolerance)
+
+
+def standard_tolerance(side: int) -> float:
+    """The pointing game's usual tolerance (15 px at 224 px) scaled to an image side."""
+    return 15.0 / 224.0 * side
 
 
 def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:

@@ -15,22 +15,17 @@ def _block(cin: int, cout: int, dropout: float) -> nn.Sequential:
     )
 
 
-def small_cnn_backbone(widths=(32, 64, 128, 128), dropout: float = 0.1, keep_last: int = 2) -> nn.Sequential:
-    """Stride-2 5x5 stem, then conv blocks; all but the last ``keep_last`` blocks halve the resolution.
-
-    Output: ``widths[-1]`` channels at 1/8 of the input side with the defaults (8x8 at 64 px, 28x28 at 224 px),
-    so Grad-CAM maps at the backbone output can point at lesions a few pixels wide. (With every block pooling,
-    the map was 4x4 at 64 px and the Grad-CAM peak fell inside the lesion for only ~28% of phantoms.)
-    """
+def small_cnn_backbone(widths=(32, 64, 128, 256), dropout: float = 0.1) -> nn.Sequential:
+    """Stride-2 5x5 stem, then conv blocks that each halve the resolution. Output: ``widths[-1]`` channels."""
     layers: list[nn.Module] = [
         nn.Conv2d(3, widths[0], 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
     ]
     cin = widths[0]
     for i, w in enumerate(widths):
+        # The last block keeps its resolution so Grad-CAM maps stay reasonably fine.
         blk = _block(cin, w, dropout)
-        if i >= len(widths) - keep_last:  # keeps its resolution
-            drop = (nn.MaxPool2d, nn.Dropout2d) if i == len(widths) - 1 else (nn.MaxPool2d,)
-            blk = nn.Sequential(*[m for m in blk if not isinstance(m, drop)])
+        if i == len(widths) - 1:
+            blk = nn.Sequential(*[m for m in blk if not isinstance(m, (nn.MaxPool2d, nn.Dropout2d))])
         layers.append(blk)
         cin = w
     return nn.Sequential(*layers)
@@ -41,11 +36,11 @@ def build_cnn(num_classes: int, pretrained: bool = False, img_size: int = 224) -
         from ..errors import UsageError
 
         raise UsageError("model 'cnn' is trained from scratch: it has no pretrained weights")
-    return Classifier(small_cnn_backbone(), 128, num_classes)
+    return Classifier(small_cnn_backbone(), 256, num_classes)
 
 
 register(ModelSpec(
     name="cnn", build=build_cnn, mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD, target_layer="backbone",
     pretrained_source=None, pretrained_default=False,
-    description="small CNN from scratch (stride-2 stem, 4 conv blocks, 1/8-resolution maps, GAP, Dense 256)",
+    description="small CNN from scratch (stride-2 stem, 4 conv blocks, GAP, Dense 256, Dropout 0.5)",
 ))

@@ -1,0 +1,87 @@
+"""Decode, crop and resize each image once per run, keeping ``uint8`` arrays in memory.
+
+Unreadable files are reported once (file + reason) and skipped, or fatal with ``strict=True``. Items may be paths,
+slice references (``vol.nii.gz#12``), :class:`~braintumor.data.discover.ImageRecord` objects or ``(path, frame)``.
+
+Example:
+    >>> from braintumor.data.cache import load_images
+    >>> from braintumor.preprocess import Preprocessor
+    >>> batch = load_images(["a.png", "b.png"], Preprocessor(img_size=64))   # doctest: +SKIP
+    >>> batch.images.shape, batch.skipped                                     # doctest: +SKIP
+    ((2, 64, 64, 3), [])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UnreadableImageError
+from ..preprocess import Preprocessor
+from .read import frame_ref, read_image, split_ref
+
+
+@dataclass
+class LoadedImages:
+    """``images[i]`` is the prepared image of ``paths[kept[i]]``; ``skipped`` lists ``(path, reason)``."""
+
+    images: np.ndarray
+    kept: list[int]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _as_ref(item) -> Path:
+    """A path, a slice reference, an ``ImageRecord`` or ``(path, frame)`` -> the reference to read."""
+    if hasattr(item, "ref"):
+        return Path(item.ref)
+    if isinstance(item, tuple):
+        path, frame = item
+        return frame_ref(path, frame)
+    return Path(item)
+
+
+def _load_one(path: Path, pre: Preprocessor) -> np.ndarray | UnreadableImageError:
+    try:
+        return pre.prepare(read_image(path))
+    except UnreadableImageError as exc:
+        if exc.path == path:
+            return exc
+        # Name what was asked for (the slice reference), and the member file when a series slice failed.
+        src = split_ref(path)[0]
+        return UnreadableImageError(path, exc.reason if exc.path == src else f"{exc.path.name}: {exc.reason}")
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is "this file is unreadable"
+        return UnreadableImageError(path, f"{type(exc).__name__}: {exc}")
+
+
+def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
+                on_skip: Callable[[Path, str], None] | None = None,
+                progress: Callable[[], None] | None = None, workers: int | None = None) -> LoadedImages:
+    """Read and prepare every file (threads: PIL and NumPy release the GIL while decoding).
+
+    Raises:
+        UnreadableImageError: with ``strict=True``, at the first unreadable file.
+    """
+    paths = [_as_ref(p) for p in paths]
+    workers = workers or min(8, (os.cpu_count() or 2))
+    out = np.empty((len(paths), pre.img_size, pre.img_size, 3), np.uint8)
+    kept: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, res in enumerate(pool.map(lambda p: _load_one(p, pre), paths)):
+            if progress is not None:
+                progress()
+            if isinstance(res, UnreadableImageError):
+                if strict:
+                    raise res
+                skipped.append((res.path, res.reason))
+                if on_skip is not None:
+                    on_skip(res.path, res.reason)
+                continue
+            out[len(kept)] = res
+            kept.append(i)
+    return LoadedImages(out[: len(kept)], kept, skipped)

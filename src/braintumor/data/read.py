@@ -1,0 +1,257 @@
+"""Turn any supported file into an ``uint8`` RGB image array, or raise :class:`UnreadableImageError`.
+
+The format is decided by the file's content, not its name: the Navoneel set has PNGs named ``.jpg``.
+Greyscale, RGB, RGBA, LA, palette, CMYK and 16-bit images all come out as ``(H, W, 3)`` ``uint8``.
+
+Other modules register readers for further formats with :func:`register_reader` (DICOM, NIfTI).
+
+Multi-slice sources (NIfTI volumes, multi-frame DICOM, folders holding one DICOM series) have *frames*:
+``read_image(path, frame=k)`` reads slice ``k``, and the reference ``"vol.nii.gz#12"`` (see :func:`frame_ref`)
+means the same thing wherever a path is expected. Without a frame a volume gives its middle slice.
+
+Example:
+    >>> from braintumor.data.read import read_image
+    >>> img = read_image("scan.png")          # doctest: +SKIP
+    >>> img.shape, img.dtype                  # doctest: +SKIP
+    ((512, 512, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ..errors import UnreadableImageError
+
+#: Suffixes discovered as 2-D raster images (compared lower-case).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+#: Largest image accepted, in pixels (decompression-bomb guard).
+MAX_PIXELS = 64_000_000
+#: Smallest side accepted, in pixels.
+MIN_SIDE = 8
+
+# A truncated file must fail loudly, never be half-decoded.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+Reader = Callable[[Path], np.ndarray]
+# (predicate on path, reader, frame counter or None); first match wins. Predicates look at names or magic bytes.
+_READERS: list[tuple[Callable[[Path], bool], Callable, Callable[[Path], int] | None, str | None]] = []
+# Predicates that claim files without a usable suffix by their content (e.g. DICOM's 'DICM' magic).
+_SNIFFERS: list[Callable[[Path], bool]] = []
+
+
+def register_reader(predicate: Callable[[Path], bool], reader: Reader, *, first: bool = True,
+                    frames: Callable[[Path], int] | None = None, name: str | None = None) -> None:
+    """Register a reader for files where ``predicate(path)`` is true (e.g. DICOM by magic bytes).
+
+    Args:
+        predicate: ``predicate(path) -> bool``; may be given folders too (a DICOM series folder).
+        reader: ``reader(path) -> array``; with ``frames`` it is called as ``reader(path, frame)``
+            (``frame=None``: its default frame, the middle slice of a volume).
+        first: try this reader before the ones registered earlier.
+        frames: ``frames(path) -> int``, the number of slices of a multi-slice source (header only, cheap).
+        name: the format's name reported by :func:`image_format` (``"DICOM"``, ``"NIfTI"``).
+    """
+    entry = (predicate, reader, frames, name)
+    if first:
+        _READERS.insert(0, entry)
+    else:
+        _READERS.append(entry)
+
+
+def register_sniffer(predicate: Callable[[Path], bool]) -> None:
+    """Make discovery pick up files without a known suffix when ``predicate(path)`` recognises their content."""
+    _SNIFFERS.append(predicate)
+
+
+def sniff_supported(path: Path) -> bool:
+    """True when a registered sniffer recognises the content of ``path`` (used for suffix-less files)."""
+    return any(pred(path) for pred in _SNIFFERS)
+
+
+def _match(path: Path, what: str = "reader"):
+    for predicate, reader, frames, name in _READERS:
+        try:
+            hit = predicate(path)
+        except OSError:
+            hit = False
+        if hit:
+            return name if what == "name" else (reader, frames)
+    return None if what == "name" else (None, None)
+
+
+def split_ref(path: str | Path) -> tuple[Path, int | None]:
+    """``"vol.nii.gz#12"`` -> ``(Path("vol.nii.gz"), 12)``; a plain path -> ``(path, None)``.
+
+    A file that really is named ``x#12`` wins over the reference reading.
+    """
+    p = Path(path)
+    name = p.name
+    head, sep, tail = name.rpartition("#")
+    if not sep or not tail.isdigit() or not head or p.exists():
+        return p, None
+    return p.with_name(head), int(tail)
+
+
+def frame_ref(path: str | Path, frame: int | None) -> Path:
+    """The reference of slice ``frame`` of ``path`` (``vol.nii.gz#12``); ``path`` itself when ``frame`` is None."""
+    return Path(path) if frame is None else Path(f"{path}#{int(frame)}")
+
+
+def frame_count(path: str | Path) -> int:
+    """Number of slices of a source: 1 for 2-D images, the slice count of volumes, multi-frame files, series."""
+    path = Path(path)
+    _, frames = _match(path)
+    if frames is None:
+        return 1
+    try:
+        return max(1, int(frames(path)))
+    except UnreadableImageError:
+        return 1
+
+
+def supported_suffixes() -> set[str]:
+    """Suffixes that discovery picks up (raster images plus what registered readers add)."""
+    return set(IMAGE_SUFFIXES) | set(_EXTRA_SUFFIXES)
+
+
+_EXTRA_SUFFIXES: set[str] = set()
+
+
+def register_suffixes(*suffixes: str) -> None:
+    """Make discovery pick up files with these suffixes (lower-case, with the dot, e.g. ``.dcm``)."""
+    _EXTRA_SUFFIXES.update(s.lower() for s in suffixes)
+
+
+def _sniff(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise UnreadableImageError(path, f"cannot open ({exc.strerror or exc})") from None
+    if not head:
+        return "empty file"
+    try:
+        head.decode("utf-8")
+        text = all(32 <= b < 127 or b in (9, 10, 13) for b in head[:64])
+    except UnicodeDecodeError:
+        text = False
+    return "not an image (looks like text)" if text else "not a recognised image format"
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale any numeric 2-D/3-D array to ``uint8``: 8-bit data untouched, wider data min-max stretched."""
+    if arr.dtype == np.uint8:
+        return arr
+    a = arr.astype(np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = np.where(finite, a, 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Composite onto black: MRI backgrounds are black, a white matte would create a fake frame.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        grey = to_uint8(np.asarray(img))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "RGB":
+        return np.asarray(img)
+    return np.asarray(img.convert("RGB"))
+
+
+def _read_raster(path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise UnreadableImageError(path, f"image too large ({w}x{h} pixels)")
+                img.load()
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)
+                arr = _pil_to_rgb(img)
+    except UnreadableImageError:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImageError(path, _sniff(path)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImageError(path, "image too large (decompression bomb guard)") from None
+    except OSError as exc:
+        msg = str(exc)
+        reason = "truncated or corrupt image data" if "truncated" in msg or "broken" in msg else msg
+        raise UnreadableImageError(path, reason or "corrupt image") from None
+    except (ValueError, SyntaxError, IndexError, EOFError) as exc:
+        raise UnreadableImageError(path, f"corrupt image ({exc})") from None
+    return np.ascontiguousarray(arr)
+
+
+def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
+    """Read one file (or one slice of a volume) as an ``(H, W, 3)`` ``uint8`` RGB array.
+
+    Args:
+        path: an image file, a volume (NIfTI, multi-frame DICOM), a folder holding one DICOM series, or a
+            slice reference ``"vol.nii.gz#12"``.
+        frame: the slice of a multi-slice source (default: the reference's, else the middle slice).
+
+    Raises:
+        UnreadableImageError: the file is missing, not an image, truncated, too small or too large, or the frame
+            is out of range.
+
+    Example:
+        >>> from braintumor import read_image
+        >>> read_image("data/brain_mri_yes_no/yes/Y1.jpg").shape     # doctest: +SKIP
+        (218, 180, 3)
+        >>> read_image("scans/t1.nii.gz#80").dtype                    # doctest: +SKIP
+        dtype('uint8')
+    """
+    path = Path(path)
+    if frame is None and not path.exists():
+        path, frame = split_ref(path)
+    if not path.exists():
+        raise UnreadableImageError(path, "no such file")
+    reader, frames = _match(path)
+    if reader is not None and frames is not None:
+        arr = reader(path, frame)
+    elif path.is_dir():
+        raise UnreadableImageError(path, "a folder, not an image (nor a single DICOM series)")
+    else:
+        if frame not in (None, 0):
+            raise UnreadableImageError(path, f"frame {frame} out of range (a 2-D image has 1 frame)")
+        arr = reader(path) if reader is not None else _read_raster(path)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    h, w = arr.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise UnreadableImageError(path, f"image too small ({w}x{h} pixels)")
+    return arr
+
+
+def image_format(path: str | Path) -> str | None:
+    """The format PIL detects from the file's bytes (``"JPEG"``, ``"PNG"``...), else the name of the registered
+    reader that claims the file (``"DICOM"``, ``"NIfTI"``), or ``None``. Slice references name their volume's."""
+    path = Path(path)
+    if not path.exists():
+        path = split_ref(path)[0]
+    name = _match(path, "name")
+    if name is not None:
+        return name
+    try:
+        with Image.open(path) as img:
+            return img.format
+    except Exception:  # noqa: BLE001 - any failure means "not a raster image"
+        return None
