@@ -95,3 +95,16 @@ def test_quickstart_from_the_docs_runs(tmp_path, monkeypatch):
     assert 0 <= result.metrics["accuracy"] <= 1 and result.metrics["n"] == 24  # 20% of 120 phantoms
     ex = bt.explain(namespace["predictor"], namespace["image"])
     assert ex.heatmap.shape == (64, 64) and np.isfinite(ex.heatmap).all()
+
+
+def test_importing_the_package_keeps_the_users_matplotlib_backend():
+    """Training writes figures to files without switching the backend (a notebook keeps its inline plots)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import matplotlib, braintumor as bt; bt.train; import braintumor.calibration, braintumor.plots; "
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MPLBACKEND": "svg"})
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -113,7 +113,9 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         PosixPath('runs/demo/evaluations/phantoms-test')
     """
     pred = model if isinstance(model, Predictor) else Predictor.from_run(model)
-    ds = discover(data_dir, classes=pred.classes)
+    from .data.slices import run_slices
+
+    ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
     loaded = load_images(ds.paths, pred.preprocessor, strict=strict, on_skip=on_skip, progress=progress)
     y = np.asarray(ds.labels)[loaded.kept]
     proba = pred.proba_prepared(loaded.images, batch_size)

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, **kw):
+    """``pyplot.subplots`` without pyplot: a bare :class:`~matplotlib.figure.Figure` that renders to files only.
+
+    No global backend switch (``matplotlib.use("Agg")`` would break a Jupyter user's inline plots as soon as
+    training imported this module), no figure registry to leak, safe in threads.
+    """
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+#: The two pyplot functions the figure writers use (``calibration`` imports it too).
+plt = SimpleNamespace(subplots=_subplots, close=lambda fig=None: None)
 
 
 def _save(fig, path: Path) -> Path:
