@@ -87,9 +87,9 @@ class Predictor:
                  positive_class: str | None = None, temperature: float = 1.0, threshold: float | None = None,
                  metadata: dict | None = None, device: str = "auto"):
         self.device = _torch_device(device)
-        self.model = model.to(self.device).eval()
-        if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # Plain (NCHW) memory format: channels_last was slower for inference on AVX2 CPUs (benchmarks/inference.py);
+        # the fast CPU path is onnxruntime (braintumor.export.OnnxPredictor).
+        self.model = model.to(self.device, memory_format=torch.contiguous_format).eval()
         self.preprocessor = preprocessor
         self.classes = list(classes)
         self.positive_class = positive_class
@@ -148,9 +148,7 @@ class Predictor:
         """Logits for a normalised ``(N, 3, S, S)`` tensor."""
         outs = []
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].to(self.device)
-            if self.device.type == "cpu":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = x[i:i + batch_size].to(self.device).contiguous()
             outs.append(self.model(xb).float().cpu())
         return torch.cat(outs) if outs else torch.empty(0, len(self.classes))
 
