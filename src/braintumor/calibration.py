@@ -138,13 +138,14 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, y: Sequence[int], max_ite
 
 def choose_threshold(y_true: Sequence[int], p_positive: Sequence[float], target_sensitivity: float,
                      positive: int = 1) -> dict:
-    """The largest threshold ``t`` with sensitivity (``p >= t`` among positives) at least the target.
+    """A threshold ``t`` with sensitivity (``p >= t`` among positives) at least the target: halfway between the
+    score of the last positive needed and the next lower score, the largest such margin-safe choice.
 
     Returns ``{"threshold", "target_sensitivity", "sensitivity", "specificity"}`` measured on the data given.
 
     Example:
-        >>> choose_threshold([0, 0, 1, 1, 1, 1], [0.1, 0.6, 0.4, 0.7, 0.8, 0.9], 0.75)["threshold"]
-        0.7
+        >>> round(choose_threshold([0, 0, 1, 1, 1, 1], [0.1, 0.6, 0.4, 0.7, 0.8, 0.9], 0.75)["threshold"], 3)
+        0.65
     """
     if not 0 < target_sensitivity <= 1:
         raise UsageError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
@@ -155,6 +156,10 @@ def choose_threshold(y_true: Sequence[int], p_positive: Sequence[float], target_
         raise UsageError("cannot choose a threshold: no positive images in the validation split")
     k = max(1, math.ceil(target_sensitivity * len(pos_scores) - 1e-9))
     t = float(pos_scores[k - 1])
+    # Halfway down to the next lower score, so the boundary image stays above the threshold when prediction
+    # recomputes its probability in float32.
+    lower = p[p < t]
+    t = (t + float(lower.max())) / 2 if len(lower) else t * (1 - 1e-6)
     return {"threshold": t, "target_sensitivity": float(target_sensitivity),
             "sensitivity": float((p[y] >= t).mean()),
             "specificity": float((p[~y] < t).mean()) if (~y).any() else None}
