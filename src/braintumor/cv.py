@@ -83,8 +83,8 @@ class CVResult:
                 "leakage": self.leakage}
 
 
-def _folder(data: str | Path | ImageFolder) -> ImageFolder:
-    return data if isinstance(data, ImageFolder) else discover(data)
+def _folder(data: str | Path | ImageFolder, slices="middle") -> ImageFolder:
+    return data if isinstance(data, ImageFolder) else discover(data, slices=slices)
 
 
 def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
@@ -263,10 +263,10 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
         raise UsageError(f"--folds must be at least 2, got {folds}")
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
-    ds = _folder(data)
     cfg = config if config is not None else TrainConfig()
-    data_dir = cfg.data_dir or str(ds.root)
-    cfg = replace(cfg, data_dir=data_dir, val_dir=None, **overrides)
+    cfg = replace(cfg, val_dir=None, **overrides)
+    ds = _folder(data, cfg.slices)
+    cfg = replace(cfg, data_dir=cfg.data_dir or str(ds.root))
     out = Path(out) if out is not None else RunDir.default_for(ds.root, "cv")
     if (out / "cv.json").exists():
         raise UsageError(f"{out} already holds a cross-validation; pick another --out")
