@@ -217,3 +217,15 @@ def test_create_app_bad_model_path(tmp_path):
 
     with pytest.raises(RunError):
         create_app(tmp_path / "nothing")
+
+
+def test_nifti_upload_keeps_its_double_suffix(client, phantoms_test, tmp_path):
+    """A .nii.gz upload is read as NIfTI (it used to be saved as '.gz' and refused)."""
+    import nibabel as nib
+
+    img = np.asarray(Image.open(sorted((phantoms_test / "yes").glob("*.png"))[0]))
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(img.T[:, ::-1, None].astype(np.uint8), np.eye(4)), path)
+    r = client.post("/v1/predict", files={"file": ("scan.nii.gz", path.read_bytes(), "application/gzip")})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] in ("no", "yes")

@@ -142,7 +142,8 @@ def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DE
         identified = False
     if identified and w * h > max_pixels:
         raise RejectedInput(413, f"image too large: {w}x{h} pixels (limit {max_pixels} pixels)")
-    suffix = Path(filename or "").suffix.lower()
+    name = Path(filename or "").name.lower()
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix  # keep the double suffix of NIfTI
     suffix = suffix if suffix.replace(".", "").isalnum() and len(suffix) <= 8 else ""
     fd, tmp = tempfile.mkstemp(prefix="braintumor-upload-", suffix=suffix)
     try:
