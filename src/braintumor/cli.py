@@ -563,11 +563,10 @@ def explain_cmd(
     import csv
     import json
 
-    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from .data.read import read_image
-    from .errors import UnreadableImageError, UsageError
+    from .data.cache import load_images
+    from .errors import UsageError
     from .explain import as_predictor, evaluate_explanations, explain_prepared
     from .explain.saliency import check_method
     from .inference import Predictor
@@ -604,15 +603,10 @@ def explain_cmd(
         else:
             for i in range(0, len(files), batch_size):
                 chunk = files[i:i + batch_size]
-                prepared, ok = [], []
-                for p in chunk:
-                    try:
-                        prepared.append(predictor.preprocessor.prepare(read_image(p)))
-                        ok.append(p)
-                    except UnreadableImageError as exc:
-                        skip(p, exc.reason)
+                loaded = load_images(chunk, predictor.preprocessor, on_skip=skip)
+                ok = [chunk[j] for j in loaded.kept]
                 if ok:
-                    for ex, p in zip(explain_prepared(predictor, np.stack(prepared), method, target,
+                    for ex, p in zip(explain_prepared(predictor, loaded.images, method, target,
                                                       [str(p) for p in ok], batch_size), ok, strict=True):
                         ex.save(out, stems[p])
                         written += 1

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.read import read_image
-from .errors import RunError, UnreadableImageError
+from .data.cache import load_images
+from .errors import RunError
 from .metrics import predict_labels
 from .models import build_model
 from .preprocess import Preprocessor
@@ -172,20 +172,18 @@ class Predictor:
         results: list[Prediction] = []
         for i in range(0, len(paths), batch_size):
             chunk = paths[i:i + batch_size]
-            prepared, rows = [], []
-            for p in chunk:
-                try:
-                    prepared.append(self.preprocessor.prepare(read_image(p)))
-                    rows.append(Prediction(str(p)))
-                except UnreadableImageError as exc:
-                    rows.append(Prediction(str(p), error=exc.reason))
-            if prepared:
-                proba = self.proba_prepared(np.stack(prepared), batch_size)
+            loaded = load_images(chunk, self.preprocessor)
+            rows = [Prediction(str(p)) for p in chunk]
+            kept = set(loaded.kept)
+            failed = [j for j in range(len(chunk)) if j not in kept]
+            for j, (_, reason) in zip(failed, loaded.skipped, strict=True):
+                rows[j].error = reason
+            if loaded.kept:
+                proba = self.proba_prepared(loaded.images, batch_size)
                 labels = self.labels_from_proba(proba)
-                ok = [r for r in rows if r.error is None]
-                for r, pr, lab in zip(ok, proba, labels, strict=True):
-                    r.label = lab
-                    r.probabilities = {c: float(v) for c, v in zip(self.classes, pr, strict=True)}
+                for j, pr, lab in zip(loaded.kept, proba, labels, strict=True):
+                    rows[j].label = lab
+                    rows[j].probabilities = {c: float(v) for c, v in zip(self.classes, pr, strict=True)}
             results.extend(rows)
             if progress is not None:
                 progress(len(chunk))
