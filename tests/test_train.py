@@ -115,3 +115,48 @@ def test_resume_after_kill_9(small_phantoms, tmp_path):
     for r, h in zip(rows, ref.history, strict=True):
         assert float(r["val_loss"]) == pytest.approx(h["val_loss"], rel=1e-4)
     assert done["confusion_matrix"] == ref.metrics["confusion_matrix"]
+
+
+# ---------------------------------------------------------------------------------- domain pretraining
+
+
+def test_init_from_starts_from_the_other_runs_backbone(trained_run, phantoms, tmp_path):
+    """--init-from: the backbone comes from the other run (a frozen-only phase leaves it untouched)."""
+    import torch
+
+    cfg = TrainConfig(data_dir=str(phantoms), model="cnn", img_size=64, epochs_frozen=1, epochs=0,
+                      init_from=str(trained_run.run_dir))
+    res = train(cfg, out=tmp_path / "init")
+    src = RunDir(trained_run.run_dir).load_checkpoint("best")["model"]
+    new = RunDir(res.run_dir).load_checkpoint("best")["model"]
+    backbone = [k for k in src if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(src[k], new[k]) for k in backbone)
+    assert not torch.equal(src["head.1.weight"], new["head.1.weight"])  # a new head was trained
+    meta = res.metadata
+    assert meta["pretrained"] and meta["pretrained_source"].startswith("run:")
+    assert res.metrics["accuracy"] >= 0.8  # the source run's features already separate the phantoms
+
+
+def test_init_from_rejects_another_architecture(trained_run, phantoms, tmp_path):
+    cfg = TrainConfig(data_dir=str(phantoms), model="efficientnet-lite0", img_size=64, epochs_frozen=1, epochs=0,
+                      init_from=str(trained_run.run_dir))
+    with pytest.raises(UsageError, match="holds a 'cnn' model"):
+        train(cfg, out=tmp_path / "bad")
+
+
+def test_exclude_copies_of_drops_every_copy(tmp_path):
+    """--exclude-copies-of: files with a copy (here re-encoded and resized) in the other folder are left out."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    write_phantoms(data, n=40, size=64, seed=3)
+    other = tmp_path / "other" / "yes"
+    other.mkdir(parents=True)
+    picked = sorted((data / "yes").glob("*.png"))[:3]
+    for i, p in enumerate(picked):
+        Image.open(p).convert("RGB").resize((96, 96)).save(other / f"copy{i}.jpg", quality=92)
+    cfg = TrainConfig(data_dir=str(data), model="cnn", img_size=64, epochs=1, exclude_copies_of=str(other.parent))
+    res = train(cfg, out=tmp_path / "run")
+    info = res.metadata["data"]["excluded_copies"]
+    assert sorted(info["files"]) == sorted(str(p) for p in picked)
+    assert res.metadata["data"]["n_train"] + res.metadata["data"]["n_val"] == 40 - 3

@@ -26,6 +26,11 @@ class TrainConfig:
     schedule peaking at ``lr``). Models without pretrained weights train in one phase (``epochs`` at ``lr``).
     ``lr=None`` picks 1e-4 for fine-tuning and 1e-3 from scratch.
 
+    Domain pretraining: ``init_from`` names a run folder (same model) whose backbone weights start this run instead
+    of ImageNet's (a new head is trained; the run is fine-tuned in two phases). ``exclude_copies_of`` drops every
+    training image that has an exact or near copy in that folder, so a model pretrained here can later be tested
+    there without leakage.
+
     Example:
         >>> from braintumor import TrainConfig
         >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=3)
@@ -64,6 +69,8 @@ class TrainConfig:
     slices: str | int = "middle"
     device: str = "auto"
     target_sensitivity: float | None = None
+    init_from: str | None = None
+    exclude_copies_of: str | None = None
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

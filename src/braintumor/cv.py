@@ -156,7 +156,8 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
                           f"sensitivity {row.get('sensitivity') or float('nan'):.3f}  "
                           f"specificity {row.get('specificity') or float('nan'):.3f}  ({seconds:.0f} s)")
 
-    summary = {k: mean_ci([row[k] for row in rows if row[k] is not None]) for k in CV_METRICS}
+    summary = {k: mean_ci([row[k] for row in rows if row[k] is not None],
+                          bounds=(-1.0, 1.0) if k == "mcc" else (0.0, 1.0)) for k in CV_METRICS}
     summary["seconds_per_fold"] = mean_ci([row["seconds"] for row in rows])
     y = np.asarray([o[4] for o in oof])
     proba = np.stack([o[6] for o in oof])

@@ -61,7 +61,7 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
         "mcc": float(skm.matthews_corrcoef(y, y_pred)),
         "roc_auc": roc_auc(y, proba, pos),
         "pr_auc": pr_auc(y, proba, pos),
-        "log_loss": float(skm.log_loss(y, np.clip(proba, 1e-7, 1), labels=labels)),
+        "log_loss": float(skm.log_loss(y, _renormalised(proba), labels=labels)),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "classes": list(classes),
@@ -100,3 +100,9 @@ def pr_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
     if len(present) < proba.shape[1]:
         return None
     return float(np.mean([skm.average_precision_score(y == c, proba[:, c]) for c in range(proba.shape[1])]))
+
+
+def _renormalised(proba: np.ndarray) -> np.ndarray:
+    """float64 rows summing to one (float32 softmax rows miss by ~1e-7, which scikit-learn warns about)."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1.0)
+    return p / p.sum(axis=1, keepdims=True)

@@ -202,8 +202,10 @@ def bootstrap_ci(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str
 # --------------------------------------------------------------------------------------- across-fold means
 
 
-def mean_ci(values: Sequence[float], alpha: float = 0.05) -> dict:
+def mean_ci(values: Sequence[float], alpha: float = 0.05, bounds: tuple[float, float] | None = None) -> dict:
     """Mean and t-based ``1 - alpha`` interval of per-fold values (``nan`` entries ignored).
+
+    ``bounds`` clips the interval to the metric's range (e.g. ``(0, 1)`` for accuracy, ``(-1, 1)`` for MCC).
 
     The folds of one cross-validation share training data, so this interval is somewhat optimistic; it is the
     conventional summary, not an exact one.
@@ -224,7 +226,10 @@ def mean_ci(values: Sequence[float], alpha: float = 0.05) -> dict:
         return {"mean": mean, "std": None, "low": None, "high": None, "n": 1}
     sd = float(v.std(ddof=1))
     half = float(t.ppf(1 - alpha / 2, n - 1) * sd / np.sqrt(n))
-    return {"mean": mean, "std": sd, "low": mean - half, "high": mean + half, "n": n}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "std": sd, "low": low, "high": high, "n": n}
 
 
 def format_ci(estimate: float | None, low: float | None = None, high: float | None = None, digits: int = 3) -> str:

@@ -268,6 +268,7 @@ class PreparedData:
     classes: list[str]
     fingerprint: str
     n_groups: int | None
+    excluded: list[str] = field(default_factory=list)
 
 
 def _skip_reporter(out: _Console):
@@ -290,6 +291,9 @@ def group_folder(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
 def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: ImageFolder | None = None
                  ) -> PreparedData:
     ds = folder if folder is not None else discover(cfg.data_dir, slices=cfg.slices)
+    excluded: list[str] = []
+    if cfg.exclude_copies_of:
+        ds, excluded = exclude_copies(ds, cfg.exclude_copies_of, out)
     if cfg.val_dir:
         val_ds = discover(cfg.val_dir, classes=ds.classes, slices=cfg.slices)
         train_ds = ds
@@ -315,8 +319,22 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     return PreparedData(
         tr_l.images, tr_y, va_l.images, va_y, [str(val_ds.paths[i]) for i in va_l.kept],
         [str(train_ds.paths[i]) for i in tr_l.kept], tr_l.skipped + va_l.skipped, ds.classes,
-        fingerprint(fp_paths, Path(cfg.data_dir)), len(set(groups)) if groups else None,
+        fingerprint(fp_paths, Path(cfg.data_dir)), len(set(groups)) if groups else None, excluded,
     )
+
+
+def exclude_copies(ds: ImageFolder, other: str, out: _Console) -> tuple[ImageFolder, list[str]]:
+    """Drop the images of ``ds`` that have an exact or near copy in the folder ``other``."""
+    from .data.audit import copies_in
+
+    if not Path(other).is_dir():
+        raise UsageError(f"{other}: no such folder (exclude_copies_of)")
+    plain = [i for i, r in enumerate(ds.records) if r.frame is None]
+    hits = [plain[k] for k in copies_in([ds.records[i].path for i in plain], other)]
+    dropped = [str(ds.records[i].ref) for i in hits]
+    out.print(f"excluded {len(dropped)} image(s) with a copy in {other}")
+    keep = sorted(set(range(len(ds.records))) - set(hits))
+    return ds.subset(keep), dropped
 
 
 def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dict:
@@ -329,6 +347,29 @@ def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dic
     except ImportError:
         return {}
     return calibrate_run(predictor, data.val_x, data.val_y, cfg)
+
+
+def init_source(run_dir: str) -> str:
+    """How metadata names weights taken from another run: ``run:<folder> (<weights fingerprint>)``."""
+    meta = RunDir(run_dir).read_metadata() if RunDir(run_dir).metadata.is_file() else {}
+    fp = (meta.get("data") or {}).get("fingerprint")
+    return f"run:{Path(run_dir).resolve()}" + (f" (data {fp})" if fp else "")
+
+
+def load_backbone(model: nn.Module, run_dir: str, model_name: str) -> None:
+    """Start ``model`` from the backbone of another run's best checkpoint (domain pretraining); the head stays new."""
+    run = RunDir(run_dir)
+    if not run.metadata.is_file() or not run.best.is_file():
+        raise UsageError(f"{run_dir}: not a finished run folder (init_from needs metadata.json and best.pt)")
+    other = run.read_metadata().get("model")
+    if other != model_name:
+        raise UsageError(f"{run_dir}: holds a '{other}' model, this run trains '{model_name}' (init_from)")
+    state = run.load_checkpoint("best")["model"]
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone)
+    except RuntimeError as exc:
+        raise RunError(f"{run_dir}: backbone weights do not fit ({str(exc).splitlines()[0]})") from None
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -416,7 +457,8 @@ def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor,
     classes = data.classes
     return {
         "model": cfg.model, "pretrained": bool(pretrained),
-        "pretrained_source": spec.pretrained_source if pretrained else None,
+        "pretrained_source": (init_source(cfg.init_from) if cfg.init_from
+                              else spec.pretrained_source if pretrained else None),
         "classes": classes, "num_classes": len(classes), "positive_class": positive_class(classes),
         "img_size": cfg.img_size, "preprocessing": pre.to_dict(),
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
@@ -426,6 +468,8 @@ def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor,
                  "train_counts": {c: int((data.train_y == i).sum()) for i, c in enumerate(classes)},
                  "val_counts": {c: int((data.val_y == i).sum()) for i, c in enumerate(classes)},
                  "groups": data.n_groups, "slices": cfg.slices,
+                 "excluded_copies": ({"of": cfg.exclude_copies_of, "files": data.excluded}
+                                     if cfg.exclude_copies_of else None),
                  "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped]},
         "seed": cfg.seed, "device": str(device), "precision": precision, "world_size": ctx.world_size,
         "versions": versions(), "status": "running",
@@ -480,6 +524,8 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
     cfg, run = _resolve_run(config, out, resume)
     spec = get_spec(cfg.model)
     pretrained = spec.pretrained_default if cfg.pretrained is None else cfg.pretrained
+    if cfg.init_from:
+        pretrained = True  # a run's weights: fine-tune in two phases like ImageNet weights
     device = resolve_device(cfg.device)
     ctx = init_distributed(device.type)
     try:
@@ -536,7 +582,11 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         _write_split(run, data)
     ctx.barrier()
 
-    model = build_model(cfg.model, len(classes), pretrained=pretrained, img_size=cfg.img_size).to(device)
+    model = build_model(cfg.model, len(classes), pretrained=pretrained and not cfg.init_from,
+                        img_size=cfg.img_size)
+    if cfg.init_from:  # a resumed run then loads last.pt over it
+        load_backbone(model, cfg.init_from, cfg.model)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     phases = plan_phases(cfg, pretrained)
@@ -557,7 +607,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         if ck.get("stopped"):
             start_phase, start_epoch = len(phases), 0
         outc.print(f"resuming {run.root} after epoch {len(history)}")
-    outc.print(f"[bold]{cfg.model}[/bold] ({'ImageNet' if pretrained else 'random init'}) on {len(data.train_y)} "
+    source = f"weights of {cfg.init_from}" if cfg.init_from else "ImageNet" if pretrained else "random init"
+    outc.print(f"[bold]{cfg.model}[/bold] ({source}) on {len(data.train_y)} "
                f"train / {len(data.val_y)} val images, {len(classes)} classes, {cfg.img_size}px, "
                f"{device}/{precision}" + (f", {ctx.world_size} processes" if ctx.active else "")
                + (f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""))
@@ -639,6 +690,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     if history:
         plot_curves(history, run.curves)
     metrics = dict(ev.metrics)
+    from .stats import bootstrap_ci  # the validation split is a hold-out: give its metrics 95% intervals
+
+    metrics["ci"] = bootstrap_ci(data.val_y, proba, classes, meta["positive_class"], meta.get("threshold"))
     metrics["best_epoch"] = best["epoch"]
     metrics["wall_seconds"] = meta["wall_seconds"]
     run.write_json(run.metrics, metrics)

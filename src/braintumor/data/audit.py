@@ -399,6 +399,27 @@ def duplicate_groups(paths: Sequence[str | Path], threshold: float = NEAR_THRESH
     return ids
 
 
+def copies_in(paths: Sequence[str | Path], other: str | Path, threshold: float = NEAR_THRESHOLD,
+              workers: int | None = None) -> list[int]:
+    """Indices of ``paths`` that have an exact or near copy among the images under the folder ``other``.
+
+    Used to keep a pretraining set free of copies of a later test set (``TrainConfig.exclude_copies_of``).
+
+    Example:
+        >>> from braintumor.data import discover
+        >>> from braintumor.data.audit import copies_in
+        >>> ds = discover("data/nickparvar/Training")                                    # doctest: +SKIP
+        >>> len(copies_in(ds.paths, "data/brain_mri_yes_no"))                            # doctest: +SKIP
+        123
+    """
+    infos = scan(paths, workers=workers)
+    from .discover import list_images
+
+    oinfos = scan(list_images(other), workers=workers)  # labelled or not: every image file under ``other``
+    pairs = match(infos, oinfos, threshold=threshold)
+    return sorted(set(pairs.i.tolist()))
+
+
 # ------------------------------------------------------------------------------------------------- confounders
 #: Per-image statistics the "trivial model" sees (none of them looks at the anatomy).
 CONFOUNDER_FEATURES = ("width", "height", "aspect", "log_pixels", "bytes_per_pixel", "is_colour", "is_png",
