@@ -160,3 +160,21 @@ def test_exclude_copies_of_drops_every_copy(tmp_path):
     info = res.metadata["data"]["excluded_copies"]
     assert sorted(info["files"]) == sorted(str(p) for p in picked)
     assert res.metadata["data"]["n_train"] + res.metadata["data"]["n_val"] == 40 - 3
+
+
+def test_best_checkpoint_comes_from_the_last_phase(trained_run, phantoms, tmp_path):
+    """Two phases: the kept checkpoint is fine-tuned even when a frozen-phase epoch had a lower validation loss."""
+    cfg = TrainConfig(data_dir=str(phantoms), model="cnn", img_size=64, epochs_frozen=2, epochs=2,
+                      init_from=str(trained_run.run_dir))
+    res = train(cfg, out=tmp_path / "two")
+    assert res.metadata["best_epoch"] in (3, 4)
+    assert [r["phase"] for r in res.history] == ["frozen", "frozen", "finetune", "finetune"]
+
+
+def test_patience_counts_in_the_annealing_half_of_one_cycle():
+    from braintumor.train import Phase, counts_for_patience
+
+    one = Phase("finetune", 12, 1e-4, False, True, "onecycle", True)
+    assert [counts_for_patience(one, e) for e in range(12)] == [False] * 6 + [True] * 6
+    const = Phase("finetune", 12, 1e-4, False, True, "constant", True)
+    assert all(counts_for_patience(const, e) for e in range(12))

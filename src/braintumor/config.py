@@ -24,7 +24,9 @@ class TrainConfig:
     Two phases for pretrained models: phase 1 trains the head on a frozen backbone (``epochs_frozen`` epochs at
     ``lr_frozen``), phase 2 fine-tunes every layer with BatchNorm statistics frozen (``epochs`` epochs, one-cycle
     schedule peaking at ``lr``). Models without pretrained weights train in one phase (``epochs`` at ``lr``).
-    ``lr=None`` picks 1e-4 for fine-tuning and 1e-3 from scratch.
+    ``lr=None`` picks 1e-4 for fine-tuning and 1e-3 from scratch. The checkpoint kept is the one with the lowest
+    validation loss in the last phase; early stopping (``patience`` epochs without improvement) counts only in the
+    second half of a one-cycle phase, once the learning rate anneals.
 
     Domain pretraining: ``init_from`` names a run folder (same model) whose backbone weights start this run instead
     of ImageNet's (a new head is trained; the run is fine-tuned in two phases). ``exclude_copies_of`` drops every

@@ -349,6 +349,17 @@ def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dic
     return calibrate_run(predictor, data.val_x, data.val_y, cfg)
 
 
+def counts_for_patience(phase: Phase, epoch_in_phase: int) -> bool:
+    """Whether an epoch without improvement counts towards early stopping.
+
+    A one-cycle schedule only anneals in its second half; stopping before that keeps a model trained at a high
+    learning rate (measured on Navoneel's set: 4 of 5 cross-validation folds stopped half-way through fine-tuning
+    with their best checkpoint still from the frozen phase). So in a one-cycle phase patience counts from the
+    half-way point on.
+    """
+    return phase.scheduler != "onecycle" or epoch_in_phase + 1 > phase.epochs // 2
+
+
 def init_source(run_dir: str) -> str:
     """How metadata names weights taken from another run: ``run:<folder> (<weights fingerprint>)``."""
     meta = RunDir(run_dir).read_metadata() if RunDir(run_dir).metadata.is_file() else {}
@@ -471,6 +482,7 @@ def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor,
                  "excluded_copies": ({"of": cfg.exclude_copies_of, "files": data.excluded}
                                      if cfg.exclude_copies_of else None),
                  "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped]},
+        "dicom_window": os.environ.get("BRAINTUMOR_DICOM_WINDOW") or "auto",  # DICOM VOI choice (data.dicom)
         "seed": cfg.seed, "device": str(device), "precision": precision, "world_size": ctx.world_size,
         "versions": versions(), "status": "running",
     }
@@ -627,6 +639,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
             first = start_epoch
         else:
             bad_epochs = 0
+            if pi > 0:  # the checkpoint kept is the best of the last phase: fine-tuning, not its warm-up
+                best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": best["epoch"]}
         for e in range(first, phase.epochs):
             t0 = time.time()
             label = f"{phase.name} {e + 1}/{phase.epochs}"
@@ -643,7 +657,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
             if improved:
                 best = {"val_loss": vloss, "val_accuracy": vacc, "epoch": global_epoch}
                 bad_epochs = 0
-            else:
+            elif counts_for_patience(phase, e):
                 bad_epochs += 1
             stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience
             last_in_phase = e + 1 == phase.epochs
