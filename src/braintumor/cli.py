@@ -113,6 +113,11 @@ def train(
         "sensitivity (e.g. 0.95); default argmax."),
     slices: str | None = typer.Option(None, "--slices", help="Volumes (NIfTI, multi-frame DICOM, DICOM series "
                                       "folders): middle, all or K evenly spaced slices each (default middle)."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start from the backbone of this run folder "
+                                          "(same model; e.g. one trained on a larger MRI set) instead of ImageNet."),
+    exclude_copies_of: Path | None = typer.Option(
+        None, "--exclude-copies-of", help="Leave out every image with a copy in this folder (pretrain here, "
+        "test there without leakage)."),
 ):
     """Train a classifier on DATA_DIR/<class>/<images> and write a run folder.
 
@@ -130,7 +135,9 @@ def train(
                      val_dir=str(val_dir) if val_dir else None, val_fraction=val_fraction, seed=seed,
                      pretrained=pretrained, crop_brain=crop, strict=strict, class_weights=class_weights,
                      augment=augment, group_duplicates=group, patience=patience, precision=precision,
-                     device=device, target_sensitivity=target_sensitivity, slices=slices)
+                     device=device, target_sensitivity=target_sensitivity, slices=slices,
+                     init_from=str(init_from) if init_from else None,
+                     exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None)
         base.update({k: v for k, v in given.items() if v is not None})
         if not base.get("data_dir"):
             raise typer.BadParameter("give DATA_DIR (or data_dir in --config, or --resume RUN_DIR)")
@@ -208,6 +215,8 @@ def cv(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default runs/<time>-<data>-cv)."),
     show_leakage: bool = typer.Option(False, "--show-leakage",
                                       help="Also run a naive image-level split and report the inflation."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start every fold from the backbone of this "
+                                          "run folder (trained without copies of DATA_DIR: --exclude-copies-of)."),
 ):
     """Cross-validate: one model per fold (group-aware), mean and 95% CI per metric, pooled out-of-fold results.
 
@@ -220,7 +229,8 @@ def cv(
 
     cfg = TrainConfig.load(config) if config else TrainConfig()
     given = dict(model=model, img_size=img_size, epochs=epochs, epochs_frozen=epochs_frozen, batch_size=batch_size,
-                 seed=seed, target_sensitivity=target_sensitivity)
+                 seed=seed, target_sensitivity=target_sensitivity,
+                 init_from=str(init_from) if init_from else None)
     res = run_cv(data_dir, folds, repeats=repeats, config=cfg, out=out, show_leakage=show_leakage, console=console,
                  **{k: v for k, v in given.items() if v is not None})
     t = Table(title=f"{folds}-fold CV ({'group-aware' if res.grouped else 'image-level'}"
