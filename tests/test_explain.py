@@ -1,8 +1,9 @@
 """Explanations: Grad-CAM/Grad-CAM++/occlusion maps, the Explanation API, localisation and faithfulness metrics.
 
-Acceptance on the shared tiny CNN (``trained_run``, 64 px phantoms), measured on the independent ``phantoms_test``
-set: Grad-CAM's peak inside the lesion for >= 90% of correctly classified tumour images, deletion AUC below a
-random map's, and a randomisation sanity correlation below 0.5.
+Acceptance (the issue's numbers) on a cnn trained for this module on 96-px phantoms (``acceptance`` fixture; its
+Grad-CAM grid is 24x24, one cell per 4 px), measured on an independent phantom set: Grad-CAM's peak strictly inside
+the lesion for >= 90% of correctly classified tumour images, deletion AUC below a random map's, and a randomisation
+sanity correlation below 0.5. The API, CLI and orientation tests use the shared tiny run (``trained_run``, 64 px).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from braintumor.cli import app
 from braintumor.data.discover import list_images
 from braintumor.data.read import read_image
-from braintumor.data.synthetic import mask_path
+from braintumor.data.synthetic import mask_path, write_phantoms
 from braintumor.errors import UsageError
 from braintumor.explain import (
     Explanation,
@@ -33,20 +34,16 @@ from braintumor.explain import (
     prepare_mask,
     random_maps,
     randomisation_check,
+    randomised_predictor,
 )
 from braintumor.explain.metrics import standard_tolerance
+from braintumor.explain.saliency import feature_grid
 from braintumor.preprocess import Preprocessor
 
 
-@pytest.fixture(scope="module")
-def predictor(trained_run):
-    return trained_run.predictor()
-
-
-@pytest.fixture(scope="module")
-def tumour_set(predictor, phantoms_test):
-    """Tumour phantoms of the test set: prepared images, prepared masks, predictions and Grad-CAM maps."""
-    paths = list_images(phantoms_test / "yes")
+def tumour_set(predictor, folder) -> dict:
+    """Tumour phantoms of ``folder``: prepared images, prepared masks, predictions and Grad-CAM maps of 'yes'."""
+    paths = list_images(folder / "yes")
     raws = [read_image(p) for p in paths]
     prepared = np.stack([predictor.preprocessor.prepare(r) for r in raws])
     masks = np.stack([prepare_mask(predictor.preprocessor, r, load_mask(mask_path(p)))
@@ -56,7 +53,35 @@ def tumour_set(predictor, phantoms_test):
     correct = np.array([lab == "yes" for lab in labels])
     yes = predictor.classes.index("yes")
     maps = heatmaps(predictor, prepared, [yes] * len(prepared), "gradcam")
-    return dict(paths=paths, prepared=prepared, masks=masks, correct=correct, maps=maps, yes=yes)
+    return dict(paths=paths, prepared=prepared, masks=masks, correct=correct, maps=maps, yes=yes,
+                predictor=predictor)
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    return trained_run.predictor()
+
+
+@pytest.fixture(scope="module")
+def tumour_set_tiny(predictor, phantoms_test):
+    """The shared tiny run's maps on the shared test phantoms (64 px)."""
+    return tumour_set(predictor, phantoms_test)
+
+
+ACCEPTANCE = dict(model="cnn", img_size=96, epochs=24, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def acceptance(tmp_path_factory):
+    """A cnn trained on 320 phantoms of 96 px; its maps on 100 independent phantoms (50 with a tumour)."""
+    from braintumor.config import TrainConfig
+    from braintumor.train import train
+
+    root = tmp_path_factory.mktemp("explain_acceptance")
+    write_phantoms(root / "train", n=400, size=96, seed=0)
+    write_phantoms(root / "test", n=100, size=96, seed=123)
+    result = train(TrainConfig(data_dir=str(root / "train"), **ACCEPTANCE), out=root / "run")
+    return tumour_set(result.predictor(), root / "test")
 
 
 # ----------------------------------------------------------------------------------------------- acceptance
@@ -72,35 +97,63 @@ def _pointing_rates(ts) -> tuple[float, float, float]:
     return strict, tolerant, chance
 
 
-def test_gradcam_points_at_the_lesion_far_above_chance(tumour_set):
-    assert tumour_set["correct"].sum() >= 30, "the tiny model should classify most tumour phantoms correctly"
-    strict, tolerant, chance = _pointing_rates(tumour_set)
+def test_acceptance_model_and_map_resolution(acceptance):
+    pred = acceptance["predictor"]
+    assert acceptance["correct"].sum() >= 40, "the model should classify most of the 50 tumour phantoms"
+    assert feature_grid(pred.model, "backbone", 96) == (24, 24)  # the registry's layer: one cell per 4 px
+
+
+def test_acceptance_gradcam_peak_inside_the_lesion(acceptance):
+    strict, tolerant, chance = _pointing_rates(acceptance)
+    assert strict >= 0.90, f"Grad-CAM peak inside the lesion for only {strict:.1%} of correct tumour images"
+    assert tolerant >= strict and chance < 0.1
+
+
+def test_acceptance_deletion_auc_below_random(acceptance):
+    ts = acceptance
+    idx = np.flatnonzero(ts["correct"])[:16]
+    x, n = ts["prepared"][idx], len(idx)
+    pred = ts["predictor"]
+    cam = deletion_insertion(pred.proba_prepared, x, ts["maps"][idx], [ts["yes"]] * n, steps=10)
+    rnd = deletion_insertion(pred.proba_prepared, x, random_maps(n, x.shape[1], seed=1), [ts["yes"]] * n,
+                             steps=10)
+    assert cam["deletion"].mean() < rnd["deletion"].mean() - 0.1
+    assert cam["insertion"].mean() > rnd["insertion"].mean()
+
+
+def test_acceptance_randomisation_sanity(acceptance):
+    ts = acceptance
+    idx = np.flatnonzero(ts["correct"])[:16]
+    rho, constant = randomisation_check(ts["predictor"], ts["prepared"][idx], [ts["yes"]] * len(idx),
+                                        maps=ts["maps"][idx], return_constant=True)
+    assert rho.shape == (len(idx),)
+    assert constant.sum() <= len(idx) // 4, "degenerate (constant) maps would make the correlation look low"
+    assert float(np.mean(np.abs(rho))) < 0.5
+
+
+# --------------------------------------------------------------------------------- the shared tiny run
+
+
+def test_gradcam_points_at_the_lesion_far_above_chance(tumour_set_tiny):
+    assert tumour_set_tiny["correct"].sum() >= 30, "the tiny model should classify most tumour phantoms correctly"
+    strict, tolerant, chance = _pointing_rates(tumour_set_tiny)
     assert strict >= 3 * chance, (strict, chance)
     assert tolerant >= 0.5, tolerant
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "acceptance target not reached by the shared tiny CNN: its Grad-CAM grid is 4x4 at 64 px, so the peak can only "
-    "fall on 16 fixed points 16 px apart and lesions are 9-19 px wide; measured 0.28 strictly inside, 0.58 within "
-    "the 15/224 tolerance (a stride-8 variant reached 0.25: its peak sat one cell off the lesion)"))
-def test_gradcam_pointing_game_acceptance(tumour_set):
-    strict, _, _ = _pointing_rates(tumour_set)
-    assert strict >= 0.90, f"Grad-CAM peak inside the lesion for only {strict:.2%} of correct tumour images"
-
-
-def test_map_orientation_high_means_lesion(tumour_set):
+def test_map_orientation_high_means_lesion(tumour_set_tiny):
     """High = important: the lesion scores higher than the background (MONAI's default normaliser flips it)."""
-    ts = tumour_set
+    ts = tumour_set_tiny
     inside = np.array([m[k].mean() for m, k in zip(ts["maps"], ts["masks"], strict=True)])
     outside = np.array([m[~k].mean() for m, k in zip(ts["maps"], ts["masks"], strict=True)])
     assert (inside > outside)[ts["correct"]].mean() >= 0.9
-    assert inside.mean() > 1.5 * outside.mean()  # measured 0.70 vs 0.37
+    assert inside.mean() > 1.5 * outside.mean()
     ious = [heatmap_iou(m, k) for m, k, c in zip(ts["maps"], ts["masks"], ts["correct"], strict=True) if c]
-    assert np.mean(ious) > 0.05  # measured 0.10: 4x4 maps are much larger than the lesions
+    assert np.mean(ious) > 0.05
 
 
-def test_deletion_auc_beats_a_random_map(predictor, tumour_set):
-    ts = tumour_set
+def test_deletion_auc_beats_a_random_map(predictor, tumour_set_tiny):
+    ts = tumour_set_tiny
     idx = np.flatnonzero(ts["correct"])[:16]
     x, n = ts["prepared"][idx], len(idx)
     cam = deletion_insertion(predictor.proba_prepared, x, ts["maps"][idx], [ts["yes"]] * n, steps=10)
@@ -112,8 +165,8 @@ def test_deletion_auc_beats_a_random_map(predictor, tumour_set):
     assert np.allclose(cam["deletion_curve"][:, 0], cam["insertion_curve"][:, -1], atol=1e-5)  # both = original
 
 
-def test_randomisation_sanity_check(predictor, tumour_set):
-    ts = tumour_set
+def test_randomisation_sanity_check(predictor, tumour_set_tiny):
+    ts = tumour_set_tiny
     idx = np.flatnonzero(ts["correct"])[:8]
     rho = randomisation_check(predictor, ts["prepared"][idx], [ts["yes"]] * len(idx), maps=ts["maps"][idx])
     assert rho.shape == (len(idx),)
@@ -121,14 +174,27 @@ def test_randomisation_sanity_check(predictor, tumour_set):
     assert float(np.mean(np.abs(rho))) < 0.9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "acceptance target (< 0.5) not reached by the shared tiny CNN: measured 0.49-0.74 depending on the images and "
-    "the training run; a randomly initialised conv net still lights up the bright skull and lesion"))
-def test_randomisation_sanity_acceptance(predictor, tumour_set):
-    ts = tumour_set
-    idx = np.flatnonzero(ts["correct"])[:8]
-    rho = randomisation_check(predictor, ts["prepared"][idx], [ts["yes"]] * len(idx), maps=ts["maps"][idx])
-    assert float(np.mean(np.abs(rho))) < 0.5
+def test_randomised_predictor_reinitialises_every_layer(predictor):
+    rp = randomised_predictor(predictor, seed=3)
+    trained = dict(predictor.model.named_parameters())
+    for name, p in rp.model.named_parameters():
+        if p.dim() > 1:  # weights; BatchNorm's weight/bias go back to 1/0 and may coincide by chance
+            assert not torch.equal(p, trained[name]), name
+    for name, buf in rp.model.named_buffers():
+        if name.endswith("running_mean"):
+            assert not buf.any(), name
+    assert rp.model is not predictor.model
+    again = randomised_predictor(predictor, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(rp.model.parameters(), again.model.parameters(), strict=True))
+
+
+def test_normalise_maps_is_scale_free():
+    """A randomised net's raw maps can be ~1e-7: still a full pattern, not a constant."""
+    m = np.random.default_rng(0).random((2, 6, 6)) * np.array([1e-9, 1.0])[:, None, None]
+    n = normalise_maps(m)
+    assert np.allclose(n[0], (m[0] - m[0].min()) / np.ptp(m[0]), atol=1e-6)
+    assert np.allclose(n[0], normalise_maps(m[:1] * 1e9)[0], atol=1e-6)
+    assert not normalise_maps(np.full((1, 4, 4), 3.0) + 1e-12 * np.arange(16).reshape(1, 4, 4)).any()
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -179,17 +245,17 @@ def test_batch_equals_single_with_mixed_targets(predictor, phantoms_test):
         assert np.abs(single.heatmap - b.heatmap).max() < 1e-3
 
 
-def test_frozen_backbone_no_grad_and_state_restored(predictor, tumour_set):
+def test_frozen_backbone_no_grad_and_state_restored(predictor, tumour_set_tiny):
     model = predictor.model
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     flags = [p.requires_grad for p in model.parameters()]
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     try:
-        x = tumour_set["prepared"][:2]
+        x = tumour_set_tiny["prepared"][:2]
         with torch.inference_mode():
-            maps = heatmaps(predictor, x, [tumour_set["yes"]] * 2, "gradcam")
-        assert maps.std() > 0 and np.allclose(maps, tumour_set["maps"][:2], atol=1e-4)
+            maps = heatmaps(predictor, x, [tumour_set_tiny["yes"]] * 2, "gradcam")
+        assert maps.std() > 0 and np.allclose(maps, tumour_set_tiny["maps"][:2], atol=1e-4)
         assert [p.requires_grad for p in model.parameters()] == flags
         assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks
         assert not model.training
@@ -199,8 +265,8 @@ def test_frozen_backbone_no_grad_and_state_restored(predictor, tumour_set):
             p.requires_grad_(True)
 
 
-def test_occlusion_cross_check(predictor, tumour_set):
-    ts = tumour_set
+def test_occlusion_cross_check(predictor, tumour_set_tiny):
+    ts = tumour_set_tiny
     idx = np.flatnonzero(ts["correct"])[:3]
     occ = heatmaps(predictor, ts["prepared"][idx], [ts["yes"]] * len(idx), "occlusion")
     assert occ.shape == (len(idx), 64, 64) and occ.min() >= 0 and occ.max() <= 1
@@ -222,6 +288,48 @@ def test_pointing_and_iou_units():
     assert heatmap_iou(m, mask) == pytest.approx(1 / 9)
     n = normalise_maps(np.array([[[2.0, 4.0], [6.0, 10.0]], [[3.0, 3.0], [3.0, 3.0]]]))
     assert n[0].max() == 1 and n[0].min() == 0 and n[0, 1, 1] == 1 and not n[1].any()
+
+
+def test_cam_cells_sit_on_their_receptive_field_centres():
+    """Placement: the upsampler puts every cnn map cell on the centre of the input pixels that cell sees.
+
+    The cnn is linearised (ReLU -> identity, max -> average pooling, equal positive conv weights), so a cell's input
+    gradient is its geometric receptive field. ``align_corners=True`` would be off by a pixel at the edges.
+    """
+    from torch import nn
+
+    from braintumor.explain.saliency import upsample_maps
+    from braintumor.models import build_model
+
+    def linearise(module):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride))
+            else:
+                linearise(child)
+
+    backbone = build_model("cnn", 2).backbone.eval()
+    linearise(backbone)
+    with torch.no_grad():
+        for conv in backbone.modules():
+            if isinstance(conv, nn.Conv2d):
+                conv.weight.fill_(1.0 / conv.weight[0].numel())
+    size = 96
+    x = torch.zeros(1, 3, size, size, requires_grad=True)
+    feats = backbone(x)
+    h = feats.shape[-1]
+    yy, xx = np.mgrid[:size, :size]
+    for i, j in [(7, 16), (16, 7), (12, 12)]:  # cells whose receptive field lies inside the image
+        (grad,) = torch.autograd.grad(feats[0, 0, i, j], x, retain_graph=True)
+        w = grad[0].abs().sum(0).numpy()
+        seen = np.array([(w * yy).sum(), (w * xx).sum()]) / w.sum()
+        impulse = torch.zeros(1, 1, h, h)
+        impulse[0, 0, i, j] = 1.0
+        up = upsample_maps(impulse, (size, size))[0, 0].numpy()
+        placed = np.array([(up * yy).sum(), (up * xx).sum()]) / up.sum()
+        assert np.abs(seen - placed).max() <= 0.6, (i, j, seen, placed)  # the stem's half pixel
 
 
 def test_prepare_mask_follows_image_geometry():
@@ -278,3 +386,27 @@ def test_cli_explain_folder_and_bad_input(trained_run, phantoms_test, tmp_path):
     assert r.exit_code == 2 and "lime" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["explain", str(tmp_path), str(src), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a run folder" in r.output
+
+
+@pytest.mark.parametrize("name,size", [("cnn", 96), ("resnet18", 64)])
+def test_gradcam_equals_plain_autograd_gradcam(name, size):
+    """The backward pass stops at the target layer (speed); the maps equal textbook Grad-CAM from the input."""
+    import torch.nn.functional as F  # noqa: N812
+
+    from braintumor.explain.saliency import _find_module, cam_maps
+    from braintumor.models import build_model, get_spec
+
+    torch.manual_seed(0)
+    model = build_model(name, 2, img_size=size).eval()
+    layer = get_spec(name).target_layer
+    x, cls = torch.randn(3, 3, size, size), torch.tensor([1, 0, 1])
+    got = cam_maps(model, x, layer, cls.tolist())
+    acts = {}
+    hook = _find_module(model, layer).register_forward_hook(lambda _m, _i, o: acts.__setitem__("a", o))
+    logits = model(x.clone().requires_grad_(True))
+    hook.remove()
+    (grad,) = torch.autograd.grad(logits[torch.arange(3), cls].sum(), acts["a"])
+    cam = F.relu((grad.mean((2, 3), keepdim=True) * acts["a"]).sum(1, keepdim=True))
+    ref = normalise_maps(F.interpolate(cam, size=(size, size), mode="bilinear")[:, 0].detach().numpy())
+    assert np.abs(got - ref).max() < 1e-5
+    assert all(p.grad is None for p in model.parameters())

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.read import read_image
-from ..errors import DataError, UnreadableImageError
+from ..errors import DataError, UnreadableImageError, UsageError
 from ..inference import Predictor
 from ..preprocess import Preprocessor, pad_to_square
 from .core import Explanation, explain_prepared, heatmaps, load_image
@@ -164,16 +164,29 @@ def deletion_insertion(predict_proba: Callable[[np.ndarray], np.ndarray], images
 
 
 def randomised_predictor(predictor: Predictor, seed: int = 0) -> Predictor:
-    """A copy of ``predictor`` whose model has every layer re-initialised (weights and BatchNorm statistics)."""
+    """A copy of ``predictor`` whose model has every layer re-initialised (weights and BatchNorm statistics).
+
+    The full-randomisation end point of Adebayo et al.'s cascading test: each layer gets its framework default
+    initialisation (``reset_parameters``), BatchNorm layers also forget their running statistics. The original
+    model is untouched.
+
+    Raises:
+        UsageError: a module holds parameters but has no ``reset_parameters`` (it would silently keep its trained
+            weights and make the sanity check meaningless).
+    """
     import torch
 
     model = copy.deepcopy(predictor.model)
+    stuck = [n or type(m).__name__ for n, m in model.named_modules()
+             if any(True for _ in m.parameters(recurse=False)) and not callable(getattr(m, "reset_parameters", None))]
+    if stuck:
+        raise UsageError(f"cannot re-initialise {', '.join(stuck[:5])}: no reset_parameters()")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in model.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+            if callable(getattr(m, "reset_parameters", None)):
                 m.reset_parameters()
-            if hasattr(m, "reset_running_stats"):
+            if callable(getattr(m, "reset_running_stats", None)):
                 m.reset_running_stats()
     rp = Predictor(model, predictor.preprocessor, predictor.classes, predictor.positive_class,
                    predictor.temperature, predictor.threshold, predictor.metadata, device=str(predictor.device))
@@ -191,15 +204,23 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def randomisation_check(predictor: Predictor, images: np.ndarray, class_idx: Sequence[int],
-                        method: str = "gradcam", maps: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+                        method: str = "gradcam", maps: np.ndarray | None = None, seed: int = 0,
+                        return_constant: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-image Spearman correlation between the trained model's maps and a weight-randomised model's maps.
 
-    Both explain the same class per image. ``maps``: the trained model's maps if already computed.
+    Both explain the same class per image, on the full maps as the method returns them (input resolution).
+    ``maps``: the trained model's maps if already computed. A pair where either map is constant (e.g. a
+    Grad-CAM that is all zeros after its ReLU) scores 0; ``return_constant=True`` also returns a boolean array
+    flagging those pairs, so a report can say how many there were.
     """
     if maps is None:
         maps = heatmaps(predictor, images, class_idx, method)
     rand = heatmaps(randomised_predictor(predictor, seed), images, class_idx, method)
-    return np.array([spearman(a, b) for a, b in zip(maps, rand, strict=True)], np.float64)
+    rho = np.array([spearman(a, b) for a, b in zip(maps, rand, strict=True)], np.float64)
+    if not return_constant:
+        return rho
+    constant = np.array([np.ptp(a) == 0 or np.ptp(b) == 0 for a, b in zip(maps, rand, strict=True)], bool)
+    return rho, constant
 
 
 # ---------------------------------------------------------------------------------------------- a folder

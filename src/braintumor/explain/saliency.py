@@ -4,10 +4,11 @@ Every function returns ``float32`` maps ``(N, S, S)`` at the model-input resolut
 ``[0, 1]`` with HIGH = IMPORTANT (MONAI's default post-processing maps the largest value to 0; it is replaced here
 by an explicit min-max scaling that keeps the orientation).
 
-The gradient pass temporarily makes the *input* require gradients and switches every parameter's
-``requires_grad`` off, so it works on checkpoints trained with a frozen backbone, accumulates no parameter
-gradients, and restores the model (parameter flags, train/eval mode, hooks) afterwards. It runs with gradients
-enabled even when called under ``torch.no_grad()`` or ``torch.inference_mode()``.
+The gradient pass differentiates from the target layer's output only (a fresh leaf tensor: nothing below the
+layer is back-propagated through) and temporarily switches every parameter's ``requires_grad`` off, so it works
+on checkpoints trained with a frozen backbone, accumulates no parameter gradients, and restores the model
+(parameter flags, train/eval mode, hooks) afterwards. It runs with gradients enabled even when called under
+``torch.no_grad()`` or ``torch.inference_mode()``.
 
 Example:
     >>> import torch
@@ -20,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -45,12 +47,20 @@ def check_method(method: str) -> str:
 
 
 def normalise_maps(maps: np.ndarray) -> np.ndarray:
-    """Per-image min-max scaling to ``[0, 1]``, high = important; constant or non-finite maps become 0."""
-    maps = np.nan_to_num(np.asarray(maps, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    """Per-image min-max scaling to ``[0, 1]``, high = important; constant or non-finite maps become 0.
+
+    "Constant" is relative to the map's own magnitude (a span below ``1e-6`` of its largest absolute value), not
+    an absolute threshold: the raw maps of a weight-randomised network can be ``1e-7`` in size and still carry a
+    full spatial pattern, which an absolute cut-off would flatten to 0 (and a flat map then scores a spurious
+    correlation of 0 in the randomisation check).
+    """
+    maps = np.nan_to_num(np.asarray(maps, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     flat = maps.reshape(len(maps), -1)
     lo = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - lo
-    out = np.where(span > 1e-12, (flat - lo) / np.where(span > 1e-12, span, 1.0), 0.0)
+    hi = flat.max(axis=1, keepdims=True)
+    span = hi - lo
+    ok = (span > 0) & (span > 1e-6 * np.maximum(np.abs(lo), np.abs(hi)))
+    out = np.where(ok, (flat - lo) / np.where(ok, span, 1.0), 0.0)
     return out.reshape(maps.shape).astype(np.float32)
 
 
@@ -81,8 +91,8 @@ def gradient_pass(model: nn.Module, layer: str):
     """Temporarily ready ``model`` for one explanation pass; restore everything afterwards.
 
     Inside: gradients enabled (also under ``no_grad``/``inference_mode``), every parameter's ``requires_grad``
-    off (the input carries the gradient), eval mode. On exit: parameter flags, train/eval mode and the target
-    module's hooks and ``inplace`` flag are put back.
+    off (the target layer's output carries the gradient), eval mode. On exit: parameter flags, train/eval mode
+    and the target module's hooks and ``inplace`` flag are put back.
     """
     target = _find_module(model, layer)
     flags = [p.requires_grad for p in model.parameters()]
@@ -115,6 +125,44 @@ def _identity(x):
     return x
 
 
+def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Grid maps ``(N, 1, h, w)`` -> ``(N, 1, *size)``: bilinear, ``align_corners=False`` (MONAI's default).
+
+    With ``align_corners=False`` cell ``k`` of a stride-``s`` grid lands on input pixel ``(k + 0.5) * s - 0.5``,
+    the centre of the ``s`` pixels it pools: right for max-pooling/strided layers (a test checks it against the
+    receptive fields of the ``cnn``; its stride-2 5x5 stem is the one half-pixel exception).
+    """
+    import torch.nn.functional as F  # noqa: N812
+
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _upsampler(size):
+    return lambda maps: upsample_maps(maps, size)
+
+
+def feature_grid(model: nn.Module, layer: str, size: int) -> tuple[int, int]:
+    """Spatial size ``(h, w)`` of ``layer``'s output for a ``size`` x ``size`` input: the Grad-CAM grid.
+
+    A Grad-CAM map is this grid bilinearly upsampled to the input, so its peak can only sit on one of ``h * w``
+    cell centres, ``size / h`` pixels apart.
+    """
+    target = _find_module(model, layer)
+    seen: list[tuple[int, int]] = []
+    handle = target.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu")
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return seen[-1]
+
+
 def cam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_idx: Sequence[int],
              method: str = "gradcam") -> np.ndarray:
     """Grad-CAM (or Grad-CAM++) maps of ``class_idx[i]`` for each normalised input ``x[i]``.
@@ -135,14 +183,23 @@ def cam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_idx: Sequence[
         raise UsageError(f"cam_maps computes gradcam or gradcam++, not '{method}'")
     if len(class_idx) != len(x):
         raise ValueError("one class index per image")
-    with gradient_pass(model, layer):
+    with gradient_pass(model, layer) as target:
+        # The backward pass starts at the target layer's output, a fresh leaf: nothing below it (the stem and
+        # early blocks, where most of a CNN's pixels are) is differentiated. Registered before MONAI's hooks so
+        # they see the leaf. Same maps as differentiating from the input, about 2.5x faster on a CPU.
+        target.register_forward_hook(_gradient_leaf)
         hooks = _PerSampleHooks(model, layer, register_forward=True, register_backward=True)
-        cam = cls(nn_module=hooks, target_layers=layer, postprocessing=_identity)
-        xin = x.detach().clone().requires_grad_(True)
+        cam = cls(nn_module=hooks, target_layers=layer, upsampler=_upsampler, postprocessing=_identity)
         idx = torch.as_tensor(list(class_idx), dtype=torch.long, device=x.device)
-        maps = cam(xin, class_idx=idx)
+        with warnings.catch_warnings():  # PyTorch notes that the hook fires on outputs only: that is the point
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            maps = cam(x.detach(), class_idx=idx)
         out = maps.detach().float().cpu().numpy()[:, 0]
     return normalise_maps(out)
+
+
+def _gradient_leaf(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    return output.detach().requires_grad_(True)
 
 
 def blur_baseline(images: np.ndarray, sigma: float | None = None) -> np.ndarray:
