@@ -54,3 +54,45 @@ def peak_rss_mb() -> float:
 def emit(obj: dict) -> None:
     json.dump(obj, sys.stdout, indent=None, default=str)
     sys.stdout.write("\n")
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far, all threads: a busy machine inflates it far less than
+    wall-clock time, so report it next to wall times."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages (how busy the machine was), or ``None`` where unavailable."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+RUN_FILES = ("metadata.json", "config.yaml", "split.csv", "model.onnx", "checkpoints/best.pt")
+
+
+def run_copy(run: str, dest: str):
+    """Copy what prediction needs from run folder ``run`` into ``dest`` (a temporary folder): the benchmarks
+    never write into the user's run folder (an on-demand ONNX export goes into the copy)."""
+    import shutil
+    from pathlib import Path
+
+    src, out = Path(run), Path(dest)
+    for name in RUN_FILES:
+        if (src / name).is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, out / name)
+    return out
+
+
+def phantom_folder(dest: str, n: int, size: int = 256, seed: int = 0):
+    """``n`` synthetic phantoms (yes/no) written under ``dest`` (a temporary folder)."""
+    from pathlib import Path
+
+    from braintumor.data.synthetic import write_phantoms
+
+    write_phantoms(dest, n=n, size=size, seed=seed)
+    return Path(dest)

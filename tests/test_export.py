@@ -132,3 +132,68 @@ def test_export_cli(trained_run, tmp_path):
     assert r.exit_code == 2 and "not a run folder" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["export", str(trained_run.run_dir), "--out", str(tmp_path / "c.txt")])
     assert r.exit_code == 2 and ".onnx" in r.output
+
+
+# ------------------------------------------------------------------------------ on-demand export of a run folder
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    for name in ("metadata.json", "split.csv", "checkpoints/best.pt"):
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def test_export_records_the_checkpoint_it_came_from(trained_run, tmp_path):
+    import onnx
+
+    from braintumor.inference import file_sha256
+
+    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    res = export_onnx(run)
+    props = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
+    stamp = json.loads(props[METADATA_KEY])["checkpoint"]
+    best = RunDir(run).best
+    assert stamp == {"file": "checkpoints/best.pt", "size": best.stat().st_size,
+                     "mtime_ns": best.stat().st_mtime_ns, "sha256": file_sha256(best)}
+    assert props["checkpoint_sha256"] == stamp["sha256"]
+    # An explicit `braintumor export RUN` is what the fast path reuses (no second export).
+    from braintumor.export import onnx_for_run
+
+    notes: list[str] = []
+    pred = onnx_for_run(run, notice=notes.append)
+    assert notes == [] and pred.path == res.path and pred.run_dir == run
+    # A predictor built by hand (no run folder) has no stamp; its export still works.
+    manual = Predictor(trained_run.predictor().model, trained_run.predictor().preprocessor, ["no", "yes"], "yes")
+    assert manual.checkpoint_stamp() is None
+
+
+def test_older_export_without_stamp_is_reused_when_the_weights_match(trained_run, tmp_path, monkeypatch):
+    import onnx
+
+    from braintumor.export import onnx_for_run
+
+    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    with monkeypatch.context() as m:
+        m.setattr(Predictor, "checkpoint_stamp", lambda self: None)  # as written by earlier versions
+        res = export_onnx(run)
+    props = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
+    assert "checkpoint" not in json.loads(props[METADATA_KEY])
+    notes: list[str] = []
+    pred = onnx_for_run(run, notice=notes.append)
+    assert notes == [] and pred.path == res.path  # same weights fingerprint: current
+    # A file that is not an ONNX model where model.onnx should be: exported again, replaced.
+    res.path.write_bytes(b"garbage")
+    pred = onnx_for_run(run, notice=notes.append)
+    assert len(notes) == 1 and pred.backend == "onnxruntime" and res.path.stat().st_size > 1000
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    from braintumor.export import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "braintumor" / "onnx"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir().parts[-3:] == (".cache", "braintumor", "onnx")

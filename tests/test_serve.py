@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import struct
 import zlib
@@ -90,7 +91,9 @@ def test_raw_image_body_is_accepted(client, phantoms_test):
 def test_health_model_docs_and_page(client):
     assert client.get("/healthz").json()["status"] == "ok"
     info = client.get("/v1/model").json()
-    assert info["classes"] == ["no", "yes"] and info["explain_available"] is True and info["backend"] == "torch"
+    assert info["classes"] == ["no", "yes"] and info["explain_available"] is True
+    # A run folder: onnxruntime for plain predictions by default (torch where onnxruntime is not installed).
+    assert info["backend"] == ("onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch")
     assert info["limits"]["max_upload_bytes"] == 20 * 1024 * 1024
     schema = client.get("/openapi.json").json()
     assert "/v1/predict" in schema["paths"]
@@ -229,3 +232,58 @@ def test_nifti_upload_keeps_its_double_suffix(client, phantoms_test, tmp_path):
     r = client.post("/v1/predict", files={"file": ("scan.nii.gz", path.read_bytes(), "application/gzip")})
     assert r.status_code == 200, r.text
     assert r.json()["label"] in ("no", "yes")
+
+
+# ------------------------------------------------------------------------------ backends
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    for name in ("metadata.json", "config.yaml", "split.csv", "checkpoints/best.pt"):
+        if (src / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def test_run_folder_predicts_on_onnxruntime_and_explains_on_torch(client, trained_run, phantoms_test):
+    pytest.importorskip("onnxruntime")
+    info = client.get("/v1/model").json()
+    assert info["backend"] == "onnxruntime" and info["explain_available"] is True
+    assert client.app.state.service.explainer.backend == "torch"
+    with TestClient(create_app(trained_run.run_dir, backend="torch")) as tc:
+        tinfo = tc.get("/v1/model").json()
+        assert tinfo["backend"] == "torch"
+        assert {k: v for k, v in tinfo.items() if k != "backend"} == {k: v for k, v in info.items() if k != "backend"}
+        for cls, i in (("yes", 0), ("no", 1), ("yes", 2)):
+            d, n = _phantom_bytes(phantoms_test, cls, i)
+            a = client.post("/v1/predict?explain=true", files={"file": (n, d, "image/png")}).json()
+            b = tc.post("/v1/predict?explain=true", files={"file": (n, d, "image/png")}).json()
+            assert a["label"] == b["label"] and a["model"] == b["model"] and a["threshold"] == b["threshold"]
+            for c in b["probabilities"]:
+                assert a["probabilities"][c] == pytest.approx(b["probabilities"][c], abs=1e-4)
+            assert a["overlay"]["target"] == b["overlay"]["target"]
+            assert base64.b64decode(a["overlay"]["png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_serve_falls_back_to_torch_without_onnxruntime(trained_run, phantoms_test, tmp_path, monkeypatch):
+    import sys
+
+    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    notes: list[str] = []
+    with TestClient(create_app(run, notice=notes.append)) as c:
+        info = c.get("/v1/model").json()
+        assert info["backend"] == "torch" and info["explain_available"] is True
+        d, n = _phantom_bytes(phantoms_test)
+        r = c.post("/v1/predict?explain=true", files={"file": (n, d, "image/png")})
+        assert r.status_code == 200 and "overlay" in r.json()
+    assert len(notes) == 1 and "onnxruntime is not installed" in notes[0] and not (run / "model.onnx").exists()
+
+
+def test_create_app_unknown_backend(trained_run):
+    from braintumor.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown backend"):
+        create_app(trained_run.run_dir, backend="tensorrt")

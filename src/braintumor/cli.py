@@ -304,6 +304,11 @@ def _format_predictions(preds, predictor, fmt: str) -> str:
     return buf_console.export_text()
 
 
+def _notice(message: str) -> None:
+    """One line on stderr (backend choice, on-demand export)."""
+    err_console.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
+
+
 def _prediction_table(preds, classes: list[str]) -> Table:
     t = Table(show_header=True)
     for col in ("path", "label", *[f"p({c})" for c in classes], "error"):
@@ -325,6 +330,9 @@ def predict(
     heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Write Grad-CAM overlays here (run folder only)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda... (run folders)."),
+    backend: str = typer.Option("auto", "--backend",
+                                help="Engine for a run folder: auto (onnxruntime on the CPU when installed, via "
+                                     "RUN/model.onnx exported on demand and cached; else torch), onnx or torch."),
 ):
     """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
 
@@ -340,14 +348,17 @@ def predict(
     fmt = fmt.lower()
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format must be table, csv or json, not '{fmt}'")
+    if backend.lower() not in ("auto", "onnx", "onnxruntime", "torch"):
+        raise typer.BadParameter(f"--backend must be auto, onnx or torch, not '{backend}'")
     files, empty = _expand_paths(paths)
     for p in empty:
         err_console.print(f"[yellow]warning[/yellow]: no images in {p}")
     if not files:
         raise UsageError(f"no image files found in {', '.join(paths)}")
-    predictor = load_predictor(model, device=device)
-    if heatmaps is not None and predictor.model is None:
+    if heatmaps is not None and model.is_file():
         raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
+    predictor = load_predictor(model, device=device, backend=backend, notice=_notice)
+    explainer = predictor if predictor.model is not None else None
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True, disable=len(files) <= batch_size) as bar:
         task = bar.add_task("predicting", total=len(files))
@@ -357,6 +368,8 @@ def predict(
             from .explain import explain
         except ImportError as exc:
             raise UsageError(f"Grad-CAM is not available in this installation ({exc})") from None
+        if explainer is None:  # predictions on onnxruntime: Grad-CAM needs the run's torch model
+            explainer = load_predictor(model, device=device, backend="torch")
         ok = [p for p in preds if p.ok]
         stems: dict[str, int] = {}
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), console=err_console,
@@ -367,7 +380,7 @@ def predict(
                 stems[stem] = stems.get(stem, 0) + 1
                 if stems[stem] > 1:
                     stem = f"{stem}_{stems[stem]}"
-                explain(predictor, p.path, method="gradcam").save(heatmaps, stem)
+                explain(explainer, p.path, method="gradcam").save(heatmaps, stem)
                 bar.advance(task)
         err_console.print(f"Grad-CAM overlays of {len(ok)} image(s) in {heatmaps}")
     out_fmt = fmt
@@ -404,7 +417,8 @@ def export(
     """Export a run to one ONNX file (dynamic batch, metadata embedded) after a parity check against torch.
 
     The export fails (exit 1, nothing written) when onnxruntime's probabilities differ from torch's by more
-    than --atol on real images.
+    than --atol on real images. `predict RUN_DIR` and `serve RUN_DIR` reuse RUN_DIR/model.onnx while it matches
+    the run's best checkpoint (and export it themselves when it is missing or stale).
 
     Example: braintumor export runs/navoneel --out navoneel.onnx
     """
@@ -424,6 +438,10 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    backend: str = typer.Option("auto", "--backend",
+                                help="Engine of plain predictions for a run folder: auto (onnxruntime when "
+                                     "installed, via RUN/model.onnx exported on demand; else torch), onnx or "
+                                     "torch. Grad-CAM (explain=true) always uses the run's torch model."),
 ):
     """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
 
@@ -436,8 +454,14 @@ def serve(
         import uvicorn
     except ImportError:
         raise UsageError("serving needs the 'serve' extra: pip install 'braintumor[serve]'") from None
-    application = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    err_console.print(f"serving {model} on http://{host}:{port}/ (research use only, not a medical device)")
+    if backend.lower() not in ("auto", "onnx", "onnxruntime", "torch"):
+        raise typer.BadParameter(f"--backend must be auto, onnx or torch, not '{backend}'")
+    application = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), backend=backend,
+                             notice=_notice)
+    service = application.state.service
+    engine = service.info["backend"] + (", Grad-CAM on torch" if service.can_explain else ", no Grad-CAM")
+    err_console.print(f"serving {model} on http://{host}:{port}/ ({engine}; research use only, not a medical "
+                      f"device)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 

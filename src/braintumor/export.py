@@ -23,8 +23,10 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,9 +56,18 @@ def _require_onnx():
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise UsageError(f"ONNX needs the 'onnx' extra ({exc.name} is missing): pip install 'braintumor[onnx]'"
-                         ) from None
+        raise UsageError(f"ONNX needs the 'onnx' extra ({exc.name or exc} is missing): pip install "
+                         f"'braintumor[onnx]'") from None
     return onnx, onnxruntime
+
+
+def _require_ort():
+    """onnxruntime alone (enough to run an exported file)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UsageError("onnxruntime is not installed: pip install 'braintumor[onnx]'") from None
+    return onnxruntime
 
 
 class _Exportable(torch.nn.Module):
@@ -97,8 +108,11 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
     meta["weights_fingerprint"] = predictor.fingerprint
     if predictor.run_dir is not None:
         meta.setdefault("run_name", Path(predictor.run_dir).resolve().name)
+    stamp = predictor.checkpoint_stamp()
+    if stamp is not None:
+        meta["checkpoint"] = stamp
     pre = predictor.preprocessor
-    return {
+    props = {
         METADATA_KEY: json.dumps(meta, default=str),
         "model": str(meta.get("model", "")),
         "classes": json.dumps(predictor.classes),
@@ -113,6 +127,9 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
         "input": f"{INPUT_NAME}: float32 (batch, 3, {pre.img_size}, {pre.img_size}), normalised by the Preprocessor",
         "outputs": "logits (batch, n_classes); probabilities = softmax(logits / temperature)",
     }
+    if stamp is not None:
+        props["checkpoint_sha256"] = stamp["sha256"]
+    return props
 
 
 def _export_bytes(predictor: Predictor) -> bytes:
@@ -129,10 +146,8 @@ def _export_bytes(predictor: Predictor) -> bytes:
             output_names=list(OUTPUT_NAMES), do_constant_folding=True,
             dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
         )
-    # Put the model back the way the Predictor uses it.
+    # Put the model back the way the Predictor uses it (plain NCHW, see Predictor.__init__).
     predictor.model = model.to(predictor.device)
-    if predictor.device.type == "cpu":
-        predictor.model = predictor.model.to(memory_format=torch.channels_last)
     return buf.getvalue()
 
 
@@ -229,8 +244,6 @@ def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
         (PosixPath('runs/demo/model.onnx'), True)
     """
     predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device="cpu")
-    if predictor.model is None:
-        raise UsageError("export needs a torch model (a run folder), not an ONNX predictor")
     if out is None:
         if predictor.run_dir is None:
             raise UsageError("give the output .onnx path")
@@ -238,6 +251,17 @@ def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"{out}: the output file must end in .onnx")
+    data, res = _build_checked(predictor, check_images, n_check, atol)
+    atomic_write_bytes(out, lambda fh: fh.write(data))
+    res.path = out
+    return res
+
+
+def _build_checked(predictor: Predictor, check_images: Sequence[str | Path] | None, n_check: int, atol: float
+                   ) -> tuple[bytes, ExportResult]:
+    """The ONNX bytes of ``predictor`` after the parity check (``ExportResult.path`` not set yet)."""
+    if predictor.model is None:
+        raise UsageError("export needs a torch model (a run folder), not an ONNX predictor")
     _require_onnx()
     data = _with_metadata(_export_bytes(predictor), onnx_metadata(predictor))
 
@@ -250,8 +274,7 @@ def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
     if not np.isfinite(diff) or diff > atol:
         raise ParityError(f"ONNX export refused: probabilities differ from torch by {diff:.3g} (> {atol:g}) "
                           f"on {source}")
-    atomic_write_bytes(out, lambda fh: fh.write(data))
-    return ExportResult(out, diff, len(prepared), source, agree, len(data))
+    return data, ExportResult(Path(), diff, len(prepared), source, agree, len(data))
 
 
 class OnnxPredictor(Predictor):
@@ -263,7 +286,10 @@ class OnnxPredictor(Predictor):
 
     Args:
         path: the ``.onnx`` file (or its bytes).
-        threads: onnxruntime intra-op threads (``None``: its default).
+        threads: onnxruntime intra-op threads (``None``: its default, one per physical core).
+        spinning: let idle onnxruntime threads spin-wait for work. Off by default: spinning burns the cores that
+            decoding and preprocessing run on between batches (and those of other requests when serving); on a
+            2-core CPU it made batch-1 latency and throughput worse (benchmarks/inference.py).
 
     Example:
         >>> from braintumor import OnnxPredictor
@@ -274,12 +300,14 @@ class OnnxPredictor(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path | bytes, threads: int | None = None):
-        _, ort = _require_onnx()
+    def __init__(self, path: str | Path | bytes, threads: int | None = None, spinning: bool = False):
+        ort = _require_ort()
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         source = path if isinstance(path, bytes) else str(path)
         if not isinstance(path, bytes) and not Path(path).is_file():
             raise RunError(f"{path}: no such ONNX file")
@@ -303,6 +331,7 @@ class OnnxPredictor(Predictor):
         self.threshold = meta.get("threshold")
         self.metadata = meta
         self.run_dir = None
+        self.checkpoint_file = None
         self._fingerprint = meta.get("weights_fingerprint")
 
     def __repr__(self) -> str:
@@ -315,3 +344,145 @@ class OnnxPredictor(Predictor):
         outs = [self.session.run(["logits"], {INPUT_NAME: arr[i:i + batch_size]})[0]
                 for i in range(0, len(arr), batch_size)]
         return torch.from_numpy(np.concatenate(outs)) if outs else torch.empty(0, len(self.classes))
+
+
+# ------------------------------------------------------------------ the run folder's fast path (export on demand)
+
+
+def default_cache_dir() -> Path:
+    """Where on-demand exports of read-only run folders go: ``$XDG_CACHE_HOME/braintumor/onnx`` (default
+    ``~/.cache/braintumor/onnx``).
+
+    Example:
+        >>> from braintumor.export import default_cache_dir
+        >>> default_cache_dir()                                           # doctest: +SKIP
+        PosixPath('/home/me/.cache/braintumor/onnx')
+    """
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (some service accounts)
+            import tempfile
+
+            base = str(Path(tempfile.gettempdir()) / "braintumor-cache")
+    return Path(base) / "braintumor" / "onnx"
+
+
+def _prediction_settings(meta: dict) -> dict:
+    """What an export must share with the run's ``metadata.json`` (besides the weights) to predict the same."""
+    calib = meta.get("calibration") or {}
+    pre = meta.get("preprocessing")
+    return {"model": meta.get("model"), "classes": list(meta.get("classes") or []),
+            "positive_class": meta.get("positive_class"), "threshold": meta.get("threshold"),
+            "temperature": float(calib.get("temperature") or 1.0),
+            "preprocessing": Preprocessor.from_dict(pre).to_dict() if isinstance(pre, dict) else pre}
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+def onnx_for_run(run_dir: str | Path, *, predictor: Predictor | None = None, cache_dir: str | Path | None = None,
+                 notice=None, n_check: int = 16, atol: float = 1e-4) -> OnnxPredictor:
+    """The onnxruntime predictor of a run folder's best checkpoint, exported on demand and cached.
+
+    ``RUN/model.onnx`` is used when it is current: exported from the same checkpoint (the checkpoint's size and
+    modification time, else its SHA-256, recorded at export; the weights fingerprint for older exports) with the
+    same classes, preprocessing, temperature and threshold as ``metadata.json``. Otherwise the run is exported
+    again (parity-checked against torch on ``n_check`` validation images, see :func:`export_onnx`) and written
+    atomically to ``RUN/model.onnx``, or to :func:`default_cache_dir` when the run folder is read-only.
+    The predictor reports the run's metadata (``model_info`` is the torch predictor's, backend aside).
+
+    Args:
+        run_dir: a run folder.
+        predictor: the run's torch predictor, when already loaded (used for an export instead of loading it again).
+        cache_dir: the cache for read-only run folders (default :func:`default_cache_dir`).
+        notice: called with one line before an export (it takes a few seconds).
+        n_check, atol: the parity check of an export.
+
+    Raises:
+        UsageError: onnxruntime (or, for an export, onnx) is not installed.
+        ParityError: a fresh export does not reproduce torch's probabilities within ``atol``.
+        RunError: not a run folder, or no best checkpoint.
+        BrainTumorError: the export could be written neither to the run folder nor to the cache.
+
+    Example:
+        >>> from braintumor.export import onnx_for_run
+        >>> pred = onnx_for_run("runs/demo")          # exports runs/demo/model.onnx the first time  # doctest: +SKIP
+        >>> pred.backend, pred.path.name                                  # doctest: +SKIP
+        ('onnxruntime', 'model.onnx')
+    """
+    from .inference import file_sha256
+
+    _require_ort()
+    run = RunDir(run_dir)
+    meta = run.read_metadata()
+    ckpt = run.best
+    if not ckpt.is_file():
+        raise RunError(f"{run.root}: no checkpoint {ckpt.relative_to(run.root)}")
+    settings = _prediction_settings(meta)
+    digest: list[str] = []
+    loaded: list[Predictor] = [predictor] if predictor is not None else []
+
+    def sha() -> str:
+        if not digest:
+            digest.append(file_sha256(ckpt))
+        return digest[0]
+
+    def torch_predictor() -> Predictor:
+        if not loaded:
+            loaded.append(Predictor.from_run(run.root, device="cpu"))
+        return loaded[0]
+
+    def current(path: Path) -> OnnxPredictor | None:
+        if not path.is_file():
+            return None
+        try:
+            pred = OnnxPredictor(path)
+        except BrainTumorError:
+            return None  # unreadable or foreign file: exported again below
+        m = pred.metadata
+        if _prediction_settings(m) != settings:
+            return None
+        stamp = m.get("checkpoint")
+        if isinstance(stamp, dict):
+            st = ckpt.stat()
+            if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns:
+                return pred
+            return pred if stamp.get("sha256") == sha() else None
+        # An export without the stamp (older versions): compare the weights themselves.
+        return pred if m.get("weights_fingerprint") == torch_predictor().fingerprint else None
+
+    def cache_file() -> Path:
+        tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return Path(cache_dir or default_cache_dir()) / f"{sha()[:16]}-{tag}.onnx"
+
+    found = current(run.onnx) or current(cache_file())
+    if found is None:
+        targets = ([run.onnx] if _writable(run.root) else []) + [cache_file()]
+        if notice is not None:
+            notice(f"exporting {run.root} to ONNX for onnxruntime (once; reused while the checkpoint is unchanged)")
+        try:
+            data, _ = _build_checked(torch_predictor(), None, n_check, atol)
+        except BrainTumorError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the exporter's own errors become one line
+            raise BrainTumorError(f"{run.root}: ONNX export failed ({type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+        errors = []
+        for target in targets:
+            try:
+                atomic_write_bytes(target, lambda fh: fh.write(data))
+            except OSError as exc:
+                errors.append(f"{target.parent}: {exc.strerror or exc}")
+                continue
+            found = OnnxPredictor(target)
+            break
+        if found is None:
+            raise BrainTumorError(f"{run.root}: cannot write the ONNX export ({'; '.join(errors)})")
+    # Report the run as the torch predictor does (same name, version, data fingerprint).
+    found.metadata = dict(meta)
+    found.run_dir = run.root
+    found.checkpoint_file = ckpt
+    return found

@@ -9,7 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from .data.cache import load_images
-from .errors import RunError
+from .errors import RunError, UsageError
 from .metrics import predict_labels
 from .models import build_model
 from .preprocess import Preprocessor
@@ -46,14 +48,29 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
     The same weights give the same fingerprint whether they come from a run folder or an exported ONNX file.
     """
-    import hashlib
-
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes.
+
+    Example:
+        >>> from braintumor.inference import file_sha256
+        >>> file_sha256("runs/demo/checkpoints/best.pt")[:16]             # doctest: +SKIP
+        '3f9a0c1d2b4e5f60'
+    """
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _torch_device(device: str = "auto") -> torch.device:
@@ -97,6 +114,9 @@ class Predictor:
         self.threshold = threshold
         self.metadata = metadata or {}
         self.run_dir: Path | None = None
+        #: The checkpoint file the weights were loaded from (run folders), and its (size, mtime, inode) then.
+        self.checkpoint_file: Path | None = None
+        self._checkpoint_stat: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
         return (f"Predictor(model={self.metadata.get('model', '?')!r}, classes={self.classes}, "
@@ -108,6 +128,11 @@ class Predictor:
         """Load a run folder's model and preprocessing."""
         run = RunDir(run_dir)
         meta = run.read_metadata()
+        ckpt_file = run.best if checkpoint == "best" else run.last
+        try:
+            stat = _stat_key(ckpt_file)
+        except OSError:
+            stat = None
         ckpt = run.load_checkpoint(checkpoint)
         model = build_model(meta["model"], len(meta["classes"]), pretrained=False, img_size=meta["img_size"])
         try:
@@ -118,10 +143,37 @@ class Predictor:
         p = cls(model, Preprocessor.from_dict(meta["preprocessing"]), meta["classes"], meta.get("positive_class"),
                 calib.get("temperature", 1.0), meta.get("threshold"), meta, device)
         p.run_dir = run.root
+        p.checkpoint_file, p._checkpoint_stat = ckpt_file, stat
         return p
+
+    def checkpoint_stamp(self) -> dict | None:
+        """``{file, size, mtime_ns, sha256}`` of the checkpoint the weights came from, while that file is unchanged.
+
+        ``None`` when the predictor was not loaded from a run folder, or the file changed since it was loaded.
+        An ONNX export records it, so a later run can tell whether the export still matches the checkpoint.
+        """
+        if self.checkpoint_file is None or self._checkpoint_stat is None:
+            return None
+        path = Path(self.checkpoint_file)
+        try:
+            before = _stat_key(path)
+            digest = file_sha256(path)
+            if not before == _stat_key(path) == self._checkpoint_stat:
+                return None  # replaced since it was loaded: the hash would not describe these weights
+        except OSError:
+            return None
+        name = path.name
+        if self.run_dir is not None:
+            try:
+                name = path.relative_to(self.run_dir).as_posix()
+            except ValueError:
+                pass
+        return {"file": name, "size": before[0], "mtime_ns": before[1], "sha256": digest}
 
     backend = "torch"
     _fingerprint: str | None = None
+    checkpoint_file: Path | None = None
+    _checkpoint_stat: tuple[int, int, int] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -168,26 +220,36 @@ class Predictor:
 
     def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32,
                       progress: Callable[[int], None] | None = None) -> list[Prediction]:
-        """Predict files in batches; an unreadable file gets an error row and the batch goes on."""
+        """Predict files in batches; an unreadable file gets an error row and the batch goes on.
+
+        The next batch is read and preprocessed (threads) while the model runs on the current one.
+        """
+        chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
         results: list[Prediction] = []
-        for i in range(0, len(paths), batch_size):
-            chunk = paths[i:i + batch_size]
-            loaded = load_images(chunk, self.preprocessor)
-            rows = [Prediction(str(p)) for p in chunk]
-            kept = set(loaded.kept)
-            failed = [j for j in range(len(chunk)) if j not in kept]
-            for j, (_, reason) in zip(failed, loaded.skipped, strict=True):
-                rows[j].error = reason
-            if loaded.kept:
-                proba = self.proba_prepared(loaded.images, batch_size)
-                labels = self.labels_from_proba(proba)
-                for j, pr, lab in zip(loaded.kept, proba, labels, strict=True):
-                    rows[j].label = lab
-                    rows[j].probabilities = {c: float(v) for c, v in zip(self.classes, pr, strict=True)}
-            results.extend(rows)
-            if progress is not None:
-                progress(len(chunk))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="braintumor-read-ahead") as ahead:
+            pending = ahead.submit(load_images, chunks[0], self.preprocessor) if chunks else None
+            for k, chunk in enumerate(chunks):
+                loaded = pending.result()
+                if k + 1 < len(chunks):
+                    pending = ahead.submit(load_images, chunks[k + 1], self.preprocessor)
+                results.extend(self._rows(chunk, loaded, batch_size))
+                if progress is not None:
+                    progress(len(chunk))
         return results
+
+    def _rows(self, chunk: Sequence[str | Path], loaded, batch_size: int) -> list[Prediction]:
+        rows = [Prediction(str(p)) for p in chunk]
+        kept = set(loaded.kept)
+        failed = [j for j in range(len(chunk)) if j not in kept]
+        for j, (_, reason) in zip(failed, loaded.skipped, strict=True):
+            rows[j].error = reason
+        if loaded.kept:
+            proba = self.proba_prepared(loaded.images, batch_size)
+            labels = self.labels_from_proba(proba)
+            for j, pr, lab in zip(loaded.kept, proba, labels, strict=True):
+                rows[j].label = lab
+                rows[j].probabilities = {c: float(v) for c, v in zip(self.classes, pr, strict=True)}
+        return rows
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
@@ -202,21 +264,76 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     return Predictor.from_run(run_dir, checkpoint, device)
 
 
-def load_predictor(path: str | Path, device: str = "auto") -> Predictor:
-    """A run folder -> torch :class:`Predictor`; an ``.onnx`` file -> ``braintumor.export.OnnxPredictor``.
+#: Inference engines of :func:`load_predictor`.
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def load_predictor(path: str | Path, device: str = "auto", backend: str | None = None, *,
+                   notice: Callable[[str], None] | None = None, torch_predictor: Predictor | None = None,
+                   cache_dir: str | Path | None = None) -> Predictor:
+    """A run folder or an ``.onnx`` file -> a predictor on the chosen engine.
+
+    Args:
+        path: a run folder or an ``.onnx`` file written by ``braintumor.export.export_onnx``.
+        device: torch device of a run folder (``auto``: CUDA when available).
+        backend: ``torch`` (a run folder's torch model), ``onnx`` (onnxruntime: a run folder's cached export,
+            exported on demand, see ``braintumor.export.onnx_for_run``) or ``auto`` (onnxruntime when it is
+            installed and the device is the CPU, else torch; if the export cannot be made, torch with a notice).
+            ``None`` (default): torch for a run folder. An ``.onnx`` file always runs on onnxruntime (``torch``
+            is refused).
+        notice: called with one line when ``auto`` falls back to torch, or when an export is made on demand.
+        torch_predictor: the run's torch predictor when it is already loaded (it is not loaded twice).
+        cache_dir: where exports go when the run folder is read-only (default ``$XDG_CACHE_HOME/braintumor/onnx``).
+
+    Raises:
+        RunError: not a run folder or an ``.onnx`` file.
+        UsageError: an unknown backend, ``torch`` for an ``.onnx`` file, or ``onnx`` without onnxruntime.
 
     Example:
         >>> from braintumor.inference import load_predictor
         >>> load_predictor("runs/navoneel/model.onnx")     # doctest: +SKIP
         OnnxPredictor('runs/navoneel/model.onnx', model='efficientnet-lite0', classes=['no', 'yes'], img_size=224)
+        >>> load_predictor("runs/navoneel", backend="auto").backend           # doctest: +SKIP
+        'onnxruntime'
     """
+    explicit = backend is not None
+    backend = {"onnxruntime": "onnx"}.get(str(backend or "torch").lower(), str(backend or "torch").lower())
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}': choose auto, onnx or torch")
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".onnx":
+        if backend == "torch" and explicit:
+            raise UsageError(f"{p}: an .onnx file runs on onnxruntime; the torch backend needs a run folder")
         from .export import OnnxPredictor
 
         return OnnxPredictor(p)
     if p.is_dir():
-        return Predictor.from_run(p, device=device)
+        return _run_predictor(p, device, backend, notice, torch_predictor, cache_dir)
     if p.suffix.lower() == ".onnx":
         raise RunError(f"{p}: no such ONNX file")
     raise RunError(f"{p}: not a run folder or an .onnx file")
+
+
+def _run_predictor(run_dir: Path, device: str, backend: str, notice: Callable[[str], None] | None,
+                   torch_predictor: Predictor | None, cache_dir: str | Path | None) -> Predictor:
+    def torch_path() -> Predictor:
+        return torch_predictor if torch_predictor is not None else Predictor.from_run(run_dir, device=device)
+
+    if backend == "torch":
+        return torch_path()
+    RunDir(run_dir).read_metadata()  # not a run folder: the same error whatever the backend
+    if backend == "auto" and _torch_device(device).type != "cpu":
+        return torch_path()  # a GPU beats onnxruntime on the CPU
+    from .export import onnx_for_run
+
+    if backend == "onnx":
+        return onnx_for_run(run_dir, predictor=torch_predictor, cache_dir=cache_dir, notice=notice)
+    try:
+        return onnx_for_run(run_dir, predictor=torch_predictor, cache_dir=cache_dir, notice=notice)
+    except RunError:
+        raise  # the run folder itself is broken: torch would fail the same way
+    except Exception as exc:  # noqa: BLE001 - any failure of the fast path falls back to torch, in one line
+        if notice is not None:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            notice(f"onnxruntime fast path not used ({reason}); predicting with torch")
+        return torch_path()

@@ -1,9 +1,11 @@
 """The FastAPI application: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``GET /`` (the page), ``/docs``.
 
 * The model is loaded once (:class:`ModelService`) and shared by every request. Decoding, preprocessing and
-  inference run in the thread pool, never on the event loop. A torch model is guarded by a lock (Grad-CAM
-  temporarily changes the model's hooks and gradient flags); an onnxruntime session is thread-safe and runs
-  requests concurrently.
+  inference run in the thread pool, never on the event loop. A run folder is served by onnxruntime by default
+  (``backend="auto"``: the run's cached ``model.onnx``, exported on demand; torch when onnxruntime is missing or
+  the export fails): its session is thread-safe and runs requests concurrently. Grad-CAM (``explain=true``)
+  needs the torch model, which is loaded next to it and guarded by a lock (Grad-CAM temporarily changes the
+  model's hooks and gradient flags). With ``backend="torch"`` the torch model does both, behind the lock.
 * Bad input never gives a 500: an oversized upload is a 413 (checked on ``Content-Length`` and while streaming),
   an image whose header announces more than ``max_pixels`` pixels is a 413 before any pixel is decoded, a
   non-image is a 415, a corrupt/truncated/too small image or a missing ``file`` field is a 422.
@@ -36,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UnreadableImageError, UsageError
-from ..inference import Predictor, load_predictor
+from ..inference import BACKENDS, Predictor, load_predictor
 
 #: Largest accepted upload (bytes).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -67,46 +69,83 @@ class ModelService:
 
     Args:
         predictor: a torch :class:`~braintumor.inference.Predictor` or an ``OnnxPredictor``.
+        explainer: the torch predictor of the same run for Grad-CAM, when ``predictor`` is an ``OnnxPredictor``
+            (default: ``predictor`` itself when it has a torch model).
+
+    Example:
+        >>> from braintumor.inference import load_predictor
+        >>> from braintumor.serve import ModelService
+        >>> service = ModelService(load_predictor("runs/demo"))          # doctest: +SKIP
+        >>> service.predict(image)["label"]                             # doctest: +SKIP
+        'yes'
     """
 
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: Predictor, explainer: Predictor | None = None):
         self.predictor = predictor
         # Torch: one forward at a time (Grad-CAM patches the module). onnxruntime sessions are thread-safe.
         self._lock = threading.Lock() if predictor.backend == "torch" else contextlib.nullcontext()
+        if explainer is None and getattr(predictor, "model", None) is not None:
+            explainer = predictor
+        self.explainer = explainer
+        self._explain_lock = self._lock if explainer is predictor else threading.Lock()
         info = predictor.model_info()
         self.model = {"name": info["name"], "version": info["version"], "fingerprint": info["fingerprint"]}
         self.info = info
 
     @property
     def can_explain(self) -> bool:
-        return getattr(self.predictor, "model", None) is not None
+        return self.explainer is not None
 
-    def predict(self, image: np.ndarray) -> dict:
-        """Label and probabilities of one ``(H, W, 3)`` ``uint8`` image."""
+    def predict(self, image: np.ndarray, prepared: np.ndarray | None = None) -> dict:
+        """Label and probabilities of one ``(H, W, 3)`` ``uint8`` image (or of its ``prepared`` ``(1, S, S, 3)``)."""
         p = self.predictor
-        prepared = p.preprocessor.prepare(image)[None]
+        if prepared is None:
+            prepared = p.preprocessor.prepare(image)[None]
         with self._lock:
             proba = p.proba_prepared(prepared)
         label = p.labels_from_proba(proba)[0]
         return {"label": label, "probabilities": {c: float(v) for c, v in zip(p.classes, proba[0], strict=True)}}
 
-    def explain(self, image: np.ndarray) -> dict:
-        """Grad-CAM of the predicted class as a base64 PNG overlay (torch run folders only)."""
+    def _require_explainer(self):
         if not self.can_explain:
             raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
                                      "ONNX file (start it with the run folder to get Grad-CAM overlays)")
         try:
-            from ..explain import explain
+            from ..explain import core as module
         except ImportError as exc:  # pragma: no cover - the explain module ships with the package
             raise RejectedInput(501, f"Grad-CAM is not available in this installation ({exc})") from None
-        with self._lock:
-            ex = explain(self.predictor, image, method="gradcam")
+        return module
+
+    @staticmethod
+    def _overlay(ex) -> dict:
         from PIL import Image
 
         buf = io.BytesIO()
         Image.fromarray(ex.overlay()).save(buf, format="PNG")
         return {"method": "gradcam", "target": ex.target or ex.label,
                 "png_base64": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+    def explain(self, image: np.ndarray, prepared: np.ndarray | None = None, target: str | None = None) -> dict:
+        """Grad-CAM of ``target`` (default: the predicted class) as a base64 PNG overlay (run folders only)."""
+        module = self._require_explainer()
+        if prepared is None:
+            prepared = self.explainer.preprocessor.prepare(image)[None]
+        with self._explain_lock:
+            ex = module.explain_prepared(self.explainer, prepared, method="gradcam", target=target)[0]
+        return self._overlay(ex)
+
+    def predict_explain(self, image: np.ndarray) -> tuple[dict, dict]:
+        """:meth:`predict` plus the Grad-CAM overlay of the predicted label: the image is prepared once, and the
+        torch model runs only the Grad-CAM pass (the probabilities are the prediction's)."""
+        module = self._require_explainer()
+        prepared = self.predictor.preprocessor.prepare(image)[None]
+        out = self.predict(image, prepared)
+        label = out["label"]
+        with self._explain_lock:
+            cam = module.heatmaps(self.explainer, prepared, [self.explainer.classes.index(label)], "gradcam")
+        ex = module.Explanation(heatmap=cam[0], image=prepared[0], label=label, probability=out["probabilities"][label],
+                                probabilities=dict(out["probabilities"]), target=label, method="gradcam")
+        return out, self._overlay(ex)
 
 
 def _status_for(reason: str, identified: bool) -> int:
@@ -200,12 +239,26 @@ def docs_html(schema: dict) -> str:
 
 
 def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS):
+               max_pixels: int = DEFAULT_MAX_PIXELS, backend: str = "auto", notice=None):
     """The FastAPI app serving ``model`` (a run folder, an ``.onnx`` file or a loaded predictor).
+
+    Args:
+        model: a run folder, an ``.onnx`` file or a loaded predictor.
+        max_upload_bytes, max_pixels: the input limits.
+        backend: for a run folder, the engine of plain predictions: ``auto`` (onnxruntime on the CPU when it is
+            installed, the export made on demand and cached; else torch), ``onnx`` or ``torch`` (see
+            :func:`~braintumor.inference.load_predictor`). Grad-CAM always runs on the run's torch model.
+        notice: called with one line when ``auto`` falls back to torch or an export is made.
 
     Raises:
         UsageError: FastAPI is not installed (``pip install 'braintumor[serve]'``).
         RunError: ``model`` is not a run folder or an exported ONNX file.
+
+    Example:
+        >>> from braintumor.serve import create_app
+        >>> app = create_app("runs/demo", backend="auto")               # doctest: +SKIP
+        >>> app.state.service.info["backend"], app.state.service.can_explain  # doctest: +SKIP
+        ('onnxruntime', True)
     """
     try:
         from fastapi import FastAPI, Query, Request
@@ -216,8 +269,18 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         raise UsageError(f"serving needs the 'serve' extra ({exc.name} is missing): "
                          f"pip install 'braintumor[serve]'") from None
 
-    predictor = model if isinstance(model, Predictor) else load_predictor(model)
-    service = ModelService(predictor)
+    backend = {"onnxruntime": "onnx"}.get(str(backend).lower(), str(backend).lower())
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}': choose auto, onnx or torch")
+    explainer = None
+    if isinstance(model, Predictor):
+        predictor = model
+    elif Path(model).is_dir() and backend != "torch":
+        explainer = Predictor.from_run(model)  # Grad-CAM; also the source of an on-demand export
+        predictor = load_predictor(model, backend=backend, notice=notice, torch_predictor=explainer)
+    else:
+        predictor = load_predictor(model, backend=backend, notice=notice)
+    service = ModelService(predictor, explainer)
     limit_mb = max_upload_bytes / (1024 * 1024)
 
     app = FastAPI(
@@ -317,11 +380,14 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         body = await read_body(request)
         data, filename = await image_bytes(request, body)
         img = await run_in_threadpool(decode_upload, data, filename, max_pixels)
-        out = await run_in_threadpool(service.predict, img)
+        if explain:
+            out, overlay = await run_in_threadpool(service.predict_explain, img)
+        else:
+            out = await run_in_threadpool(service.predict, img)
         out.update({"threshold": predictor.threshold, "positive_class": predictor.positive_class,
                     "model": service.model, "image": {"width": int(img.shape[1]), "height": int(img.shape[0])}})
         if explain:
-            out["overlay"] = await run_in_threadpool(service.explain, img)
+            out["overlay"] = overlay
         out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
