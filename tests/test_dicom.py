@@ -4,6 +4,7 @@ predict and explain like their PNGs; a class folder mixing PNG, DICOM and NIfTI 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -357,3 +358,30 @@ def test_training_on_mixed_png_dicom_nifti_folder(phantoms, tmp_path):
     r = CliRunner().invoke(app, ["predict", str(out), str(data / "yes" / "vol.nii.gz"), str(data / "no" / "series1"),
                                  "--format", "json"])
     assert r.exit_code == 0, r.output
+
+
+def test_prediction_reads_dicom_with_the_runs_training_window(trained_run, tmp_path, monkeypatch):
+    """A run trained with BRAINTUMOR_DICOM_WINDOW=C,W predicts with the same window, and says so on a conflict."""
+    import warnings
+
+    from braintumor.data.dicom import WINDOW_ENV
+    from braintumor.inference import Predictor, load_predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    meta = json.loads((run / "metadata.json").read_text())
+    meta["dicom_window"] = "100,120"
+    (run / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setenv(WINDOW_ENV, "auto")  # recorded, so whatever loading sets is undone after the test
+    monkeypatch.delenv(WINDOW_ENV)
+    Predictor.from_run(run, device="cpu")
+    assert os.environ[WINDOW_ENV] == "100,120"
+
+    monkeypatch.setenv(WINDOW_ENV, "minmax")
+    notes = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_predictor(run, device="cpu", backend="torch", notice=notes.append)
+    assert not [w for w in caught if "DICOM window" in str(w.message)], "said once, through notice"
+    assert os.environ[WINDOW_ENV] == "minmax" and len(notes) == 1
+    assert "trained with DICOM window '100,120'" in notes[0] and str(run) in notes[0]

@@ -134,11 +134,18 @@ class Predictor:
         except OSError:
             stat = None
         ckpt = run.load_checkpoint(checkpoint)
+        _adopt_dicom_window(meta, run.root)
         model = build_model(meta["model"], len(meta["classes"]), pretrained=False, img_size=meta["img_size"])
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise RunError(f"{run.root}: checkpoint does not match model '{meta['model']}' ({exc})") from None
+            from . import __version__
+
+            made_by = (meta.get("versions") or {}).get("braintumor", "?")
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RunError(f"{run.root}: checkpoint does not match model '{meta['model']}' of braintumor "
+                           f"{__version__} (the run was made by braintumor {made_by}; the architecture may have "
+                           f"changed): {first[:200]}") from None
         calib = meta.get("calibration") or {}
         p = cls(model, Preprocessor.from_dict(meta["preprocessing"]), meta["classes"], meta.get("positive_class"),
                 calib.get("temperature", 1.0), meta.get("threshold"), meta, device)
@@ -306,12 +313,36 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
             raise UsageError(f"{p}: an .onnx file runs on onnxruntime; the torch backend needs a run folder")
         from .export import OnnxPredictor
 
-        return OnnxPredictor(p)
+        pred = OnnxPredictor(p)
+        _adopt_dicom_window(pred.metadata, p, notice)
+        return pred
     if p.is_dir():
+        _adopt_dicom_window(RunDir(p).read_metadata(), p, notice)
         return _run_predictor(p, device, backend, notice, torch_predictor, cache_dir)
     if p.suffix.lower() == ".onnx":
         raise RunError(f"{p}: no such ONNX file")
     raise RunError(f"{p}: not a run folder or an .onnx file")
+
+
+_WINDOW_WARNED: set[str] = set()
+
+
+def _adopt_dicom_window(meta: dict, where, notice: Callable[[str], None] | None = None) -> None:
+    """Prepare DICOM inputs with the run's training window (see ``data.dicom.adopt_window``)."""
+    from .data.dicom import adopt_window
+
+    message = adopt_window((meta or {}).get("dicom_window"))
+    key = f"{Path(where).resolve()} {message}"
+    if not message or key in _WINDOW_WARNED:
+        return
+    _WINDOW_WARNED.add(key)
+    message = f"{where}: {message}"
+    if notice is not None:
+        notice(message)
+    else:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
 
 
 def _run_predictor(run_dir: Path, device: str, backend: str, notice: Callable[[str], None] | None,

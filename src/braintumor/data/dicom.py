@@ -82,6 +82,35 @@ def _sniff(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------- window
 
 
+def adopt_window(trained: str | None, where: str = "") -> str | None:
+    """Read DICOM inputs with the VOI window a run was trained with (its ``metadata.json`` ``dicom_window``).
+
+    When ``BRAINTUMOR_DICOM_WINDOW`` is unset, it is set to the run's choice, so prediction prepares DICOM pixels
+    exactly as training did. When it is set to something else, nothing changes and a one-line warning is returned
+    (the caller shows it). ``None``/``"auto"`` runs with an unset variable need nothing.
+
+    Example:
+        >>> from braintumor.data.dicom import adopt_window
+        >>> adopt_window("auto") is None
+        True
+    """
+    if not trained:
+        return None
+    trained = str(trained).strip()
+    current = os.environ.get(WINDOW_ENV, "").strip()
+    try:
+        same = parse_window(current or "auto") == parse_window(trained)
+    except UsageError:
+        same = False
+    if same:
+        return None
+    if not current:
+        os.environ[WINDOW_ENV] = trained
+        return None
+    return (f"{where}trained with DICOM window '{trained}', but {WINDOW_ENV}='{current}': DICOM inputs are "
+            f"prepared differently from training")
+
+
 def parse_window(value: str | tuple[float, float] | None = None) -> str | tuple[float, float]:
     """The VOI choice: ``"auto"``, ``"minmax"`` or ``(center, width)``; ``None`` reads ``BRAINTUMOR_DICOM_WINDOW``.
 
