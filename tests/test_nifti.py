@@ -195,3 +195,37 @@ def test_predict_and_explain_nifti_volume_like_png(trained_run, tmp_path):
         e_vol, e_png = explain(pred, refs[k]), explain(pred, pngs[k])
         assert e_vol.label == e_png.label
         assert np.allclose(e_vol.heatmap, e_png.heatmap, atol=1e-5)
+
+
+def test_cli_predict_volume_slices_and_summary(trained_run, tmp_path):
+    """`predict --slices all` gives one row per slice and a per-volume summary; `--by-volume` only the latter."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from braintumor.cli import app
+
+    rng = np.random.default_rng(5)
+    imgs = [make_phantom(rng, 64, tumour=k == 4)[0] for k in range(6)]
+    nib.save(nib.Nifti1Image(ras_volume(imgs), np.eye(4)), tmp_path / "vol.nii.gz")
+    Image.fromarray(imgs[0]).save(tmp_path / "plain.png")
+    run = str(trained_run.run_dir)
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", run, str(tmp_path / "vol.nii.gz"), "--slices", "all", "--backend", "torch",
+                              "-f", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["predictions"]
+    assert [r["path"].rsplit("#", 1)[1] for r in rows] == [str(k) for k in range(6)]
+    p_yes = [r["probabilities"]["yes"] for r in rows]
+    res = runner.invoke(app, ["predict", run, str(tmp_path / "vol.nii.gz"), str(tmp_path / "plain.png"),
+                              "--slices", "all", "--by-volume", "--backend", "torch", "-f", "json"])
+    assert res.exit_code == 0, res.output
+    vol, plain = json.loads(res.stdout)
+    assert vol["n_slices"] == 6 and vol["slice"] == int(np.argmax(p_yes))
+    assert vol["tumour_probability"] == pytest.approx(max(p_yes), abs=1e-6)
+    assert plain["n_slices"] == 1 and plain["slice"] is None
+    res = runner.invoke(app, ["predict", run, str(tmp_path / "vol.nii.gz"), "--slices", "all", "--backend", "torch"])
+    assert res.exit_code == 0 and "per volume" in res.stdout
+    # The run was trained on middle slices: by default a volume is one row.
+    res = runner.invoke(app, ["predict", run, str(tmp_path / "vol.nii.gz"), "--backend", "torch", "-f", "json"])
+    assert json.loads(res.stdout)["n"] == 1

@@ -261,14 +261,17 @@ def cv(
 # ------------------------------------------------------------------------ predict / export / serve
 
 
-def _expand_paths(paths: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders and globs -> image files; a missing plain path is kept (it becomes an error row)."""
+def _expand_paths(paths: list[str], slices=None) -> tuple[list[Path], list[str]]:
+    """Files, folders and globs -> image files; a missing plain path is kept (it becomes an error row).
+
+    ``slices``: volumes become these slice references (``None``: one entry per volume, its middle slice).
+    """
     from .data.discover import list_images
 
     files: list[Path] = []
     empty: list[str] = []
     for p in paths:
-        found = list_images(p)
+        found = list_images(p, slices=slices)
         if found:
             files.extend(found)
         elif not any(ch in p for ch in "*?[") and not Path(p).is_dir():
@@ -318,6 +321,46 @@ def _prediction_table(preds, classes: list[str]) -> Table:
     return t
 
 
+def _volume_summaries(preds, positive_class, include_images: bool) -> list:
+    """Per-volume results (the highest slice tumour probability); 2-D images as their own one-slice rows."""
+    from .data.slices import split_ref, summarise_volume
+
+    groups: dict[str, list] = {}
+    for p in preds:
+        src, frame = split_ref(p.path)
+        if frame is not None or include_images:
+            groups.setdefault(str(src), []).append(p)
+    return [summarise_volume(g, positive_class) for g in groups.values()]
+
+
+def _format_volumes(vols, fmt: str) -> str:
+    import csv
+    import io
+    import json
+
+    rows = [v.to_dict() for v in vols]
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["source", "label", "tumour_probability", "slice", "n_slices", "errors"])
+    for r in rows:
+        prob = "" if r["tumour_probability"] is None else f"{r['tumour_probability']:.6f}"
+        w.writerow([r["source"], r["label"] or "", prob, "" if r["slice"] is None else r["slice"], r["n_slices"],
+                    "; ".join(f"{e['path']}: {e['error']}" for e in r["errors"])])
+    return buf.getvalue()
+
+
+def _volume_table(vols) -> Table:
+    t = Table(show_header=True, title="per volume (the slice with the highest tumour probability)")
+    for col in ("volume", "label", "p(tumour)", "slice", "slices", "unreadable"):
+        t.add_column(col, overflow="fold")
+    for v in vols:
+        t.add_row(v.source, v.label or "", "" if v.tumour_probability is None else f"{v.tumour_probability:.3f}",
+                  "" if v.slice is None else str(v.slice), str(v.n_slices), str(len(v.errors)))
+    return t
+
+
 @app.command()
 @handle_errors
 def predict(
@@ -333,10 +376,20 @@ def predict(
     backend: str = typer.Option("auto", "--backend",
                                 help="Engine for a run folder: auto (onnxruntime on the CPU when installed, via "
                                      "RUN/model.onnx exported on demand and cached; else torch), onnx or torch."),
+    slices: str | None = typer.Option(None, "--slices",
+                                      help="Volumes: middle, all or K evenly spaced slices each (default: what the "
+                                           "run was trained with)."),
+    by_volume: bool = typer.Option(False, "--by-volume",
+                                   help="One row per volume (DICOM series, NIfTI file, multi-frame DICOM): the "
+                                        "slice with the highest tumour probability decides; 2-D images stay "
+                                        "one row each."),
 ):
     """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
 
-    Exit code 0 when every file was read, 1 when some could not be, 2 on a usage error.
+    Volumes (NIfTI, DICOM series folders, multi-frame DICOM) are read as the slices the run was trained on
+    (`--slices`), one row per slice (`scan.nii.gz#12`), plus a per-volume summary in the table; `--by-volume`
+    writes only the per-volume rows. Exit code 0 when every file was read, 1 when some could not be, 2 on a usage
+    error.
 
     Example: braintumor predict runs/navoneel scans/ --format csv --out predictions.csv
     """
@@ -358,6 +411,11 @@ def predict(
     if heatmaps is not None and model.is_file():
         raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
     predictor = load_predictor(model, device=device, backend=backend, notice=_notice)
+    from .data.slices import parse_slices
+
+    slices = parse_slices(slices or (predictor.metadata.get("data") or {}).get("slices"))
+    if slices != "middle":
+        files, _ = _expand_paths(paths, slices=slices)
     explainer = predictor if predictor.model is not None else None
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True, disable=len(files) <= batch_size) as bar:
@@ -386,13 +444,21 @@ def predict(
     out_fmt = fmt
     if out is not None and fmt == "table":
         out_fmt = {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "table")
-    text = _format_predictions(preds, predictor, out_fmt)
+    vols = _volume_summaries(preds, predictor.positive_class, include_images=by_volume)
+    if by_volume:
+        text = _format_volumes(vols, "json" if out_fmt == "json" else "csv")
+    else:
+        text = _format_predictions(preds, predictor, out_fmt)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-        err_console.print(f"wrote {len(preds)} prediction(s) to {out}")
+        err_console.print(f"wrote {len(vols) if by_volume else len(preds)} "
+                          f"{'volume' if by_volume else 'prediction'}(s) to {out}")
     elif fmt == "table":
-        console.print(_prediction_table(preds, predictor.classes))
+        if not by_volume:
+            console.print(_prediction_table(preds, predictor.classes))
+        if vols:
+            console.print(_volume_table(vols))
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
