@@ -32,6 +32,23 @@ def test_prepare_shapes_and_roundtrip():
     assert Preprocessor.from_dict(pre.to_dict()) == pre
 
 
+def test_crop_detection_on_a_subsampled_copy():
+    """New runs find the crop box on a ~256-px copy: same box to a few pixels; old runs keep full resolution."""
+    rng = np.random.default_rng(3)
+    fast, exact = Preprocessor(64, crop_detect_side=256), Preprocessor(64)
+    assert Preprocessor.from_dict({"img_size": 64}).crop_detect_side == 0  # metadata of older runs
+    for side in (1024, 700, 300):
+        img, _ = make_phantom(rng, side, tumour=True)
+        img = np.pad(img, ((side // 8, 0), (0, side // 4)))  # off-centre, not square
+        rgb = np.repeat(img[..., None], 3, axis=2)
+        a, b = exact.crop_box(rgb), fast.crop_box(rgb)
+        assert a != (0, 0, *img.shape)  # a real crop
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 0.01 * max(img.shape), (side, a, b)
+        if side <= 384:
+            assert a == b and np.array_equal(exact.prepare(rgb), fast.prepare(rgb))
+        assert fast.prepare(img).shape == (64, 64, 3)
+
+
 def test_registry_builds_every_model():
     assert {"cnn", "efficientnet-lite0", "efficientnet-b0", "resnet18", "densenet121"} <= set(available_models())
     for name in available_models():

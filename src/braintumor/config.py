@@ -50,6 +50,7 @@ class TrainConfig:
     pretrained: bool | None = None
     img_size: int = 224
     crop_brain: bool = True
+    crop_detect_side: int = 256
     grayscale: bool = True
     batch_size: int = 32
     epochs_frozen: int = 6
