@@ -33,7 +33,7 @@ import importlib
 import sys
 import types
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Public name -> (module, attribute). Everything here is documented with an example (tests/test_api.py).
 _LAZY = {
