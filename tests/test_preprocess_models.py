@@ -85,3 +85,25 @@ def test_pretrained_download_offline_gives_one_line(monkeypatch):
             build_model(name, 2, pretrained=True)
         msg = str(ei.value)
         assert "\n" not in msg and name in msg and "name resolution" in msg
+
+
+def test_lite0_padding_folded_into_convolutions_changes_nothing():
+    """The symmetric TF-'same' pads become Conv2d padding (no activation copy): identical outputs and gradients."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from braintumor.models.efficientnet_lite import fold_symmetric_padding
+
+    torch.manual_seed(0)
+    a = EfficientNet.from_name("efficientnet-lite0", image_size=64).eval()
+    b = EfficientNet.from_name("efficientnet-lite0", image_size=64).eval()
+    b.load_state_dict(a.state_dict())
+    assert fold_symmetric_padding(b) >= 10 and fold_symmetric_padding(b) == 0  # idempotent
+    x = torch.randn(2, 3, 64, 64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = a(xa), b(xb)
+    assert torch.equal(ya, yb)
+    ya.sum().backward()
+    yb.sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-6)
+    assert not any(isinstance(getattr(m, "static_padding", None), torch.nn.ZeroPad2d)
+                   and tuple(m.stride) == (1, 1) for m in b.modules())

@@ -32,6 +32,26 @@ class _LiteFeatures(nn.Module):
         return self.act(self._bn1(self._conv_head(x)))
 
 
+def fold_symmetric_padding(net: nn.Module) -> int:
+    """Move TF-"same" zero padding into the convolution where it is symmetric; returns how many were moved.
+
+    ``efficientnet-lite-pytorch`` pads every k>1 convolution with a separate ``ZeroPad2d``, which copies the whole
+    activation (and its gradient) at every layer: at 224 px that is several 16x96x112x112 copies per step, memory
+    bound on a CPU. Where the padding is the same on both sides (stride-1 layers), ``Conv2d(padding=p)`` computes
+    exactly the same output (identical floats, tested) without the copy; the asymmetric stride-2 ones stay.
+    """
+    moved = 0
+    for m in net.modules():
+        pad = getattr(m, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d) and isinstance(m, nn.Conv2d) and tuple(m.padding) == (0, 0):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                m.static_padding = nn.Identity()
+                m.padding = (top, left)
+                moved += 1
+    return moved
+
+
 def weights_path() -> str:
     """Local path of the bundled ImageNet weights."""
     try:
@@ -53,6 +73,7 @@ def build_lite0(num_classes: int, pretrained: bool = True, img_size: int = 224) 
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
             raise PretrainedUnavailableError(f"efficientnet-lite0 weights do not match: {missing} {unexpected}")
+    fold_symmetric_padding(net)
     return Classifier(_LiteFeatures(net), 1280, num_classes)
 
 
