@@ -34,6 +34,12 @@ from torch import nn
 
 from ..errors import UsageError
 
+# The backward pass starts at the target layer (see cam_maps), so PyTorch notes that MONAI's full backward hook
+# fires on module outputs only: that is the intent. A process-wide filter, narrowly matched: a catch_warnings()
+# block around the call is not thread-safe (the server explains concurrent requests) and leaked the note.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
+                        "to module outputs", category=UserWarning)
+
 #: ``--method`` choices.
 METHODS = ("gradcam", "gradcam++", "occlusion")
 
@@ -191,9 +197,7 @@ def cam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_idx: Sequence[
         hooks = _PerSampleHooks(model, layer, register_forward=True, register_backward=True)
         cam = cls(nn_module=hooks, target_layers=layer, upsampler=_upsampler, postprocessing=_identity)
         idx = torch.as_tensor(list(class_idx), dtype=torch.long, device=x.device)
-        with warnings.catch_warnings():  # PyTorch notes that the hook fires on outputs only: that is the point
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            maps = cam(x.detach(), class_idx=idx)
+        maps = cam(x.detach(), class_idx=idx)
         out = maps.detach().float().cpu().numpy()[:, 0]
     return normalise_maps(out)
 
