@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -33,12 +32,6 @@ from scipy import ndimage
 from torch import nn
 
 from ..errors import UsageError
-
-# The backward pass starts at the target layer (see cam_maps), so PyTorch notes that MONAI's full backward hook
-# fires on module outputs only: that is the intent. A process-wide filter, narrowly matched: a catch_warnings()
-# block around the call is not thread-safe (the server explains concurrent requests) and leaked the note.
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
-                        "to module outputs", category=UserWarning)
 
 #: ``--method`` choices.
 METHODS = ("gradcam", "gradcam++", "occlusion")
@@ -71,12 +64,31 @@ def normalise_maps(maps: np.ndarray) -> np.ndarray:
 
 
 class _PerSampleHooks(ModelWithHooks):
-    """MONAI's hook wrapper with a per-sample class score.
+    """MONAI's hook wrapper with a per-sample class score, differentiating from the target layer only.
 
     ``ModelWithHooks.class_score`` indexes ``logits[:, class_idx]``, which for a batch with one class per image
     gives an ``(N, N)`` block whose sum mixes every image's target; Grad-CAM++ then broadcasts that score along
     the wrong axis. Here the score is ``logits[i, class_idx[i]]`` shaped ``(N, 1, 1, 1)``.
+
+    The target layer's output is replaced by a fresh leaf tensor (a forward hook) whose gradient is caught by a
+    tensor hook: the backward pass stops there, nothing below the layer is differentiated (same maps, ~2.5x less
+    CPU), and no module backward hook is needed (PyTorch's full backward hooks warn when the module's inputs do
+    not require gradients).
     """
+
+    def __init__(self, nn_module: nn.Module, layer: str):
+        super().__init__(nn_module, layer, register_forward=False, register_backward=False)
+        self.register_forward = self.register_backward = True  # what __call__ returns; the hooks are ours
+        _find_module(nn_module, layer).register_forward_hook(self._leaf_hook(layer))
+
+    def _leaf_hook(self, name: str):
+        def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+            leaf = output.detach().requires_grad_(True)
+            leaf.register_hook(lambda grad: self.gradients.__setitem__(name, grad))
+            self.activations[name] = leaf
+            return leaf
+
+        return hook
 
     def class_score(self, logits: torch.Tensor, class_idx) -> torch.Tensor:
         idx = torch.as_tensor(class_idx, device=logits.device).reshape(-1)
@@ -189,21 +201,14 @@ def cam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_idx: Sequence[
         raise UsageError(f"cam_maps computes gradcam or gradcam++, not '{method}'")
     if len(class_idx) != len(x):
         raise ValueError("one class index per image")
-    with gradient_pass(model, layer) as target:
-        # The backward pass starts at the target layer's output, a fresh leaf: nothing below it (the stem and
-        # early blocks, where most of a CNN's pixels are) is differentiated. Registered before MONAI's hooks so
-        # they see the leaf. Same maps as differentiating from the input, about 2.5x faster on a CPU.
-        target.register_forward_hook(_gradient_leaf)
-        hooks = _PerSampleHooks(model, layer, register_forward=True, register_backward=True)
+    with gradient_pass(model, layer):
+        hooks = _PerSampleHooks(model, layer)  # the backward pass starts at the layer (see the class)
         cam = cls(nn_module=hooks, target_layers=layer, upsampler=_upsampler, postprocessing=_identity)
         idx = torch.as_tensor(list(class_idx), dtype=torch.long, device=x.device)
         maps = cam(x.detach(), class_idx=idx)
         out = maps.detach().float().cpu().numpy()[:, 0]
     return normalise_maps(out)
 
-
-def _gradient_leaf(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
-    return output.detach().requires_grad_(True)
 
 
 def blur_baseline(images: np.ndarray, sigma: float | None = None) -> np.ndarray:
