@@ -96,3 +96,24 @@ def phantom_folder(dest: str, n: int, size: int = 256, seed: int = 0):
 
     write_phantoms(dest, n=n, size=size, seed=seed)
     return Path(dest)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server subprocess)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc) -> None:
+    """Terminate a subprocess, kill it after 20 s, and reap it."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

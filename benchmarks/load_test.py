@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,15 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import free_port, run_copy, stop_process  # noqa: E402
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: Targets of issue 7 for p50 latency of single requests (ms).
 TARGETS_MS = {"predict": 30, "predict_explain": 120}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _phantom_png(size: int = 256) -> bytes:
@@ -157,11 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = args.model
         if Path(model).is_dir():
-            sys.path.insert(0, str(Path(__file__).parent))
-            from _common import run_copy
-
             model = str(run_copy(model, tmp.name))
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen([sys.executable, "-m", "braintumor", "serve", model, "--host", "127.0.0.1",
                                  "--port", str(port), "--log-level", "warning", "--backend", args.backend],
@@ -200,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             result["with_explain"] = None
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         tmp.cleanup()
     print(json.dumps(result))
     errors = (result["without_explain"]["errors"] + ((result["with_explain"] or {}).get("errors") or 0)

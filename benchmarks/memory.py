@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, load_average, machine, phantom_folder, run_copy  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import emit, free_port, load_average, machine, phantom_folder, run_copy, stop_process  # noqa: E402
 
 
 def _status_kb(pid: int, key: str) -> int | None:
@@ -85,7 +78,7 @@ def _post(url: str, body: bytes) -> int:
 
 
 def _serve_peak(run: Path, backend: str, requests: int, timeout: float) -> dict:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "braintumor", "serve", str(run), "--port", str(port),
                              "--backend", backend, "--log-level", "warning"],
@@ -114,12 +107,7 @@ def _serve_peak(run: Path, backend: str, requests: int, timeout: float) -> dict:
                 "peak_rss_with_gradcam_mb": round((peak or 0) / 1024, 1),
                 "requests": len(codes), "non_200": sum(c != 200 for c in codes)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def main() -> None:

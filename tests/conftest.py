@@ -12,6 +12,17 @@ NAVONEEL = SHARED_DATA / "brain_mri_yes_no"
 NICKPARVAR = SHARED_DATA / "brain_tumor_mri_4class" / "Training"
 
 
+def copy_run(src: Path, dst: Path) -> Path:
+    """What prediction needs from a run folder (no model.onnx: the first fast-path call exports it)."""
+    import shutil
+
+    for name in ("metadata.json", "config.yaml", "split.csv", "checkpoints/best.pt"):
+        if (src / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+    return dst
+
+
 def needs_data(path: Path):
     """Skip cleanly when ../shared/data (or the given folder in it) is not there."""
     return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not available")

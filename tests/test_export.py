@@ -19,6 +19,7 @@ from braintumor.inference import Predictor, load_predictor  # noqa: E402
 from braintumor.models import available_models, build_model, get_spec  # noqa: E402
 from braintumor.preprocess import Preprocessor  # noqa: E402
 from braintumor.rundir import RunDir  # noqa: E402
+from conftest import copy_run  # noqa: E402
 
 HEAVY = {"densenet121", "efficientnet-b0"}
 
@@ -137,21 +138,12 @@ def test_export_cli(trained_run, tmp_path):
 # ------------------------------------------------------------------------------ on-demand export of a run folder
 
 
-def _copy_run(src, dst):
-    import shutil
-
-    for name in ("metadata.json", "split.csv", "checkpoints/best.pt"):
-        (dst / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, dst / name)
-    return dst
-
-
 def test_export_records_the_checkpoint_it_came_from(trained_run, tmp_path):
     import onnx
 
     from braintumor.inference import file_sha256
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     res = export_onnx(run)
     props = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
     stamp = json.loads(props[METADATA_KEY])["checkpoint"]
@@ -175,7 +167,7 @@ def test_older_export_without_stamp_is_reused_when_the_weights_match(trained_run
 
     from braintumor.export import onnx_for_run
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     with monkeypatch.context() as m:
         m.setattr(Predictor, "checkpoint_stamp", lambda self: None)  # as written by earlier versions
         res = export_onnx(run)

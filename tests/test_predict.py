@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from braintumor.cli import app
-from conftest import NAVONEEL, needs_data
+from conftest import NAVONEEL, copy_run, needs_data
 
 runner = CliRunner()
 
@@ -143,15 +143,6 @@ def test_predict_navoneel_onnx_and_run_agree_with_a_corrupt_file(trained_run, on
 # ------------------------------------------------------------------------------ backends: auto / onnx / torch
 
 
-def _copy_run(src, dst):
-    """What prediction needs from a run folder (no model.onnx: the first fast-path call exports it)."""
-    for name in ("metadata.json", "config.yaml", "split.csv", "checkpoints/best.pt"):
-        if (src / name).is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
-    return dst
-
-
 def _phantom_files(folder, n=24):
     files = sorted(p for p in folder.rglob("*.png") if "_masks" not in p.parts)
     return files[:: max(1, len(files) // n)][:n]
@@ -170,7 +161,7 @@ def test_auto_backend_exports_once_reuses_and_matches_torch(trained_run, phantom
     pytest.importorskip("onnxruntime")
     from braintumor.inference import load_predictor
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     notes: list[str] = []
     fast = load_predictor(run, backend="auto", notice=notes.append)
     assert fast.backend == "onnxruntime" and fast.path == run / "model.onnx" and fast.path.is_file()
@@ -189,7 +180,7 @@ def test_auto_backend_exports_once_reuses_and_matches_torch(trained_run, phantom
 
 def test_predict_cli_backends_agree(trained_run, phantoms_test, tmp_path):
     pytest.importorskip("onnxruntime")
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     folder = _folder_with_bad_files(phantoms_test, tmp_path / "imgs", n=10)
     a = _invoke("predict", run, folder, "--format", "json", "--backend", "torch")
     b = _invoke("predict", run, folder, "--format", "json")  # auto: exports RUN/model.onnx on demand
@@ -218,7 +209,7 @@ def test_stale_export_is_redone_when_the_checkpoint_or_metadata_change(trained_r
     from braintumor.inference import load_predictor
     from braintumor.rundir import RunDir
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     first = load_predictor(run, backend="onnx")
     old_fp = first.fingerprint
     # New weights in best.pt (as a continued training would write): the export is stale.
@@ -251,7 +242,7 @@ def test_read_only_run_folder_uses_the_user_cache(trained_run, phantoms_test, tm
     import braintumor.export as ex
     from braintumor.inference import load_predictor
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(ex, "_writable", lambda folder: False)  # as on a read-only mount
     notes: list[str] = []
@@ -277,7 +268,7 @@ def test_missing_onnxruntime_falls_back_to_torch(trained_run, phantoms_test, tmp
 
     from braintumor.inference import load_predictor
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     notes: list[str] = []
     pred = load_predictor(run, backend="auto", notice=notes.append)
@@ -295,7 +286,7 @@ def test_failed_export_falls_back_to_torch_in_one_line(trained_run, phantoms_tes
     pytest.importorskip("onnxruntime")
     import braintumor.export as ex
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     monkeypatch.setattr(ex, "_reference_proba", lambda p, x: p.proba_prepared(x) + 1e-3)  # parity breaks
     f = _phantom_files(phantoms_test, 1)[0]
     r = _invoke("predict", run, f, "--format", "json")

@@ -18,6 +18,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from braintumor.serve import create_app  # noqa: E402
+from conftest import copy_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -237,16 +238,6 @@ def test_nifti_upload_keeps_its_double_suffix(client, phantoms_test, tmp_path):
 # ------------------------------------------------------------------------------ backends
 
 
-def _copy_run(src, dst):
-    import shutil
-
-    for name in ("metadata.json", "config.yaml", "split.csv", "checkpoints/best.pt"):
-        if (src / name).is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
-    return dst
-
-
 def test_run_folder_predicts_on_onnxruntime_and_explains_on_torch(client, trained_run, phantoms_test):
     pytest.importorskip("onnxruntime")
     info = client.get("/v1/model").json()
@@ -270,7 +261,7 @@ def test_run_folder_predicts_on_onnxruntime_and_explains_on_torch(client, traine
 def test_serve_falls_back_to_torch_without_onnxruntime(trained_run, phantoms_test, tmp_path, monkeypatch):
     import sys
 
-    run = _copy_run(trained_run.run_dir, tmp_path / "run")
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     notes: list[str] = []
     with TestClient(create_app(run, notice=notes.append)) as c:

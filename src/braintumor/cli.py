@@ -321,18 +321,6 @@ def _prediction_table(preds, classes: list[str]) -> Table:
     return t
 
 
-def _volume_summaries(preds, positive_class, include_images: bool) -> list:
-    """Per-volume results (the highest slice tumour probability); 2-D images as their own one-slice rows."""
-    from .data.slices import split_ref, summarise_volume
-
-    groups: dict[str, list] = {}
-    for p in preds:
-        src, frame = split_ref(p.path)
-        if frame is not None or include_images:
-            groups.setdefault(str(src), []).append(p)
-    return [summarise_volume(g, positive_class) for g in groups.values()]
-
-
 def _format_volumes(vols, fmt: str) -> str:
     import csv
     import io
@@ -411,7 +399,7 @@ def predict(
     if heatmaps is not None and model.is_file():
         raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
     predictor = load_predictor(model, device=device, backend=backend, notice=_notice)
-    from .data.slices import parse_slices
+    from .data.slices import parse_slices, summarise_volumes
 
     slices = parse_slices(slices or (predictor.metadata.get("data") or {}).get("slices"))
     if slices != "middle":
@@ -444,7 +432,7 @@ def predict(
     out_fmt = fmt
     if out is not None and fmt == "table":
         out_fmt = {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "table")
-    vols = _volume_summaries(preds, predictor.positive_class, include_images=by_volume)
+    vols = summarise_volumes(preds, predictor.positive_class, include_images=by_volume)
     if by_volume:
         text = _format_volumes(vols, "json" if out_fmt == "json" else "csv")
     else:

@@ -155,14 +155,16 @@ def summarise_volume(predictions: Sequence, positive_class: str | None = None) -
     return VolumeSummary(sources.pop(), _get(p, "label"), prob, split_ref(ref)[1], ref, len(predictions), errors)
 
 
-def summarise_volumes(predictions: Iterable, positive_class: str | None = None) -> list[VolumeSummary]:
+def summarise_volumes(predictions: Iterable, positive_class: str | None = None,
+                      include_images: bool = False) -> list[VolumeSummary]:
     """:func:`summarise_volume` for every volume among ``predictions`` (in order of first appearance).
 
-    Predictions of plain 2-D images (paths without a ``#frame``) are left out.
+    Predictions of plain 2-D images (paths without a ``#frame``) are left out, unless ``include_images``: then
+    each is its own one-slice summary (``slice`` is ``None``).
     """
     by_source: dict[str, list] = {}
     for p in predictions:
         src, frame = split_ref(_get(p, "path"))
-        if frame is not None:
+        if frame is not None or include_images:
             by_source.setdefault(str(src), []).append(p)
     return [summarise_volume(preds, positive_class) for preds in by_source.values()]
