@@ -117,6 +117,82 @@ def test_resume_after_kill_9(small_phantoms, tmp_path):
     assert done["confusion_matrix"] == ref.metrics["confusion_matrix"]
 
 
+# ------------------------------------------------------------------------------------- weight averaging
+
+SWA = dict(SMALL, epochs_frozen=1, epochs=4)  # with init_from: frozen 1 epoch, then 4 fine-tuning epochs
+
+
+def _capture_epoch_weights(monkeypatch) -> dict:
+    """Record the model weights each time last.pt is written (once per epoch)."""
+    seen: dict[int, dict] = {}
+    orig = RunDir.save_checkpoint
+
+    def save(self, path, state):
+        orig(self, path, state)
+        if path == self.last:
+            seen[len(state["history"])] = {k: v.detach().clone() for k, v in state["model"].items()}
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    return seen
+
+
+def test_swa_keeps_the_mean_of_the_second_half_weights(trained_run, small_phantoms, tmp_path, monkeypatch):
+    """Fine-tuning with frozen BatchNorm keeps the average of its second-half epochs' weights (here epochs 4-5)."""
+    import torch
+
+    seen = _capture_epoch_weights(monkeypatch)
+    res = train(TrainConfig(data_dir=str(small_phantoms), init_from=str(trained_run.run_dir), **SWA),
+                out=tmp_path / "swa")
+    assert res.metadata["weights"]["kind"] == "weight average (swa)"
+    assert res.metadata["weights"]["epochs"] == [4, 5]
+    kept = RunDir(res.run_dir).load_checkpoint("best")["model"]
+    for k, v in kept.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (seen[4][k] + seen[5][k]) / 2, atol=1e-6), k
+    assert not torch.equal(kept["head.1.weight"], seen[5]["head.1.weight"])  # not just the last epoch
+    # The reported validation metrics are those of the averaged weights (evaluated again through the Predictor).
+    assert res.metrics["accuracy"] == pytest.approx(res.metadata["weights"]["val_accuracy"])
+
+
+def test_swa_off_and_from_scratch_keep_the_lowest_loss_epoch(trained_run, small_phantoms, tmp_path):
+    assert trained_run.metadata["weights"]["kind"] == "lowest validation loss"  # cnn from scratch: BatchNorm active
+    res = train(TrainConfig(data_dir=str(small_phantoms), init_from=str(trained_run.run_dir), swa=False, **SWA),
+                out=tmp_path / "noswa")
+    best = min(res.history[1:], key=lambda h: h["val_loss"])  # the fine-tuning phase's best epoch
+    assert res.metadata["weights"] == {"kind": "lowest validation loss", "epochs": [best["epoch"]]}
+    assert RunDir(res.run_dir).load_checkpoint("best")["epoch"] == best["epoch"]
+
+
+def test_resume_inside_the_averaging_window_gives_the_same_model(trained_run, small_phantoms, tmp_path,
+                                                                 monkeypatch):
+    """A run stopped after epoch 4 (one epoch averaged) and resumed keeps the same average as an unbroken run."""
+    import importlib
+
+    import torch
+
+    tr = importlib.import_module("braintumor.train")  # the module (the package re-exports the function train)
+    cfg = TrainConfig(data_dir=str(small_phantoms), init_from=str(trained_run.run_dir), **SWA)
+    ref = train(cfg, out=tmp_path / "ref")
+    real_epoch = tr.run_epoch
+
+    def dies_at_epoch_5(*args, **kw):
+        if args[12] == 4:  # global_epoch (0-based): the fifth epoch
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(tr, "run_epoch", dies_at_epoch_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=tmp_path / "broken")
+    assert len(RunDir(tmp_path / "broken").load_checkpoint("last")["swa"]["epochs"]) == 1
+    monkeypatch.setattr(tr, "run_epoch", real_epoch)
+    res = train(None, out=tmp_path / "broken", resume=True)
+    assert res.metadata["weights"]["epochs"] == [4, 5]
+    a = RunDir(ref.run_dir).load_checkpoint("best")["model"]
+    b = RunDir(res.run_dir).load_checkpoint("best")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert res.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]
+
+
 # ---------------------------------------------------------------------------------- domain pretraining
 
 

@@ -28,6 +28,12 @@ class TrainConfig:
     validation loss in the last phase; early stopping (``patience`` epochs without improvement) counts only in the
     second half of a one-cycle phase, once the learning rate anneals.
 
+    Weight averaging (``swa``, on by default): when the last phase fine-tunes with BatchNorm statistics frozen (the
+    pretrained recipe), the kept model is the average of the weights after each epoch of that phase's second half
+    (stochastic weight averaging) instead of the single epoch with the lowest validation loss. On Navoneel's set
+    (group-aware 5-fold cross-validation) it gave 0.877 accuracy against 0.850 for the lowest-validation-loss
+    epoch, chosen on ~40 validation images. From-scratch training (BatchNorm active) keeps the lowest-loss epoch.
+
     Domain pretraining: ``init_from`` names a run folder (same model) whose backbone weights start this run instead
     of ImageNet's (a new head is trained; the run is fine-tuned in two phases). ``exclude_copies_of`` drops every
     training image that has an exact or near copy in that folder, so a model pretrained here can later be tested
@@ -60,6 +66,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     scheduler: str = "onecycle"
     patience: int = 6
+    swa: bool = True
     class_weights: bool = False
     label_smoothing: float = 0.0
     augment: bool = True

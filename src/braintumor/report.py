@@ -105,6 +105,15 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _weights_text(meta: dict) -> str:
+    """'average of epochs 13-18 (SWA)' or 'epoch 10 (lowest validation loss)'; older runs: their best epoch."""
+    w = meta.get("weights") or {}
+    eps = w.get("epochs") or [meta.get("best_epoch")]
+    if w.get("kind", "").startswith("weight average"):
+        return f"average of epochs {eps[0]}-{eps[-1]} (SWA)"
+    return f"epoch {eps[-1]} (lowest validation loss)"
+
+
 def _ci_text(ci: dict, key: str, point=None) -> str:
     c = ci.get(key)
     if c:
@@ -229,7 +238,7 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                                                                      else "off")],
                 ["validation accuracy", _ci_text(c, "accuracy", metrics.get("accuracy"))],
                 ["validation ROC-AUC", _ci_text(c, "roc_auc", metrics.get("roc_auc"))],
-                ["validation images", d.get("n_val")], ["best epoch", meta.get("best_epoch")],
+                ["validation images", d.get("n_val")], ["weights kept", _weights_text(meta)],
                 ["wall time", f"{meta.get('wall_seconds', 0):.0f} s on {meta.get('device')}/{meta.get('precision')}"]]
         return (_table(["", ""], rows) + f'<p class="muted">Intervals: 95% percentile bootstrap {unit} of the '
                 "validation split. The validation split also chose the best epoch and the calibration, so these "

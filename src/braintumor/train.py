@@ -2,8 +2,9 @@
 
 Phase 1 ("frozen"): backbone frozen (and run without gradients, BatchNorm in eval mode), head trained with Adam at
 ``lr_frozen``. Phase 2 ("finetune"): every layer trainable, BatchNorm statistics still frozen, Adam with a
-one-cycle schedule peaking at ``lr``, early stopping on validation loss. Models without pretrained weights train
-in one phase ("train") with BatchNorm active.
+one-cycle schedule peaking at ``lr``, early stopping on validation loss; the model kept is the average of the
+weights of its second half (``swa``). Models without pretrained weights train in one phase ("train") with
+BatchNorm active and keep the epoch with the lowest validation loss.
 
 After every epoch ``history.csv`` and ``checkpoints/last.pt`` are written (atomically), so a kill loses at most
 the current epoch and :func:`train` with ``resume=True`` continues where it stopped, with the same numbers as an
@@ -360,6 +361,37 @@ def counts_for_patience(phase: Phase, epoch_in_phase: int) -> bool:
     return phase.scheduler != "onecycle" or epoch_in_phase + 1 > phase.epochs // 2
 
 
+def averages_weights(cfg: TrainConfig, phases: list[Phase], pi: int, epoch_in_phase: int) -> bool:
+    """Whether this epoch's weights join the average (``cfg.swa``): the second half of a last phase with frozen BN.
+
+    With BatchNorm statistics frozen, averaged weights need no statistics pass; from-scratch training keeps the
+    epoch with the lowest validation loss.
+    """
+    phase = phases[pi]
+    return bool(cfg.swa) and pi == len(phases) - 1 and phase.freeze_bn and epoch_in_phase >= phase.epochs // 2
+
+
+def add_to_average(swa: dict | None, model: nn.Module, epoch: int) -> dict:
+    """Running mean of the model's floating-point weights (``{"state", "epochs"}``); other buffers: the latest."""
+    sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if not swa or not swa.get("epochs"):
+        return {"state": {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "epochs": [epoch]}
+    n = len(swa["epochs"]) + 1
+    state = swa["state"]
+    for k, v in sd.items():
+        if v.is_floating_point():
+            state[k] += (v.float() - state[k]) / n
+        else:
+            state[k] = v
+    return {"state": state, "epochs": [*swa["epochs"], epoch]}
+
+
+def averaged_state(swa: dict, model: nn.Module) -> dict:
+    """The averaged weights in the model's own dtypes, ready for ``load_state_dict``."""
+    ref = model.state_dict()
+    return {k: v.to(ref[k].dtype) for k, v in swa["state"].items()}
+
+
 def init_source(run_dir: str) -> str:
     """How metadata names weights taken from another run: ``run:<folder> (<weights fingerprint>)``."""
     meta = RunDir(run_dir).read_metadata() if RunDir(run_dir).metadata.is_file() else {}
@@ -612,10 +644,11 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     history: list[dict] = []
     best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0}
     start_phase, start_epoch, bad_epochs, opt_state, sched_state = 0, 0, 0, None, None
+    swa: dict | None = None  # running weight average (cfg.swa), saved in last.pt so that resuming keeps it
     if resume and run.last.is_file():
         ck = run.load_checkpoint("last")
         model.load_state_dict(ck["model"])
-        history, best = ck["history"], ck["best"]
+        history, best, swa = ck["history"], ck["best"], ck.get("swa")
         start_phase, start_epoch, bad_epochs = ck["phase"], ck["epoch_in_phase"], ck["bad_epochs"]
         opt_state, sched_state = ck["optimizer"], ck["scheduler"]
         if ck.get("stopped"):
@@ -663,6 +696,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                 bad_epochs += 1
             stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience
             last_in_phase = e + 1 == phase.epochs
+            if ctx.is_main and averages_weights(cfg, phases, pi, e):
+                swa = add_to_average(swa, model, global_epoch)
             if ctx.is_main:
                 if improved:
                     run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": global_epoch,
@@ -671,7 +706,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                 run.save_checkpoint(run.last, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "phase": pi + 1 if last_in_phase else pi, "epoch_in_phase": 0 if last_in_phase else e + 1,
-                    "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop,
+                    "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop, "swa": swa,
                 })
                 write_history(run.history, history)
             outc.print(f"epoch {global_epoch:3d} {label:<14} loss {loss:.4f} acc {acc:.3f} | "
@@ -689,8 +724,21 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         return TrainResult(run.root, {}, history, meta)
     if not run.best.is_file():
         raise RunError(f"{run.root}: no epoch was trained (epochs=0?)")
-    # Final evaluation of the best checkpoint, in fp32, through the same Predictor used for prediction.
     meta["best_epoch"] = best["epoch"]
+    meta["weights"] = {"kind": "lowest validation loss", "epochs": [best["epoch"]]}
+    if swa and swa.get("epochs"):  # the kept model becomes the average (written again after a resume)
+        model.load_state_dict(averaged_state(swa, model))
+        vloss, vacc = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
+                                      channels_last=cfg.channels_last)
+        run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": swa["epochs"][-1], "val_loss": vloss,
+                                       "val_accuracy": vacc, "model_name": cfg.model, "classes": classes,
+                                       "img_size": cfg.img_size, "swa_epochs": swa["epochs"]})
+        meta["best_epoch"] = swa["epochs"][-1]
+        meta["weights"] = {"kind": "weight average (swa)", "epochs": swa["epochs"], "val_loss": vloss,
+                           "val_accuracy": vacc}
+        outc.print(f"kept: the average of the weights of epochs {swa['epochs'][0]}-{swa['epochs'][-1]} "
+                   f"(val loss {vloss:.4f} acc {vacc:.3f})")
+    # Final evaluation of the kept checkpoint, in fp32, through the same Predictor used for prediction.
     meta["status"] = "complete"
     meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
     run.write_json(run.metadata, meta)
