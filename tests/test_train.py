@@ -117,6 +117,17 @@ def test_resume_after_kill_9(small_phantoms, tmp_path):
     assert done["confusion_matrix"] == ref.metrics["confusion_matrix"]
 
 
+def test_mixup_changes_training_and_stays_deterministic(small_phantoms, tmp_path):
+    plain = train(TrainConfig(data_dir=str(small_phantoms), **dict(SMALL, epochs=2)), out=tmp_path / "plain")
+    mixed = [train(TrainConfig(data_dir=str(small_phantoms), mixup=0.2, **dict(SMALL, epochs=2)),
+                   out=tmp_path / f"mix{i}") for i in range(2)]
+    losses = [[h["loss"] for h in r.history] for r in (plain, *mixed)]
+    assert losses[1] == losses[2]  # same seed, same mixtures
+    assert all(abs(a - b) > 1e-6 for a, b in zip(losses[0], losses[1], strict=True))
+    with pytest.raises(UsageError, match="mixup"):
+        TrainConfig(data_dir=str(small_phantoms), mixup=-1)
+
+
 # ------------------------------------------------------------------------------------- weight averaging
 
 SWA = dict(SMALL, epochs_frozen=1, epochs=4)  # with init_from: frozen 1 epoch, then 4 fine-tuning epochs

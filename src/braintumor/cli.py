@@ -106,6 +106,8 @@ def train(
     group: bool | None = typer.Option(None, "--group/--no-group",
                                       help="Keep duplicate groups on one side of the split (default on)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience (0 disables)."),
+    mixup: float | None = typer.Option(None, "--mixup", help="Mixup alpha (e.g. 0.2): train on mixtures of two "
+                                       "images and their labels; 0 disables (default)."),
     swa: bool | None = typer.Option(None, "--swa/--no-swa", help="Keep the average of the fine-tuning phase's "
                                     "second-half weights instead of its lowest-validation-loss epoch (default on)."),
     precision: str | None = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
@@ -136,7 +138,8 @@ def train(
                      epochs_frozen=epochs_frozen, lr=lr, lr_frozen=lr_frozen, batch_size=batch_size,
                      val_dir=str(val_dir) if val_dir else None, val_fraction=val_fraction, seed=seed,
                      pretrained=pretrained, crop_brain=crop, strict=strict, class_weights=class_weights,
-                     augment=augment, group_duplicates=group, patience=patience, swa=swa, precision=precision,
+                     augment=augment, group_duplicates=group, patience=patience, swa=swa, mixup=mixup,
+                     precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
                      exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None)

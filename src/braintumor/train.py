@@ -450,9 +450,16 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
             x = augmenter(x)
         x = pre.normalise_float(x).contiguous(memory_format=mf)
         y = torch.as_tensor(data.train_y[bidx], device=device)
+        lam, perm = 1.0, None
+        if cfg.mixup > 0 and len(bidx) > 1:  # mixup: a convex mixture of two images, the loss mixed alike
+            lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+            perm = torch.randperm(len(bidx)).to(device)
+            x = (lam * x + (1.0 - lam) * x[perm]).contiguous(memory_format=mf)
         with autocast(device, precision):
             logits = net(x)
         loss = loss_fn(logits.float(), y)
+        if perm is not None:
+            loss = lam * loss + (1.0 - lam) * loss_fn(logits.float(), y[perm])
         opt.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 on CUDA: scale the loss so small gradients do not underflow
             scaler.scale(loss).backward()
