@@ -701,8 +701,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                 bad_epochs = 0
             elif counts_for_patience(phase, e):
                 bad_epochs += 1
-            stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience
             last_in_phase = e + 1 == phase.epochs
+            # (the phase's last epoch ends it anyway: no "early" stop to announce)
+            stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience and not last_in_phase
             if ctx.is_main and averages_weights(cfg, phases, pi, e):
                 swa = add_to_average(swa, model, global_epoch)
             if ctx.is_main:
