@@ -36,6 +36,7 @@ from braintumor.cv import cv  # noqa: E402
 from braintumor.data.cache import load_images  # noqa: E402
 from braintumor.inference import Predictor  # noqa: E402
 from braintumor.rundir import RunDir  # noqa: E402
+from braintumor.train import add_to_average, averaged_state  # noqa: E402
 
 
 def keep_every_epoch() -> None:
@@ -51,8 +52,11 @@ def keep_every_epoch() -> None:
 
 
 def mean_state(states: list[dict]) -> dict:
-    return {k: (sum(s[k].float() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
-            for k, v in states[-1].items()}
+    """The training loop's own weight average (``swa``) of these state dicts."""
+    swa = None
+    for i, state in enumerate(states):
+        swa = add_to_average(swa, state, i)
+    return averaged_state(swa, states[-1])
 
 
 def choices(fold: Path) -> dict[str, dict]:
@@ -65,9 +69,8 @@ def choices(fold: Path) -> dict[str, dict]:
     def load(e: int) -> dict:
         return torch.load(ck / f"ep{e:02d}.pt", map_location="cpu")
 
-    picked = torch.load(ck / f"ep{int(RunDir(fold).read_metadata()['weights']['epochs'][-1]):02d}.pt",
-                        map_location="cpu")
-    out = {"lowest_val_loss": picked, "last": load(main[-1])}
+    # best.pt: the lowest-validation-loss epoch (the cross-validation below runs with swa=False)
+    out = {"lowest_val_loss": RunDir(fold).load_checkpoint("best")["model"], "last": load(main[-1])}
     if first:
         out["frozen_end"] = load(first[-1])
     out["swa_second_half"] = mean_state([load(e) for e in main[len(main) // 2:]])
@@ -93,7 +96,6 @@ def main() -> None:
     t0 = time.time()
     scores: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        # swa=False: the lowest-validation-loss epoch is what best.pt holds, and its number is in metadata.json.
         cv(args.data, folds=args.folds, seed=args.seed, out=Path(tmp) / "cv", report=False, model=args.model,
            img_size=args.img_size, epochs=args.epochs, epochs_frozen=args.epochs_frozen, init_from=args.init_from,
            swa=False)

@@ -371,9 +371,9 @@ def averages_weights(cfg: TrainConfig, phases: list[Phase], pi: int, epoch_in_ph
     return bool(cfg.swa) and pi == len(phases) - 1 and phase.freeze_bn and epoch_in_phase >= phase.epochs // 2
 
 
-def add_to_average(swa: dict | None, model: nn.Module, epoch: int) -> dict:
-    """Running mean of the model's floating-point weights (``{"state", "epochs"}``); other buffers: the latest."""
-    sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+def add_to_average(swa: dict | None, state_dict: dict, epoch: int) -> dict:
+    """Running mean of a model's floating-point weights (``{"state", "epochs"}``); other buffers: the latest."""
+    sd = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
     if not swa or not swa.get("epochs"):
         return {"state": {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "epochs": [epoch]}
     n = len(swa["epochs"]) + 1
@@ -386,10 +386,16 @@ def add_to_average(swa: dict | None, model: nn.Module, epoch: int) -> dict:
     return {"state": state, "epochs": [*swa["epochs"], epoch]}
 
 
-def averaged_state(swa: dict, model: nn.Module) -> dict:
-    """The averaged weights in the model's own dtypes, ready for ``load_state_dict``."""
-    ref = model.state_dict()
-    return {k: v.to(ref[k].dtype) for k, v in swa["state"].items()}
+def averaged_state(swa: dict, like: dict) -> dict:
+    """The averaged weights in the dtypes of the state dict ``like``, ready for ``load_state_dict``."""
+    return {k: v.to(like[k].dtype) for k, v in swa["state"].items()}
+
+
+def best_checkpoint(model: nn.Module, epoch: int, val_loss: float, val_accuracy: float, cfg: TrainConfig,
+                    classes: list[str], **extra) -> dict:
+    """What ``checkpoints/best.pt`` holds: the weights kept and what they scored on validation."""
+    return {"model": model.state_dict(), "epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
+            "model_name": cfg.model, "classes": classes, "img_size": cfg.img_size, **extra}
 
 
 def init_source(run_dir: str) -> str:
@@ -456,10 +462,10 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
             perm = torch.randperm(len(bidx)).to(device)
             x = (lam * x + (1.0 - lam) * x[perm]).contiguous(memory_format=mf)
         with autocast(device, precision):
-            logits = net(x)
-        loss = loss_fn(logits.float(), y)
+            logits = net(x).float()
+        loss = loss_fn(logits, y)
         if perm is not None:
-            loss = lam * loss + (1.0 - lam) * loss_fn(logits.float(), y[perm])
+            loss = lam * loss + (1.0 - lam) * loss_fn(logits, y[perm])
         opt.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 on CUDA: scale the loss so small gradients do not underflow
             scaler.scale(loss).backward()
@@ -705,12 +711,10 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
             # (the phase's last epoch ends it anyway: no "early" stop to announce)
             stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience and not last_in_phase
             if ctx.is_main and averages_weights(cfg, phases, pi, e):
-                swa = add_to_average(swa, model, global_epoch)
+                swa = add_to_average(swa, model.state_dict(), global_epoch)
             if ctx.is_main:
                 if improved:
-                    run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": global_epoch,
-                                                   "val_loss": vloss, "val_accuracy": vacc, "model_name": cfg.model,
-                                                   "classes": classes, "img_size": cfg.img_size})
+                    run.save_checkpoint(run.best, best_checkpoint(model, global_epoch, vloss, vacc, cfg, classes))
                 run.save_checkpoint(run.last, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "phase": pi + 1 if last_in_phase else pi, "epoch_in_phase": 0 if last_in_phase else e + 1,
@@ -735,12 +739,11 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     meta["best_epoch"] = best["epoch"]
     meta["weights"] = {"kind": "lowest validation loss", "epochs": [best["epoch"]]}
     if swa and swa.get("epochs"):  # the kept model becomes the average (written again after a resume)
-        model.load_state_dict(averaged_state(swa, model))
+        model.load_state_dict(averaged_state(swa, model.state_dict()))
         vloss, vacc = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
                                       channels_last=cfg.channels_last)
-        run.save_checkpoint(run.best, {"model": model.state_dict(), "epoch": swa["epochs"][-1], "val_loss": vloss,
-                                       "val_accuracy": vacc, "model_name": cfg.model, "classes": classes,
-                                       "img_size": cfg.img_size, "swa_epochs": swa["epochs"]})
+        run.save_checkpoint(run.best, best_checkpoint(model, swa["epochs"][-1], vloss, vacc, cfg, classes,
+                                                      swa_epochs=swa["epochs"]))
         meta["best_epoch"] = swa["epochs"][-1]
         meta["weights"] = {"kind": "weight average (swa)", "epochs": swa["epochs"], "val_loss": vloss,
                            "val_accuracy": vacc}
