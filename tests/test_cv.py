@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from braintumor.cli import app
-from braintumor.cv import CV_METRICS, cv
+from braintumor.cv import CV_METRICS, LABEL_CHECK_BELOW, cv, labels_to_check
 from braintumor.data.discover import discover
 from braintumor.errors import DataError, UsageError
 
@@ -53,6 +53,29 @@ def test_cv_writes_every_file(cv_result):
     rows = list(csv.DictReader(open(out / "folds.csv")))
     assert len(rows) == 3 and all(float(r["seconds"]) > 0 for r in rows)
     assert set(CV_METRICS) <= set(rows[0])
+
+
+def test_labels_to_check_lists_confident_contradictions_averaged_over_repeats():
+    p = lambda *v: np.array(v)  # noqa: E731
+    oof = [(0, 0, "no/a.png", "g1", 0, 1, p(0.05, 0.95)), (1, 2, "no/a.png", "g1", 0, 1, p(0.15, 0.85)),  # mean 0.10
+           (0, 1, "yes/b.png", "g2", 1, 0, p(0.90, 0.10)), (1, 0, "yes/b.png", "g2", 1, 1, p(0.40, 0.60)),  # 0.35
+           (0, 2, "yes/c.png", "g3", 1, 0, p(0.99, 0.01)), (1, 1, "yes/c.png", "g3", 1, 0, p(0.97, 0.03)),  # 0.02
+           (0, 0, "no/d.png", "g4", 0, 0, p(0.70, 0.30)), (1, 1, "no/d.png", "g4", 0, 0, p(0.80, 0.20))]
+    got = labels_to_check(oof, ["no", "yes"])
+    assert [(d["path"], d["label"], d["predicted"]) for d in got] == [("yes/c.png", "yes", "no"),
+                                                                      ("no/a.png", "no", "yes")]
+    assert got[0]["p_label"] == pytest.approx(0.02) and got[1]["folds"] == [0, 2]
+    three = labels_to_check([(0, 0, "x", "x", 2, 0, p(0.5, 0.4, 0.1))], ["a", "b", "c"])
+    assert three[0]["predicted"] == "a" and labels_to_check(oof, ["no", "yes"], below=0.01) == []
+
+
+def test_cv_reports_the_labels_to_check(cv_result):
+    doc = json.loads((cv_result.out_dir / "cv.json").read_text())
+    rows = {r["path"]: r for r in csv.DictReader(open(cv_result.out_dir / "oof_predictions.csv"))}
+    expected = sorted(path for path, r in rows.items() if float(r["p_" + r["label"]]) < LABEL_CHECK_BELOW)
+    assert sorted(d["path"] for d in doc["labels_to_check"]) == expected
+    assert doc["labels_to_check"] == cv_result.labels_to_check
+    assert "Labels to check" in (cv_result.out_dir / "report.html").read_text()
 
 
 def test_cv_folds_are_group_disjoint_and_cover_everything(cv_result, small_folder):

@@ -9,7 +9,7 @@ import torch
 from braintumor.data.synthetic import make_phantom
 from braintumor.errors import PretrainedUnavailableError, UsageError
 from braintumor.models import available_models, build_model, get_spec
-from braintumor.preprocess import Preprocessor, brain_bbox
+from braintumor.preprocess import Preprocessor, brain_bbox, standardise_intensity
 
 
 def test_brain_crop_finds_the_head():
@@ -47,6 +47,28 @@ def test_crop_detection_on_a_subsampled_copy():
         if side <= 384:
             assert a == b and np.array_equal(exact.prepare(rgb), fast.prepare(rgb))
         assert fast.prepare(img).shape == (64, 64, 3)
+
+
+def test_intensity_standardisation_removes_a_scan_s_brightness_and_contrast():
+    """The same head exported dim and low-contrast, or bright: after standardisation the two agree closely."""
+    img, _ = make_phantom(np.random.default_rng(5), 160, tumour=True)
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    head = img > 10
+    dim = np.where(head, 0.6 * img + 8, 0).astype(np.uint8)  # another scanner's grey levels, same anatomy
+    pre, keep = Preprocessor(96, intensity="percentile"), Preprocessor(96)
+    a, b = pre.prepare(rgb).astype(int), pre.prepare(np.repeat(dim[..., None], 3, axis=2)).astype(int)
+    raw_gap = np.abs(keep.prepare(rgb).astype(int) - keep.prepare(np.repeat(dim[..., None], 3, axis=2))).mean()
+    assert np.abs(a - b).mean() < 0.25 * raw_gap  # most of the difference between the two exports is gone
+    fg = a[..., 0][a[..., 0] > 10]
+    assert np.percentile(fg, 99.5) >= 250 and a[0, 0, 0] == 0  # full range used, background stays black
+    assert np.array_equal(standardise_intensity(np.zeros((32, 32), np.uint8)), np.zeros((32, 32), np.uint8))
+    flat = np.full((32, 32, 3), 90, np.uint8)
+    assert np.array_equal(standardise_intensity(flat), flat)  # nothing to stretch: unchanged
+    colour = pre.prepare(np.dstack([img, img // 2, img // 3]))
+    assert colour.shape == (96, 96, 3)
+    with pytest.raises(ValueError, match="intensity"):
+        Preprocessor(64, intensity="zscore")
+    assert Preprocessor.from_dict({"img_size": 64}).intensity == "none"  # runs saved before the field
 
 
 def test_registry_builds_every_model():

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from braintumor.config import TrainConfig
+from braintumor.data.read import read_image
 from braintumor.data.synthetic import write_phantoms
 from braintumor.errors import UsageError
 from braintumor.inference import Predictor
+from braintumor.preprocess import Preprocessor
 from braintumor.rundir import RunDir
 from braintumor.train import train
 
@@ -126,6 +129,22 @@ def test_mixup_changes_training_and_stays_deterministic(small_phantoms, tmp_path
     assert all(abs(a - b) > 1e-6 for a, b in zip(losses[0], losses[1], strict=True))
     with pytest.raises(UsageError, match="mixup"):
         TrainConfig(data_dir=str(small_phantoms), mixup=-1)
+
+
+def test_intensity_standardisation_is_stored_and_reproduced_at_prediction(small_phantoms, tmp_path):
+    res = train(TrainConfig(data_dir=str(small_phantoms), intensity="percentile", **dict(SMALL, epochs=1)),
+                out=tmp_path / "pct")
+    assert res.metadata["preprocessing"]["intensity"] == "percentile"
+    pred = Predictor.from_run(res.run_dir)
+    assert pred.preprocessor.intensity == "percentile"
+    rows = list(csv.DictReader(open(RunDir(res.run_dir).predictions)))
+    img = read_image(rows[0]["path"])
+    unstretched = Preprocessor.from_dict({**res.metadata["preprocessing"], "intensity": "none"})
+    assert np.abs(pred.preprocessor.prepare(img).astype(int) - unstretched.prepare(img)).mean() > 2
+    for r, p in zip(rows[:8], pred.predict_paths([r["path"] for r in rows[:8]]), strict=True):
+        assert abs(p.probabilities["yes"] - float(r["p_yes"])) < 1e-4
+    with pytest.raises(UsageError, match="intensity"):
+        TrainConfig(data_dir=str(small_phantoms), intensity="zscore")
 
 
 # ------------------------------------------------------------------------------------- weight averaging

@@ -100,6 +100,8 @@ def train(
     resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last checkpoint."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Use ImageNet weights."),
     crop: bool | None = typer.Option(None, "--crop/--no-crop", help="Crop to the brain before resizing."),
+    intensity: str | None = typer.Option(None, "--intensity", help="none (default) or percentile: stretch each "
+                                         "image's head intensities (0.5-99.5th percentiles) to the full range."),
     strict: bool | None = typer.Option(None, "--strict", help="Stop at the first unreadable file."),
     class_weights: bool | None = typer.Option(None, "--class-weights", help="Weight the loss by class frequency."),
     augment: bool | None = typer.Option(None, "--augment/--no-augment"),
@@ -137,9 +139,9 @@ def train(
         given = dict(data_dir=str(data_dir) if data_dir else None, model=model, img_size=img_size, epochs=epochs,
                      epochs_frozen=epochs_frozen, lr=lr, lr_frozen=lr_frozen, batch_size=batch_size,
                      val_dir=str(val_dir) if val_dir else None, val_fraction=val_fraction, seed=seed,
-                     pretrained=pretrained, crop_brain=crop, strict=strict, class_weights=class_weights,
-                     augment=augment, group_duplicates=group, patience=patience, swa=swa, mixup=mixup,
-                     precision=precision,
+                     pretrained=pretrained, crop_brain=crop, intensity=intensity, strict=strict,
+                     class_weights=class_weights, augment=augment, group_duplicates=group, patience=patience, swa=swa,
+                     mixup=mixup, precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
                      exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None)
@@ -228,7 +230,7 @@ def cv(
     Example: braintumor cv data/brain_mri_yes_no --folds 5 --out runs/cv-navoneel
     """
     from .config import TrainConfig
-    from .cv import CV_METRICS
+    from .cv import CV_METRICS, LABEL_CHECK_BELOW
     from .cv import cv as run_cv
     from .stats import format_ci
 
@@ -260,6 +262,12 @@ def cv(
     console.print(t)
     secs = ", ".join(f"{f['seconds']:.0f}" for f in res.folds)
     console.print(f"wall time per fold (s): {secs}")
+    check = res.labels_to_check
+    if check:
+        console.print(f"{len(check)} image(s) whose out-of-fold model gives their own label p < "
+                      f"{LABEL_CHECK_BELOW}: check these labels first (all in cv.json and report.html)")
+        for d in check[:10]:
+            console.print(f"  {d['path']}  label {d['label']}, p = {d['p_label']:.2f}, predicted {d['predicted']}")
     console.print(f"results: [bold]{res.out_dir}[/bold] (cv.json, folds.csv, oof_predictions.csv, report.html)")
 
 

@@ -10,7 +10,8 @@ Layout of the output folder::
 
     CV/
       cv.json                 settings, per-fold metrics, mean and 95% CI per metric, pooled metrics (+ bootstrap
-                              CIs over groups), wall time per fold, leakage comparison
+                              CIs over groups), wall time per fold, leakage comparison, labels_to_check
+                              (images their out-of-fold model confidently contradicts: look there for label errors)
       folds.csv               one row per fold: sizes, seconds, metrics
       oof_predictions.csv     out-of-fold predictions: repeat, fold, path, group, label, predicted, probabilities
       confusion_matrix.png  roc.png  calibration.png      pooled out-of-fold
@@ -43,6 +44,8 @@ from .rundir import RunDir
 
 CV_METRICS = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity", "specificity",
               "mcc")
+#: :func:`labels_to_check` lists images whose out-of-fold probability of their own label is below this.
+LABEL_CHECK_BELOW = 0.2
 
 
 @dataclass
@@ -66,6 +69,7 @@ class CVResult:
     n_groups: int | None = None
     leakage: dict | None = None
     naive: CVResult | None = None
+    labels_to_check: list[dict] = field(default_factory=list)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={self.summary[k]['mean']:.3f}" for k in ("accuracy", "roc_auc")
@@ -80,7 +84,43 @@ class CVResult:
     def to_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "grouped": self.grouped, "n_groups": self.n_groups,
                 "folds": self.folds, "summary": self.summary, "pooled": self.pooled, "pooled_ci": self.pooled_ci,
-                "leakage": self.leakage}
+                "leakage": self.leakage, "labels_to_check": self.labels_to_check}
+
+
+def labels_to_check(oof: list[tuple], classes: list[str], below: float = LABEL_CHECK_BELOW) -> list[dict]:
+    """Images whose out-of-fold prediction confidently contradicts their label: the first place to look for
+    label errors.
+
+    Each image's probabilities are averaged over repeats; it is listed when the probability of its own label is
+    below ``below`` (the model, never trained on it, gives another class over 80%). Most listed images are hard
+    cases, but this is how mislabelled ones show up (the idea behind confident learning, Northcutt et al. 2021):
+    on Navoneel's yes/no set the top of the list are ``no`` images that show a lesion. Sorted by that
+    probability, lowest first.
+
+    Args:
+        oof: ``(repeat, fold, path, group, label, predicted, proba)`` rows, as :func:`cv` collects them.
+        classes: class names in label order.
+
+    Example:
+        >>> import numpy as np
+        >>> from braintumor.cv import labels_to_check
+        >>> oof = [(0, 0, "no/a.jpg", "a", 0, 1, np.array([0.05, 0.95])),
+        ...        (0, 1, "yes/b.jpg", "b", 1, 1, np.array([0.30, 0.70]))]
+        >>> [(d["path"], d["label"], d["predicted"], d["p_label"]) for d in labels_to_check(oof, ["no", "yes"])]
+        [('no/a.jpg', 'no', 'yes', 0.05)]
+    """
+    by_path: dict[str, list] = {}
+    for _r, f, path, group, y, _yp, proba in oof:
+        entry = by_path.setdefault(str(path), [int(y), group, [], []])
+        entry[2].append(np.asarray(proba, dtype=float))
+        entry[3].append(int(f))
+    out = []
+    for path, (y, group, probas, folds) in by_path.items():
+        p = np.mean(probas, axis=0)
+        if p[y] < below:
+            out.append({"path": path, "label": classes[y], "predicted": classes[int(np.argmax(p))],
+                        "p_label": round(float(p[y]), 4), "group": group, "folds": sorted(set(folds))})
+    return sorted(out, key=lambda d: (d["p_label"], d["path"]))
 
 
 def _folder(data: str | Path | ImageFolder, slices="middle") -> ImageFolder:
@@ -169,7 +209,8 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
                              y_pred=y_pred_oof)
     _write_outputs(out, rows, oof, classes, y, proba, pooled, positive, label)
     n_groups = len(set(groups)) if groups is not None else None
-    result = CVResult(out, rows, summary, pooled, pooled_ci, groups is not None, n_groups)
+    result = CVResult(out, rows, summary, pooled, pooled_ci, groups is not None, n_groups,
+                      labels_to_check=labels_to_check(oof, classes))
     RunDir(out).write_json(out / "cv.json", {
         "kind": "cv", "split": label, "n_folds": folds, "repeats": repeats, "classes": classes,
         "positive_class": positive, "grouped": groups is not None, "n_images": len(ds), "n_groups": n_groups,

@@ -91,6 +91,45 @@ def _detect_step(h: int, w: int, side: int) -> int:
     return int(round(max(h, w) / side))
 
 
+#: Intensity standardisation choices (:attr:`Preprocessor.intensity`).
+INTENSITY_MODES = ("none", "percentile")
+#: ``intensity="percentile"``: these percentiles of the head's pixels (grey level above
+#: :data:`FOREGROUND_LEVEL`) map to 0 and 255.
+INTENSITY_PERCENTILES = (0.5, 99.5)
+FOREGROUND_LEVEL = 10
+
+
+def standardise_intensity(img: np.ndarray) -> np.ndarray:
+    """Stretch a ``uint8`` image so that the head's 0.5th and 99.5th intensity percentiles become 0 and 255.
+
+    MRI intensities have no absolute unit: the same tissue is grey in one scan and bright in the next, depending
+    on scanner, sequence and export. Mapping each image's own intensity range (of the head: pixels above a
+    low background level) onto the full ``uint8`` range removes that difference, the way MRI pipelines
+    standardise intensities before a model sees them. The background stays black. An image with almost no
+    foreground, or a flat one, is returned unchanged. Colour images are mapped with the percentiles of their
+    channel mean, the same map on every channel.
+
+    Example:
+        >>> import numpy as np
+        >>> from braintumor.preprocess import standardise_intensity
+        >>> img = np.zeros((64, 64), np.uint8)
+        >>> img[16:48, 16:48] = np.linspace(40, 120, 32).astype(np.uint8)   # a dim, low-contrast head
+        >>> out = standardise_intensity(img)
+        >>> int(out[0, 0]), int(out[16:48, 16:48].min()), int(out[16:48, 16:48].max())
+        (0, 0, 255)
+    """
+    grey = img if img.ndim == 2 else _GREY_U8[_channel_sum(img)]
+    fg = grey[grey > FOREGROUND_LEVEL]
+    if fg.size < 64:
+        return img
+    lo, hi = np.percentile(fg, INTENSITY_PERCENTILES)
+    if hi - lo < 1:
+        return img
+    levels = (np.arange(256, dtype=np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    lut = np.clip(np.round(levels), 0, 255).astype(np.uint8)
+    return lut[img]
+
+
 def pad_to_square(img: np.ndarray) -> np.ndarray:
     """Centre ``img`` on a black square canvas (keeps the aspect ratio before resizing)."""
     h, w = img.shape[:2]
@@ -117,6 +156,9 @@ class Preprocessor:
             The box is the same brain to within a few pixels and costs a fraction of the work on large scans (the
             blur of a 1920-px image alone takes longer than the network). New runs use 256; runs saved without
             the field read as ``0``, so they prepare exactly the pixels they were trained on.
+        intensity: ``"percentile"`` stretches each prepared image's head intensities to the full range
+            (:func:`standardise_intensity`); ``"none"`` keeps them. New runs use ``"percentile"``; runs saved
+            without the field read as ``"none"``.
 
     Example:
         >>> import numpy as np
@@ -134,8 +176,11 @@ class Preprocessor:
     std: Sequence[float] = field(default=(0.5, 0.5, 0.5))
     crop_threshold: int = 30
     crop_detect_side: int = 0
+    intensity: str = "none"
 
     def __post_init__(self):
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got '{self.intensity}'")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
         if self.img_size < 16:
@@ -176,7 +221,7 @@ class Preprocessor:
         return (0, 0, h, w)
 
     def prepare(self, img: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` ``uint8`` -> ``(S, S, 3)`` ``uint8``: crop, greyscale, pad to square, resize.
+        """``(H, W, 3)`` ``uint8`` -> ``(S, S, 3)`` ``uint8``: crop, greyscale, pad to square, resize, intensity.
 
         A greyscale ``(H, W)`` array is accepted too (as if its three channels were equal). The greyscale path
         works on one channel (integer channel sum, one-channel resize): bit-identical to averaging and resizing
@@ -189,10 +234,13 @@ class Preprocessor:
         if not self.grayscale:
             if img.ndim == 2:
                 img = np.repeat(img[..., None], 3, axis=2)
-            return self._square_resize(img[top:bottom, left:right])
+            return self._standardise(self._square_resize(img[top:bottom, left:right]))
         grey = img[top:bottom, left:right] if s is None else _GREY_U8[s[top:bottom, left:right]]
-        grey = self._square_resize(grey)
+        grey = self._standardise(self._square_resize(grey))
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+    def _standardise(self, img: np.ndarray) -> np.ndarray:
+        return standardise_intensity(img) if self.intensity == "percentile" else img
 
     def _square_resize(self, img: np.ndarray) -> np.ndarray:
         img = pad_to_square(img)
@@ -210,7 +258,8 @@ class Preprocessor:
         if self.grayscale:
             g = np.round(img.astype(np.float32).mean(axis=2)).astype(np.uint8)
             img = np.repeat(g[..., None], 3, axis=2)
-        return self._square_resize(img)
+        img = self._square_resize(img)
+        return self._standardise(img) if img.dtype == np.uint8 else img
 
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``uint8`` ``(N, S, S, 3)`` -> ``float32`` ``(N, 3, S, S)`` normalised tensor."""

@@ -74,6 +74,12 @@ def _array_uri(img: np.ndarray, size: int = 140) -> str:
     return _png_uri(buf.getvalue())
 
 
+def _figure(uri: str, name: str, caption: str) -> str:
+    """One thumbnail of a ``.grid`` (none when ``uri`` is empty); ``caption`` is HTML (escape what goes in)."""
+    img = f'<img alt="{_esc(name)}" src="{uri}">' if uri else ""
+    return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
+
+
 def _section(sid: str, title: str, build: Callable[[], str]) -> str:
     try:
         body = build()
@@ -235,7 +241,9 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                 ["classes", ", ".join(classes) + (f" (positive: {meta['positive_class']})"
                                                   if meta.get("positive_class") else "")],
                 ["input", f"{meta['img_size']} px, brain crop " + ("on" if meta["preprocessing"].get("crop_brain")
-                                                                     else "off")],
+                                                                     else "off")
+                 + (", intensities stretched to the head's 0.5-99.5th percentiles"
+                    if meta["preprocessing"].get("intensity") == "percentile" else "")],
                 ["validation accuracy", _ci_text(c, "accuracy", metrics.get("accuracy"))],
                 ["validation ROC-AUC", _ci_text(c, "roc_auc", metrics.get("roc_auc"))],
                 ["validation images", d.get("n_val")], ["weights kept", _weights_text(meta)],
@@ -318,9 +326,9 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                 except Exception:  # noqa: BLE001 - a moved file just loses its thumbnail
                     continue
                 cls_ok = "ok" if labels[i] == preds[i] else "bad"
-                figs.append(f'<figure><img alt="{_esc(Path(paths[i]).name)}" src="{uri}"><figcaption>'
-                            f'{_esc(Path(paths[i]).name)}<br>true {_esc(labels[i])}, <span class="{cls_ok}">'
-                            f"predicted {_esc(preds[i])}</span> ({conf[i]:.2f})</figcaption></figure>")
+                name = Path(paths[i]).name
+                figs.append(_figure(uri, name, f'{_esc(name)}<br>true {_esc(labels[i])}, <span class="{cls_ok}">'
+                                               f"predicted {_esc(preds[i])}</span> ({conf[i]:.2f})"))
             out.append(f"<h3>{_esc(title)}: {len(idx)}</h3>" + (f'<div class="grid">{"".join(figs)}</div>'
                                                                    if figs else '<p class="muted">none</p>'))
         return "".join(out) + '<p class="muted">Thumbnails show the prepared model input (crop, greyscale, resize).</p>'
@@ -453,6 +461,30 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                 + '<p class="muted">Inflation = naive - group-aware. Fold noise is several points: small differences '
                   "mean little, but a naive split also understates the spread.</p>")
 
+    def label_check() -> str:
+        from .cv import LABEL_CHECK_BELOW
+        from .data.read import read_image
+
+        check = doc.get("labels_to_check") or []
+        if not check:
+            return '<p class="muted">No image whose out-of-fold model confidently contradicts its label.</p>'
+        figs = []
+        for d in check[:40]:
+            try:
+                uri = _array_uri(read_image(d["path"]))
+            except Exception:  # noqa: BLE001 - a moved file just loses its thumbnail
+                uri = ""
+            name = Path(d["path"]).name
+            figs.append(_figure(uri, name, f'{_esc(Path(d["path"]).parent.name)}/{_esc(name)}<br>label '
+                                f'{_esc(d["label"])}, p = {d["p_label"]:.2f}<br><span class="bad">predicted '
+                                f'{_esc(d["predicted"])}</span>'))
+        more = f" (the first 40 of {len(check)}; all in <code>cv.json</code>)" if len(check) > 40 else ""
+        return (f'<p>{len(check)} image(s) whose out-of-fold model, which never trained on them, gives their own '
+                f"label a probability below {LABEL_CHECK_BELOW}{more}. Most are hard cases; mislabelled images show "
+                'up here too. Look at them before trusting the labels.</p><div class="grid">' + "".join(figs)
+                + "</div>"
+                '<p class="muted">Thumbnails show the original images.</p>')
+
     def caveats() -> str:
         items = ["About " + str(int(np.mean([f["n_test"] for f in folds]))) + " test images per fold: fold-to-fold "
                  "noise is large, and folds share training data, so the t-interval is somewhat optimistic.",
@@ -471,6 +503,7 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                 ("roc", "Pooled ROC", lambda: _img_file(root / "roc.png", "ROC")),
                 ("calibration", "Calibration (pooled out-of-fold)",
                  lambda: _img_file(root / "calibration.png", "reliability diagram")),
+                ("labels", "Labels to check", label_check),
                 ("leakage", "Naive-split inflation", leakage_section), ("caveats", "Caveats", caveats)]
     page = _page(f"braintumor cross-validation: {root.name}", f"{doc['config'].get('model')} on "
                  f"{doc['config'].get('data_dir')}", sections)
