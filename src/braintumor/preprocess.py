@@ -105,7 +105,9 @@ def standardise_intensity(img: np.ndarray) -> np.ndarray:
     MRI intensities have no absolute unit: the same tissue is grey in one scan and bright in the next, depending
     on scanner, sequence and export. Mapping each image's own intensity range (of the head: pixels above a
     low background level) onto the full ``uint8`` range removes that difference, the way MRI pipelines
-    standardise intensities before a model sees them. The background stays black. An image with almost no
+    standardise intensities before a model sees them (MONAI's ``ScaleIntensityRangePercentiles`` does the same on
+    float arrays; here the percentiles ignore the background and the map is a lookup table on the cached
+    ``uint8`` image). The background stays black. An image with almost no
     foreground, or a flat one, is returned unchanged. Colour images are mapped with the percentiles of their
     channel mean, the same map on every channel.
 
@@ -157,8 +159,8 @@ class Preprocessor:
             blur of a 1920-px image alone takes longer than the network). New runs use 256; runs saved without
             the field read as ``0``, so they prepare exactly the pixels they were trained on.
         intensity: ``"percentile"`` stretches each prepared image's head intensities to the full range
-            (:func:`standardise_intensity`); ``"none"`` keeps them. New runs use ``"percentile"``; runs saved
-            without the field read as ``"none"``.
+            (:func:`standardise_intensity`); ``"none"`` (the default, ``TrainConfig.intensity``) keeps them. Runs
+            saved without the field read as ``"none"``.
 
     Example:
         >>> import numpy as np
