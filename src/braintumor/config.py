@@ -99,8 +99,10 @@ class TrainConfig:
             raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
         if self.scheduler not in ("onecycle", "constant", "cosine"):
             raise UsageError(f"scheduler must be onecycle, constant or cosine, got '{self.scheduler}'")
-        if self.intensity not in ("none", "percentile"):
-            raise UsageError(f"intensity must be none or percentile, got '{self.intensity}'")
+        from .preprocess import INTENSITY_MODES
+
+        if self.intensity not in INTENSITY_MODES:
+            raise UsageError(f"intensity must be {' or '.join(INTENSITY_MODES)}, got '{self.intensity}'")
         if self.mixup < 0:
             raise UsageError(f"mixup must be >= 0 (the Beta distribution's alpha; 0 disables), got {self.mixup}")
         if not 0 < self.val_fraction < 1:

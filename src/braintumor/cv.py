@@ -109,17 +109,17 @@ def labels_to_check(oof: list[tuple], classes: list[str], below: float = LABEL_C
         >>> [(d["path"], d["label"], d["predicted"], d["p_label"]) for d in labels_to_check(oof, ["no", "yes"])]
         [('no/a.jpg', 'no', 'yes', 0.05)]
     """
-    by_path: dict[str, list] = {}
-    for _r, f, path, group, y, _yp, proba in oof:
-        entry = by_path.setdefault(str(path), [int(y), group, [], []])
-        entry[2].append(np.asarray(proba, dtype=float))
-        entry[3].append(int(f))
+    rows_of: dict[str, list[tuple]] = {}  # one row per repeat
+    for row in oof:
+        rows_of.setdefault(str(row[2]), []).append(row)
     out = []
-    for path, (y, group, probas, folds) in by_path.items():
-        p = np.mean(probas, axis=0)
+    for path, rows in rows_of.items():
+        _r, _f, _p, group, y, _yp, _proba = rows[0]
+        p = np.mean([np.asarray(r[6], dtype=float) for r in rows], axis=0)
         if p[y] < below:
             out.append({"path": path, "label": classes[y], "predicted": classes[int(np.argmax(p))],
-                        "p_label": round(float(p[y]), 4), "group": group, "folds": sorted(set(folds))})
+                        "p_label": round(float(p[y]), 4), "group": group,
+                        "folds": sorted({int(r[1]) for r in rows})})
     return sorted(out, key=lambda d: (d["p_label"], d["path"]))
 
 

@@ -234,6 +234,8 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
         return state["ci"]
 
     def summary() -> str:
+        from .preprocess import INTENSITY_PERCENTILES
+
         d = meta.get("data", {})
         c = ci()
         unit = f"over {c.get('n_units')} {c.get('unit')}s" if c else ""
@@ -242,7 +244,7 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                                                   if meta.get("positive_class") else "")],
                 ["input", f"{meta['img_size']} px, brain crop " + ("on" if meta["preprocessing"].get("crop_brain")
                                                                      else "off")
-                 + (", intensities stretched to the head's 0.5-99.5th percentiles"
+                 + (", intensities stretched to the head's {}-{}th percentiles".format(*INTENSITY_PERCENTILES)
                     if meta["preprocessing"].get("intensity") == "percentile" else "")],
                 ["validation accuracy", _ci_text(c, "accuracy", metrics.get("accuracy"))],
                 ["validation ROC-AUC", _ci_text(c, "roc_auc", metrics.get("roc_auc"))],
