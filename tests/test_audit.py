@@ -180,3 +180,83 @@ def test_navoneel_duplicates():
     assert r.class_stats["no"]["name_mismatch"] == 6
     # Image statistics alone separate the classes of this set (different sources): the audit must say so.
     assert r.confounders["warning"] and r.confounders["auc"] > 0.75
+
+
+# ------------------------------------------------------------------------------------------- source confounder
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory) -> dict[str, Path]:
+    """Three phantom folders (60 images of 64 px each, other seeds): ``a``, ``same`` (no cue) and ``darker`` (a
+    planted source cue: every image re-saved at 70 % brightness, plus 6 byte copies of ``a``'s images)."""
+    from braintumor.data.synthetic import write_phantoms
+
+    root = tmp_path_factory.mktemp("sources")
+    for name, seed in (("a", 11), ("same", 12), ("darker", 13)):
+        write_phantoms(root / name, n=60, size=64, seed=seed)
+    for p in sorted((root / "darker").glob("*/*.png")):
+        _save((np.asarray(Image.open(p)).astype(np.float32) * 0.7).astype(np.uint8), p)
+    for p in sorted((root / "a" / "no").glob("*.png"))[:6]:
+        shutil.copyfile(p, root / "darker" / "no" / f"copy_{p.name}")
+    return {k: root / k for k in ("a", "same", "darker")}
+
+
+def test_source_confounder_flags_planted_cue(two_sources):
+    r = audit(two_sources["a"], against=two_sources["darker"])
+    src = r.source_confounder
+    assert src["auc"] > 0.9 and src["warning"]
+    assert src["sources"] == [str(two_sources["a"]), str(two_sources["darker"])]
+    # The byte copies of A's images are leaks: left out of B, so B counts its 60 phantoms only.
+    assert r.leak_counts["files"] == 6 and src["excluded_b"] == 6
+    assert src["n"] == [60, 60] and sum(src["class_counts"]["no"]) + sum(src["class_counts"]["yes"]) == 120
+    assert set(src["per_class"]) == {"no", "yes"}
+    assert all(v["how"] == "name" and v["auc"] > 0.85 for v in src["per_class"].values())
+    top = [f["words"] for f in src["top_features"]]
+    assert "mean intensity" in top and src["top_features"][0]["higher_in"] == str(two_sources["a"])
+    assert any(w.startswith(f"image statistics alone tell {two_sources['a']} from {two_sources['darker']} (AUC")
+               and w.endswith("a model can learn the source instead of the tumour") for w in r.warnings)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["source_confounder"]["auc"] == src["auc"]
+
+
+def test_source_confounder_near_chance_without_cue(two_sources):
+    r = audit(two_sources["a"], against=two_sources["same"])
+    src = r.source_confounder
+    assert src["auc"] < 0.75 and not src["warning"]
+    assert src["excluded_b"] == 0 and src["n"] == [60, 60]
+    assert not any("tell" in w for w in r.warnings)
+    assert audit(two_sources["a"]).source_confounder is None
+    assert audit(two_sources["a"], against=two_sources["same"], confounders=False).source_confounder == \
+        {"skipped": "not requested"}
+
+
+def test_source_confounder_check_validation_and_strata(two_sources):
+    from braintumor.data import discover
+    from braintumor.data.audit import scan, source_confounder_check
+
+    a, b = discover(two_sources["a"]), discover(two_sources["same"])
+    ia, ib = scan(a.paths), scan(b.paths)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        source_confounder_check(ia, ib, a.labels[:-1], b.labels, a.classes, b.classes)
+    with pytest.raises(ValueError, match="labels_b must be indices"):
+        source_confounder_check(ia, ib, a.labels, [5] * len(ib), a.classes, b.classes)
+    with pytest.raises(ValueError, match="n_splits"):
+        source_confounder_check(ia, ib, a.labels, b.labels, a.classes, b.classes, n_splits=1)
+    with pytest.raises(ValueError, match="exclude_b"):
+        source_confounder_check(ia, ib, a.labels, b.labels, a.classes, b.classes, exclude_b=[len(ib)])
+    # Different class names: the negative classes and the tumour classes are still compared with each other.
+    renamed = ["notumor", "glioma"]
+    r = source_confounder_check(ia, ib, a.labels, b.labels, a.classes, renamed, names=("x", "y"), n_splits=3)
+    assert r["folds"] == 3 and r["sources"] == ["x", "y"]
+    assert {k: v["how"] for k, v in r["per_class"].items()} == {"no=notumor": "negative", "yes=glioma": "tumour"}
+    assert r["class_counts"] == {"no": [30, 0], "yes": [30, 0], "notumor": [0, 30], "glioma": [0, 30]}
+    # Too few images on one side: reported as skipped, no crash.
+    tiny = source_confounder_check(ia, ib[:1], a.labels, b.labels[:1], a.classes, b.classes)
+    assert "skipped" in tiny and "auc" not in tiny and not tiny["warning"]
+
+
+def test_cli_audit_prints_source_check(two_sources):
+    res = CliRunner().invoke(app, ["audit", str(two_sources["a"]), "--against", str(two_sources["darker"])])
+    assert res.exit_code == 0, res.output
+    assert "source check" in res.output and "all images" in res.output
+    assert "top features (AUC of each alone)" in res.output and "class balance (A | B): no 30|30" in res.output
+    assert "6 copies of A's images left out of B" in res.output
+    assert "a model can learn the source instead of the tumour" in " ".join(res.output.split())

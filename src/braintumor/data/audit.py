@@ -9,6 +9,9 @@ both sides and inflates every metric. This module finds them and turns them into
   classes (label conflicts), near-copies of the images in a second folder (train-on-one / test-on-the-other
   leakage), unreadable and tiny files, class balance, per-class statistics that reveal the source of an image
   (size, aspect, colour, format, intensities), and a cross-validated "trivial model" on those statistics alone.
+* :func:`source_confounder_check` - with a second folder: how well the same statistics tell the two folders
+  apart (overall and within each shared class), i.e. whether a model could learn the source instead of the
+  tumour.
 
 How near-duplicates are found (measured on the Navoneel and Nickparvar sets, see ``tests/test_audit.py``):
 
@@ -497,6 +500,196 @@ def confounder_check(infos: Sequence[ImageInfo], labels: Sequence[int], groups: 
     }
 
 
+# ----------------------------------------------------------------------------------------- source confounders
+#: Warn when image statistics alone tell the two folders apart with a cross-validated ROC-AUC of at least this.
+SOURCE_WARN_AUC = 0.8
+
+#: :data:`CONFOUNDER_FEATURES` in words, for reports.
+FEATURE_WORDS = {
+    "width": "width", "height": "height", "aspect": "aspect ratio", "log_pixels": "pixel count",
+    "bytes_per_pixel": "file bytes per pixel", "is_colour": "colour", "is_png": "PNG format",
+    "name_mismatch": "suffix/format mismatch", "mean": "mean intensity", "std": "intensity spread",
+    "p05": "dark level (5th percentile)", "p50": "median intensity", "p95": "bright level (95th percentile)",
+    "dark_fraction": "share of dark pixels", "brain_fraction": "brain box share of the image",
+}
+
+
+def _class_strata(classes_a: Sequence[str], classes_b: Sequence[str]) -> list[tuple[str, list[int], list[int], str]]:
+    """Subsets compared within one class: ``(key, labels of A, labels of B, how)``.
+
+    Every class name both folders have (``how="name"``). When both have a negative class ("no", "notumor", ...,
+    see :data:`braintumor.data.discover.NEGATIVE_NAMES`) under different names, those two (``"negative"``,
+    key ``"no=notumor"``); when the tumour classes then differ by name, all tumour classes of A against all of
+    B (``"tumour"``, key ``"yes=glioma+meningioma+pituitary"``).
+    """
+    from .discover import NEGATIVE_NAMES
+
+    out = [(c, [classes_a.index(c)], [classes_b.index(c)], "name") for c in classes_a if c in classes_b]
+    neg_a = [k for k, c in enumerate(classes_a) if c.lower() in NEGATIVE_NAMES]
+    neg_b = [k for k, c in enumerate(classes_b) if c.lower() in NEGATIVE_NAMES]
+    if not (neg_a and neg_b):
+        return out
+    if not {classes_a[k] for k in neg_a} & {classes_b[k] for k in neg_b}:
+        out.append(("+".join(classes_a[k] for k in neg_a) + "=" + "+".join(classes_b[k] for k in neg_b),
+                    neg_a, neg_b, "negative"))
+    pos_a = [k for k in range(len(classes_a)) if k not in neg_a]
+    pos_b = [k for k in range(len(classes_b)) if k not in neg_b]
+    if pos_a and pos_b and {classes_a[k] for k in pos_a} != {classes_b[k] for k in pos_b}:
+        out.append(("+".join(classes_a[k] for k in pos_a) + "=" + "+".join(classes_b[k] for k in pos_b),
+                    pos_a, pos_b, "tumour"))
+    return out
+
+
+def _source_cv(x: np.ndarray, y: np.ndarray, g: np.ndarray, n_splits: int, seed: int) -> dict:
+    """Grouped stratified CV of two trivial models telling ``y == 1`` (B) from ``y == 0`` (A); the better one."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = [int((y == 0).sum()), int((y == 1).sum())]
+    folds = min(n_splits, len(set(g[y == 0])), len(set(g[y == 1])))
+    if folds < 2:
+        return {"n": n, "skipped": "needs at least two distinct images from each folder"}
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    models = {
+        "logistic regression": make_pipeline(StandardScaler(),
+                                             LogisticRegression(max_iter=2000, class_weight="balanced")),
+        "random forest": RandomForestClassifier(n_estimators=60, max_depth=6, min_samples_leaf=3,
+                                                class_weight="balanced", random_state=seed, n_jobs=1),
+    }
+    results = {}
+    for name, model in models.items():
+        p = cross_val_predict(model, x, y, groups=g, cv=cv, method="predict_proba")[:, 1]
+        results[name] = {"auc": round(float(roc_auc_score(y, p)), 4),
+                         "balanced_accuracy": round(float(balanced_accuracy_score(y, p >= 0.5)), 4)}
+    best = max(results, key=lambda k: results[k]["auc"])
+    return {"n": n, "model": best, **results[best], "folds": int(folds), "models": results}
+
+
+def _single_feature_auc(v: np.ndarray, y: np.ndarray) -> float:
+    """ROC-AUC of one raw feature for ``y == 1`` (ties count half); no fitting."""
+    from scipy.stats import rankdata
+
+    r = rankdata(v)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
+def source_confounder_check(infos_a: Sequence[ImageInfo], infos_b: Sequence[ImageInfo], labels_a: Sequence[int],
+                            labels_b: Sequence[int], classes_a: Sequence[str], classes_b: Sequence[str], *,
+                            groups_a: Sequence[str] | None = None, groups_b: Sequence[str] | None = None,
+                            exclude_b: Sequence[int] = (), names: tuple[str, str] = ("A", "B"), seed: int = 0,
+                            n_splits: int = 5, top: int = 5, warn_auc: float = SOURCE_WARN_AUC) -> dict:
+    """How well do image statistics alone (:data:`CONFOUNDER_FEATURES`) tell folder A's images from folder B's?
+
+    Models trained on one public set can learn *which collection an image came from* (sequence, scanner, export
+    style) instead of the tumour; when two sources are mixed, or a model is tested on the other one, that
+    shortcut shows here first. Logistic regression (standardised) and a small random forest, both class-weighted,
+    predict the source (B = positive) under grouped stratified k-fold (duplicates of one folder stay in one
+    fold); the better model's ROC-AUC is reported for all images and within each class both folders share (by
+    name, or the negative classes "no"/"notumor"/... and the remaining tumour classes when the names differ, see
+    :func:`_class_strata`). Unreadable images and the images of B listed in ``exclude_b`` (copies of A's images,
+    e.g. the ``leaks`` of :func:`audit`) are left out.
+
+    Args:
+        infos_a, infos_b: :func:`scan` results of the two folders.
+        labels_a, labels_b: class index of each image (into ``classes_a`` / ``classes_b``).
+        classes_a, classes_b: class (folder) names.
+        groups_a, groups_b: duplicate-group id per image (e.g. from :func:`duplicate_groups`); ``None``: every
+            image is its own group.
+        exclude_b: indices into ``infos_b`` to leave out.
+        names: what to call the two folders in the result and the warning.
+        seed: cross-validation shuffle and forest seed.
+        n_splits: folds (fewer when a side has fewer distinct images; ``>= 2``).
+        top: number of single features reported in ``top_features``.
+        warn_auc: ``warning`` is set when the overall AUC, or one within a shared class, reaches this.
+
+    Returns:
+        ``{"sources": [A, B], "n": [n_a, n_b], "excluded_b": int, "auc", "balanced_accuracy", "model",
+        "folds", "models": {model: {"auc", "balanced_accuracy"}}, "per_class": {key: {"how", "classes": [[...],
+        [...]], "n", "auc", ...} or {..., "skipped": reason}}, "top_features": [{"feature", "words", "auc",
+        "higher_in", "median": [a, b]}], "class_counts": {class: [n_a, n_b]}, "warn_auc", "warning"}``.
+        ``top_features`` ranks each statistic by its own AUC for telling the folders apart (folded to
+        ``>= 0.5``; no fitting); ``class_counts`` counts the images used, per class name, side by side. Too few
+        images on a side: the AUC keys are replaced by ``"skipped"``.
+
+    Raises:
+        ValueError: lengths disagree, a label is out of range, an index in ``exclude_b`` is out of range, or
+            ``n_splits < 2``.
+
+    Example:
+        >>> from braintumor.data import discover
+        >>> from braintumor.data.audit import scan, source_confounder_check
+        >>> a, b = discover("data/brain_mri_yes_no"), discover("data/nickparvar/Training")   # doctest: +SKIP
+        >>> r = source_confounder_check(scan(a.paths), scan(b.paths), a.labels, b.labels,
+        ...                             a.classes, b.classes, names=("yes_no", "nickparvar"))  # doctest: +SKIP
+        >>> neg = r["per_class"]["no=notumor"]                                               # doctest: +SKIP
+        >>> round(r["auc"], 2), round(neg["auc"], 2), r["top_features"][0]["words"]          # doctest: +SKIP
+        (0.94, 0.77, 'file bytes per pixel')
+    """
+    from sklearn.utils import check_consistent_length
+
+    check_consistent_length(infos_a, labels_a, *([groups_a] if groups_a is not None else []))
+    check_consistent_length(infos_b, labels_b, *([groups_b] if groups_b is not None else []))
+    for side, labels, classes in (("a", labels_a, classes_a), ("b", labels_b, classes_b)):
+        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(lab) and (lab.min() < 0 or lab.max() >= len(classes)):
+            raise ValueError(f"labels_{side} must be indices into classes_{side} (0..{len(classes) - 1}); "
+                             f"got values {lab.min()}..{lab.max()}")
+    if int(n_splits) != n_splits or n_splits < 2:
+        raise ValueError(f"n_splits must be an integer >= 2; got {n_splits!r}")
+    if top < 0:
+        raise ValueError(f"top must be >= 0; got {top!r}")
+    drop = {int(k) for k in exclude_b}
+    if drop and (min(drop) < 0 or max(drop) >= len(infos_b)):
+        raise ValueError(f"exclude_b holds indices outside 0..{len(infos_b) - 1}")
+
+    keep_a = [k for k, i in enumerate(infos_a) if i.ok]
+    keep_b = [k for k, i in enumerate(infos_b) if i.ok and k not in drop]
+    x = np.array([_feature_row(infos_a[k]) for k in keep_a] + [_feature_row(infos_b[k]) for k in keep_b],
+                 np.float64).reshape(-1, len(CONFOUNDER_FEATURES))
+    y = np.array([0] * len(keep_a) + [1] * len(keep_b))
+    ga = [f"a:{groups_a[k]}" if groups_a is not None else f"a:{infos_a[k].path}" for k in keep_a]
+    gb = [f"b:{groups_b[k]}" if groups_b is not None else f"b:{infos_b[k].path}" for k in keep_b]
+    g = np.array(ga + gb, dtype=object)
+    cls = [classes_a[labels_a[k]] for k in keep_a] + [classes_b[labels_b[k]] for k in keep_b]
+    lab = np.array([labels_a[k] for k in keep_a] + [labels_b[k] for k in keep_b])
+
+    counts: dict[str, list[int]] = {}
+    for c, side in zip(cls, y.tolist(), strict=True):
+        counts.setdefault(c, [0, 0])[side] += 1
+    order = [c for c in classes_a if c in counts] + [c for c in classes_b if c in counts and c not in classes_a]
+    out = {"sources": list(names), "excluded_b": len(drop),
+           **_source_cv(x, y, g, int(n_splits), seed)}
+
+    per_class = {}
+    for key, ka, kb, how in _class_strata(list(classes_a), list(classes_b)):
+        m = ((y == 0) & np.isin(lab, ka)) | ((y == 1) & np.isin(lab, kb))
+        res = _source_cv(x[m], y[m], g[m], int(n_splits), seed)
+        per_class[key] = {"how": how, "classes": [[classes_a[k] for k in ka], [classes_b[k] for k in kb]], **res}
+    out["per_class"] = per_class
+
+    feats = []
+    if len(set(y.tolist())) == 2:
+        for f, name in enumerate(CONFOUNDER_FEATURES):
+            auc = _single_feature_auc(x[:, f], y)
+            feats.append({"feature": name, "words": FEATURE_WORDS[name], "auc": round(max(auc, 1 - auc), 4),
+                          "higher_in": names[1] if auc > 0.5 else names[0] if auc < 0.5 else None,
+                          "median": [round(float(np.median(x[y == 0, f])), 4),
+                                     round(float(np.median(x[y == 1, f])), 4)]})
+        feats.sort(key=lambda d: -d["auc"])
+    out["top_features"] = feats[:top]
+    out["class_counts"] = {c: counts[c] for c in order}
+    out["warn_auc"] = float(warn_auc)
+    aucs = [out.get("auc", 0.0)] + [v.get("auc", 0.0) for v in per_class.values()]
+    out["warning"] = bool(max(aucs) >= warn_auc)
+    return out
+
+
 def _summary(values: Sequence[float]) -> dict:
     v = np.asarray(values, np.float64)
     if not len(v):
@@ -552,6 +745,8 @@ class AuditReport:
     * ``unreadable``: ``[{"file", "reason"}]``; ``tiny``: ``[{"file", "width", "height"}]`` (shorter side
       below :data:`TINY_SIDE`).
     * ``class_stats``: :func:`class_statistics`; ``confounders``: :func:`confounder_check`.
+    * ``source_confounder`` (with ``against``, else ``None``): :func:`source_confounder_check` of ``data_dir``
+      against ``against``, with ``against``'s copies of ``data_dir``'s images left out.
     * ``warnings``: human-readable findings, most serious first.
 
     File names are relative to ``data_dir`` (and to ``against`` for matches).
@@ -575,6 +770,7 @@ class AuditReport:
     against: str | None = None
     leaks: list[dict] = field(default_factory=list)
     leak_counts: dict = field(default_factory=dict)
+    source_confounder: dict | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -586,7 +782,7 @@ class AuditReport:
     def to_dict(self) -> dict:
         """JSON-serialisable dict (keys in the class docstring; label conflicts and leaks come first)."""
         first = ("data_dir", "against", "classes", "n_images", "n_readable", "n_distinct", "cross_class_groups",
-                 "leak_counts", "leaks", "warnings")
+                 "leak_counts", "leaks", "source_confounder", "warnings")
         keys = list(first) + [k for k in self.__dataclass_fields__ if k not in first]
         return {k: getattr(self, k) for k in keys}
 
@@ -630,7 +826,8 @@ def audit(data_dir: str | Path, against: str | Path | None = None, *, threshold:
         against: a second labelled folder (e.g. the test set or a pretraining set): every image of ``data_dir``
             with a copy there is listed in ``leaks``.
         threshold: near-duplicate score needed to merge two images (see the module docstring).
-        confounders: run the trivial-model check (a few seconds).
+        confounders: run the trivial-model checks (a few seconds): :func:`confounder_check` on ``data_dir`` and,
+            with ``against``, :func:`source_confounder_check` (which also groups ``against``'s duplicates).
 
     Raises:
         DataError: a folder is missing or has no class folders.
@@ -688,13 +885,21 @@ def audit(data_dir: str | Path, against: str | Path | None = None, *, threshold:
         confounders=confounder_check(infos, labels, ids) if confounders else {"skipped": "not requested"},
     )
     if against is not None:
-        _add_leaks(report, infos, labels, classes, rel, Path(against), threshold, workers)
+        ods, oinfos, opairs = _add_leaks(report, infos, labels, classes, rel, Path(against), threshold, workers)
+        if confounders:
+            report.source_confounder = source_confounder_check(
+                infos, oinfos, labels, ods.labels, classes, ods.classes, groups_a=ids,
+                groups_b=_group_ids(oinfos, match(oinfos, threshold=threshold)),
+                exclude_b=sorted(set(opairs.j.tolist())), names=(str(root), str(against)))
+        else:
+            report.source_confounder = {"skipped": "not requested"}
     report.warnings = _warnings(report)
     report.seconds = round(time.time() - t0, 2)
     return report
 
 
-def _add_leaks(report: AuditReport, infos, labels, classes, rel, other: Path, threshold: float, workers) -> None:
+def _add_leaks(report: AuditReport, infos, labels, classes, rel, other: Path, threshold: float, workers):
+    """Fill the ``leaks`` of ``report``; returns ``other``'s folder, its infos and the matched pairs."""
     ods = discover(other)
     oinfos = scan(ods.paths, workers=workers)
     pairs = match(infos, oinfos, threshold=threshold)
@@ -714,6 +919,7 @@ def _add_leaks(report: AuditReport, infos, labels, classes, rel, other: Path, th
         "per_class": {c: sum(e["class"] == c for e in leaks) for c in classes},
         "other_files": len({m["file"] for e in leaks for m in e["matches"]}),
     }
+    return ods, oinfos, pairs
 
 
 def _warnings(r: AuditReport) -> list[str]:
@@ -732,6 +938,16 @@ def _warnings(r: AuditReport) -> list[str]:
                  f"class with cross-validated AUC {conf['auc']:.2f} and accuracy {conf['accuracy']:.2f} "
                  f"(chance {conf['chance_accuracy']:.2f}; top features: {feats}): classes differ in their "
                  "source, a model can learn that instead of the tumour")
+    src = r.source_confounder or {}
+    if src.get("warning"):
+        a, b = src["sources"]
+        within = [f"{k} {v['auc']:.2f}" for k, v in src.get("per_class", {}).items() if "auc" in v]
+        feats = ", ".join(f["words"] for f in src.get("top_features", [])[:3])
+        detail = "; ".join(x for x in (f"within classes {', '.join(within)}" if within else "",
+                                       f"top features: {feats}" if feats else "") if x)
+        head = f"AUC {src['auc']:.2f}" if "auc" in src else "AUC n/a"
+        w.append(f"image statistics alone tell {a} from {b} ({head}" + (f"; {detail}" if detail else "")
+                 + "): a model can learn the source instead of the tumour")
     redundant = r.n_readable - r.n_distinct
     if redundant:
         w.append(f"{redundant} of {r.n_readable} readable images are copies ({r.n_distinct} distinct): "
