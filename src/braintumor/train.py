@@ -270,6 +270,10 @@ class PreparedData:
     fingerprint: str
     n_groups: int | None
     excluded: list[str] = field(default_factory=list)
+    #: the source of each training / validation image (several data folders: :mod:`braintumor.data.sources`)
+    train_sources: list[str] = field(default_factory=list)
+    val_sources: list[str] = field(default_factory=list)
+    source_roots: dict[str, str] = field(default_factory=dict)
 
 
 def _skip_reporter(out: _Console):
@@ -279,7 +283,7 @@ def _skip_reporter(out: _Console):
 
 
 def group_folder(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
-    """Attach duplicate groups from the audit when it is available (the evaluation issue adds it)."""
+    """Attach duplicate groups from the audit (across every source at once: a copy in two sources is one group)."""
     if not cfg.group_duplicates or all(r.group is not None for r in ds.records):
         return ds
     try:
@@ -289,19 +293,49 @@ def group_folder(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
     return ds.group_duplicates(duplicate_groups)
 
 
+def load_folder_of(cfg: TrainConfig) -> ImageFolder:
+    """The labelled records a config names: its data folder(s), mapped onto ``cfg.classes`` when given."""
+    from .data.sources import discover_sources
+
+    return discover_sources(cfg.data_dirs, cfg.classes, slices=cfg.slices)
+
+
+def split_strata(ds: ImageFolder, n_splits: int = 2) -> list[int]:
+    """What splits stratify on: (source, class) when every such stratum is large enough, else the class."""
+    strata = ds.strata()
+    counts = np.bincount(strata)
+    return strata if counts[counts > 0].min() >= n_splits else ds.labels
+
+
+def _fingerprint_root(cfg: TrainConfig) -> Path | None:
+    dirs = cfg.data_dirs
+    if len(dirs) == 1:
+        return Path(dirs[0])
+    try:
+        return Path(os.path.commonpath(dirs))
+    except ValueError:  # absolute and relative folders mixed
+        return None
+
+
 def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: ImageFolder | None = None
                  ) -> PreparedData:
-    ds = folder if folder is not None else discover(cfg.data_dir, slices=cfg.slices)
+    ds = folder if folder is not None else load_folder_of(cfg)
     excluded: list[str] = []
     if cfg.exclude_copies_of:
         ds, excluded = exclude_copies(ds, cfg.exclude_copies_of, out)
     if cfg.val_dir:
-        val_ds = discover(cfg.val_dir, classes=ds.classes, slices=cfg.slices)
+        if cfg.classes:
+            from .data.sources import discover_sources
+
+            val_ds = discover_sources([cfg.val_dir], cfg.classes, slices=cfg.slices)
+        else:
+            val_ds = discover(cfg.val_dir, classes=ds.classes, slices=cfg.slices)
         train_ds = ds
         fp_paths = ds.paths + val_ds.paths
     else:
         ds = group_folder(ds, cfg)
-        tr, va = train_val_split(ds.labels, ds.groups, cfg.val_fraction, cfg.seed)
+        n_splits = max(2, int(round(1.0 / cfg.val_fraction)))
+        tr, va = train_val_split(split_strata(ds, n_splits), ds.groups, cfg.val_fraction, cfg.seed)
         train_ds, val_ds = ds.subset(tr), ds.subset(va)
         fp_paths = ds.paths
     report = _skip_reporter(out)
@@ -317,10 +351,15 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
         if len(y) == 0 or (name == "training" and missing):
             raise DataError(f"no readable {name} images for class(es) {missing or ds.classes}")
     groups = ds.groups if not cfg.val_dir else None
+    tr_paths, va_paths = train_ds.paths, val_ds.paths
+    tr_src, va_src = train_ds.sources, val_ds.sources
+    roots = dict(ds.source_roots)
+    roots.update(val_ds.source_roots)
     return PreparedData(
-        tr_l.images, tr_y, va_l.images, va_y, [str(val_ds.paths[i]) for i in va_l.kept],
-        [str(train_ds.paths[i]) for i in tr_l.kept], tr_l.skipped + va_l.skipped, ds.classes,
-        fingerprint(fp_paths, Path(cfg.data_dir)), len(set(groups)) if groups else None, excluded,
+        tr_l.images, tr_y, va_l.images, va_y, [str(va_paths[i]) for i in va_l.kept],
+        [str(tr_paths[i]) for i in tr_l.kept], tr_l.skipped + va_l.skipped, ds.classes,
+        fingerprint(fp_paths, _fingerprint_root(cfg)), len(set(groups)) if groups else None, excluded,
+        [tr_src[i] for i in tr_l.kept], [va_src[i] for i in va_l.kept], roots,
     )
 
 
@@ -433,6 +472,24 @@ def _batches(idx: np.ndarray, batch_size: int, drop_last_single: bool = True) ->
     return out
 
 
+def balanced_order(sources: list[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """One epoch of indices drawn (with replacement) so that every source contributes equally; this rank's share.
+
+    The epoch keeps its length (as many draws as images), so schedules and step counts do not change.
+
+    Example:
+        >>> order = balanced_order(["a"] * 90 + ["b"] * 10, seed=0, epoch=0)
+        >>> len(order), 0.4 < sum(i >= 90 for i in order) / len(order) < 0.6
+        (100, True)
+    """
+    _names, inv = np.unique(np.asarray(sources), return_inverse=True)
+    w = 1.0 / np.bincount(inv)[inv]
+    rng = np.random.default_rng([seed % (2**32), epoch, 1])
+    drawn = rng.choice(len(sources), size=len(sources), replace=True, p=w / w.sum())
+    n_local = -(-len(drawn) // world_size)
+    return np.resize(drawn, n_local * world_size)[rank::world_size].tolist()
+
+
 def _to_float(x_u8: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(x_u8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -449,7 +506,10 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
     tot_loss, correct, n = 0.0, 0, 0
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
-    order = ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, epoch)
+    if cfg.balance_sources and len(set(data.train_sources)) > 1:
+        order = balanced_order(data.train_sources, cfg.seed, epoch, ctx.rank, ctx.world_size)
+    else:
+        order = ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, epoch)
     for bidx in _batches(order, ctx.local_batch(cfg.batch_size)):
         x = _to_float(data.train_x[bidx], device)
         if augmenter is not None:
@@ -519,7 +579,9 @@ def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor,
         "img_size": cfg.img_size, "preprocessing": pre.to_dict(),
         "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
         "gradcam_target_layer": spec.target_layer, "threshold": None, "calibration": {"temperature": 1.0},
-        "data": {"data_dir": str(cfg.data_dir), "val_dir": cfg.val_dir, "fingerprint": data.fingerprint,
+        "data": {"data_dir": cfg.data_dir if isinstance(cfg.data_dir, list) else str(cfg.data_dir),
+                 "val_dir": cfg.val_dir, "fingerprint": data.fingerprint,
+                 "class_map": cfg.classes, "sources": _source_summary(data),
                  "n_train": int(len(data.train_y)), "n_val": int(len(data.val_y)),
                  "train_counts": {c: int((data.train_y == i).sum()) for i, c in enumerate(classes)},
                  "val_counts": {c: int((data.val_y == i).sum()) for i, c in enumerate(classes)},
@@ -533,16 +595,32 @@ def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor,
     }
 
 
+def _source_summary(data: PreparedData) -> dict:
+    """Per source: its folder and its training / validation images per class."""
+    out = {}
+    for name in dict.fromkeys([*data.source_roots, *data.train_sources, *data.val_sources]):
+        entry: dict = {"path": data.source_roots.get(name)}
+        for subset, ys, srcs in (("train", data.train_y, data.train_sources), ("val", data.val_y, data.val_sources)):
+            mine = np.asarray([s == name for s in srcs], dtype=bool)
+            y = ys[mine] if len(mine) == len(ys) else ys[:0]
+            entry[f"n_{subset}"] = int(len(y))
+            entry[f"{subset}_counts"] = {c: int((y == i).sum()) for i, c in enumerate(data.classes)}
+        out[name] = entry
+    return out
+
+
 def _write_split(run: RunDir, data: PreparedData) -> None:
-    """Which file went where, for audits and for reproducing evaluations."""
+    """Which file went where (and from which source), for audits and for reproducing evaluations."""
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "subset"])
+    w.writerow(["path", "label", "subset", "source"])
     c = data.classes
-    w.writerows([p, c[y], "train"] for p, y in zip(data.train_paths, data.train_y, strict=True))
-    w.writerows([p, c[y], "val"] for p, y in zip(data.val_paths, data.val_y, strict=True))
+    tr_src = data.train_sources or [""] * len(data.train_paths)
+    va_src = data.val_sources or [""] * len(data.val_paths)
+    w.writerows([p, c[y], "train", s] for p, y, s in zip(data.train_paths, data.train_y, tr_src, strict=True))
+    w.writerows([p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, va_src, strict=True))
     atomic_write_text(run.root / "split.csv", buf.getvalue())
 
 
@@ -608,7 +686,7 @@ def _resolve_run(config, out, resume: bool) -> tuple[TrainConfig, RunDir]:
            if isinstance(config, dict) else TrainConfig.load(config))
     if not cfg.data_dir:
         raise UsageError("no data folder given")
-    run = RunDir(out or RunDir.default_for(cfg.data_dir, cfg.model))
+    run = RunDir(out or RunDir.default_for("+".join(Path(d).resolve().name for d in cfg.data_dirs), cfg.model))
     if run.last.exists() or run.metrics.exists():
         raise UsageError(f"{run.root} already holds a run; use --resume to continue it or pick another --out")
     return cfg, run
@@ -652,7 +730,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     phases = plan_phases(cfg, pretrained)
     weights = class_weight_tensor(data.train_y, len(classes)).to(device) if cfg.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    augmenter = Augmenter(seed=cfg.seed) if cfg.augment else None
+    augmenter = Augmenter(seed=cfg.seed, mri=cfg.mri_augment) if cfg.augment else None
     steps = len(_batches(ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, 0), ctx.local_batch(cfg.batch_size)))
 
     history: list[dict] = []

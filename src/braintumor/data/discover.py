@@ -26,18 +26,21 @@ from pathlib import Path
 from ..errors import DataError
 from .read import IMAGE_SUFFIXES, frame_count, frame_ref, sniff_supported, split_ref, supported_suffixes
 
-NEGATIVE_NAMES = ("no", "notumor", "no_tumor", "no-tumor", "normal", "negative", "healthy", "0", "false")
+NEGATIVE_NAMES = ("no", "notumor", "no_tumor", "no-tumor", "notumour", "no_tumour", "no-tumour", "non_tumour",
+                  "normal", "negative", "healthy", "0", "false")
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     """One labelled image. ``group`` ties duplicates (or the slices of one volume) together so splits keep them on
-    one side; ``frame`` is the slice of a multi-slice ``path`` (``None`` for 2-D images)."""
+    one side; ``frame`` is the slice of a multi-slice ``path`` (``None`` for 2-D images); ``source`` names the data
+    folder it came from when a data set has several (:mod:`braintumor.data.sources`)."""
 
     path: Path
     label: int
     group: str | None = None
     frame: int | None = None
+    source: str | None = None
 
     @property
     def ref(self) -> Path:
@@ -57,6 +60,11 @@ class ImageFolder:
     root: Path
     classes: list[str]
     records: list[ImageRecord] = field(default_factory=list)
+    #: source name -> its folder, for data sets of several folders (:mod:`braintumor.data.sources`).
+    source_roots: dict[str, str] = field(default_factory=dict)
+
+    def _with(self, records: list[ImageRecord]) -> ImageFolder:
+        return ImageFolder(self.root, list(self.classes), records, dict(self.source_roots))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -82,19 +90,38 @@ class ImageFolder:
             return None
         return [r.group if r.group is not None else str(r.path) for r in self.records]
 
+    @property
+    def sources(self) -> list[str]:
+        """The source of every record (the folder's name for a one-folder data set)."""
+        default = next(iter(self.source_roots), None) or self.root.name
+        return [r.source or default for r in self.records]
+
+    def source_counts(self) -> dict[str, int]:
+        """Images per source, in the order the sources were given."""
+        counts = Counter(self.sources)
+        order = list(self.source_roots) or sorted(counts)
+        return {s: counts[s] for s in order if counts.get(s)}
+
+    def strata(self) -> list[int]:
+        """One stratum per record for splits: the label, or (source, label) when there are several sources."""
+        names = sorted(set(self.sources))
+        if len(names) < 2:
+            return self.labels
+        k = len(self.classes)
+        return [names.index(s) * k + r.label for s, r in zip(self.sources, self.records, strict=True)]
+
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r.label for r in self.records)
         return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
 
     def subset(self, indices) -> ImageFolder:
-        return ImageFolder(self.root, list(self.classes), [self.records[i] for i in indices])
+        return self._with([self.records[i] for i in indices])
 
     def with_groups(self, groups: list[str | None]) -> ImageFolder:
         """A copy whose records carry ``groups`` (one per record, e.g. from the duplicate audit)."""
         if len(groups) != len(self.records):
             raise ValueError("one group per record")
-        return ImageFolder(self.root, list(self.classes),
-                           [replace(r, group=g) for r, g in zip(self.records, groups, strict=True)])
+        return self._with([replace(r, group=g) for r, g in zip(self.records, groups, strict=True)])
 
     def group_duplicates(self, duplicate_groups) -> ImageFolder:
         """A copy with ``duplicate_groups(paths) -> one group per path`` applied to the ungrouped 2-D files.
@@ -108,13 +135,11 @@ class ImageFolder:
         groups = [r.group for r in self.records]
         for i, g in zip(todo, found, strict=True):
             groups[i] = None if g is None else f"dup:{g}"
-        return ImageFolder(self.root, list(self.classes),
-                           [replace(r, group=g) for r, g in zip(self.records, groups, strict=True)])
+        return self._with([replace(r, group=g) for r, g in zip(self.records, groups, strict=True)])
 
     def without(self, paths) -> ImageFolder:
         drop = {Path(p) for p in paths}
-        return ImageFolder(self.root, list(self.classes),
-                           [r for r in self.records if r.ref not in drop and r.path not in drop])
+        return self._with([r for r in self.records if r.ref not in drop and r.path not in drop])
 
     def positive_class(self) -> str | None:
         """For two classes, the 'tumour' one: the class that is not named like a negative."""
@@ -225,7 +250,7 @@ def _list_files(path: str | Path) -> list[Path]:
     return []
 
 
-def discover(root: str | Path, classes: list[str] | None = None, slices=None) -> ImageFolder:
+def discover(root: str | Path, classes: list[str] | None = None, slices=None, min_classes: int = 2) -> ImageFolder:
     """Discover ``root/<class>/**/<image>``.
 
     Args:
@@ -234,6 +259,7 @@ def discover(root: str | Path, classes: list[str] | None = None, slices=None) ->
             different folder). Defaults to the sorted sub-folder names.
         slices: which slices of multi-slice sources become images: ``"middle"`` (default), ``"all"`` or ``K``
             (use the run's, :func:`braintumor.data.slices.run_slices`, when evaluating a trained model).
+        min_classes: fewest class folders accepted (1 for one source among several).
 
     Returns:
         An :class:`ImageFolder`: ``paths``, ``labels``, ``classes`` (and duplicate ``groups`` once audited).
@@ -271,7 +297,7 @@ def discover(root: str | Path, classes: list[str] | None = None, slices=None) ->
         label = classes.index(d.name)
         records.extend(ImageRecord(src, label, None if frame is None else str(src), frame)
                        for src, frame in expand_sources(files, slices))
-    if len(names) < 2 and len(classes) < 2:
+    if len(names) < min_classes and len(classes) < 2:
         raise DataError(f"{root}: only one class folder ('{names[0]}'); need at least two classes")
     return ImageFolder(root, list(classes), records)
 

@@ -97,10 +97,13 @@ def make_phantom(rng: np.random.Generator, size: int = 128, tumour: bool = False
 
 
 def write_phantoms(out: str | Path, n: int = 200, size: int = 128, seed: int = 0,
-                   tumour_fraction: float = 0.5, progress=None) -> dict[str, int]:
+                   tumour_fraction: float = 0.5, progress=None, normal_gain: float = 1.0) -> dict[str, int]:
     """Write ``n`` phantoms as PNG into ``out/yes`` and ``out/no``, and tumour masks into ``out/_masks/yes``.
 
     Returns the number of images per class. ``progress`` is an optional callable called once per image.
+    ``normal_gain`` != 1 plants a *source cue*: the no-tumour images' intensities are multiplied by it, so that
+    brightness alone tells the classes apart in this folder (like a public set whose normal scans come from
+    another scanner). Tests use it to check that cross-source evaluation exposes such a shortcut.
 
     Example:
         >>> from braintumor import write_phantoms
@@ -118,6 +121,8 @@ def write_phantoms(out: str | Path, n: int = 200, size: int = 128, seed: int = 0
         d.mkdir(parents=True, exist_ok=True)
     for i, lab in enumerate(labels):
         img, mask = make_phantom(rng, size, bool(lab))
+        if not lab and normal_gain != 1.0:
+            img = np.clip(img.astype(np.float32) * normal_gain, 0, 255).astype(np.uint8)
         name = f"phantom_{i:05d}.png"
         cls = TUMOUR_CLASS if lab else NORMAL_CLASS
         Image.fromarray(img).save(out / cls / name)

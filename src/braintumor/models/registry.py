@@ -103,8 +103,9 @@ def available_models() -> list[str]:
 
     Example:
         >>> from braintumor import available_models
-        >>> available_models()
-        ['cnn', 'efficientnet-lite0', 'efficientnet-b0', 'resnet18', 'densenet121']
+        >>> available_models()  # doctest: +NORMALIZE_WHITESPACE
+        ['cnn', 'efficientnet-lite0', 'efficientnet-lite1', 'efficientnet-lite2', 'efficientnet-b0', 'resnet18',
+         'densenet121']
     """
     _ensure_loaded()
     return list(_REGISTRY)
