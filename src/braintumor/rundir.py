@@ -15,9 +15,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
+import pickletools
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +94,37 @@ class RunDir:
         atomic_write_bytes(path, lambda fh: torch.save(state, fh))
 
     def load_checkpoint(self, which: str = "best") -> dict:
+        """The checkpoint's contents, loaded as plain data: nothing in the file is ever run.
+
+        Run folders are shared, and a ``.pt`` file is a pickle, which can hold code. So the file is loaded with
+        ``torch.load(..., weights_only=True)``, and first its pickle is checked to name no global beyond
+        :data:`CHECKPOINT_GLOBALS` (what braintumor's checkpoints hold), whatever other libraries added to torch's
+        process-wide ``weights_only`` allow-list.
+
+        Raises:
+            RunError: no such file, a file that is not a readable checkpoint, or one that holds anything other than
+                tensors and plain values (``refused to load``).
+        """
         path = self.best if which == "best" else self.last
         if not path.is_file():
             raise RunError(f"{self.root}: no checkpoint {path.relative_to(self.root)}")
+        refused = f"{path}: refused to load: the checkpoint holds code or objects that are not plain weights"
+        advice = "braintumor never writes such files; do not use it: retrain, or get the run from a source you trust"
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
+            data = path.read_bytes()  # checked and loaded from the same bytes
+            unsafe = _unsafe_globals(data)
+        except OSError as exc:
+            raise RunError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from None
+        except _Unreadable as exc:
             raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
+        if unsafe:
+            raise RunError(f"{refused} ({unsafe}); {advice}")
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # what torch's weights-only unpickler raises for what it refuses
+            raise RunError(f"{refused} ({_weights_only_reason(exc)}); {advice}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise RunError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from None
 
     @staticmethod
     def default_for(data_dir: str | Path, model: str, base: str | Path = "runs") -> Path:
@@ -110,6 +138,82 @@ class RunDir:
             i += 1
             path = Path(base) / f"{stamp}-{name}-{model}-{i}"
         return path
+
+
+# Every global a braintumor checkpoint's pickle names (``GLOBAL module name``): state dicts are OrderedDicts of
+# tensors, a tensor is rebuilt by ``_rebuild_tensor_v2`` from a storage whose class only says its dtype; the rest
+# (epochs, losses, history rows, optimizer and scheduler state, the weight average) is dicts, lists, tuples, str,
+# int, float, bool and None, which need no global. torch's weights-only unpickler allows all of these by default.
+CHECKPOINT_GLOBALS = frozenset(
+    ["collections OrderedDict", "torch._utils _rebuild_tensor_v2"]
+    + [f"torch {dt}Storage" for dt in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte",
+                                       "Bool", "ComplexFloat", "ComplexDouble")]
+)
+_MAX_PICKLE_BYTES = 64 << 20  # a checkpoint's data.pkl holds structure only (tensor bytes are separate records)
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _unsafe_globals(data: bytes) -> str | None:
+    """What in a checkpoint's pickle is outside :data:`CHECKPOINT_GLOBALS` (``None``: nothing).
+
+    The pickle is only disassembled (``pickletools``), so this runs nothing. It makes the load independent of
+    globals other libraries add to torch's process-wide allow-list (MONAI adds its ``MetaTensor`` classes, for
+    one). torch's weights-only unpickler resolves globals through ``GLOBAL`` alone; the other routes are refused.
+
+    Raises:
+        _Unreadable: not torch's zip format (all ``torch.save`` writes since torch 1.6), or a damaged file.
+    """
+    try:
+        if data[:4] != b"PK\x03\x04":  # the test torch.load itself uses to choose the zip reader
+            raise _Unreadable("not in the zip format torch.save writes")
+        found: set[str] = set()
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            pickles = [i for i in zf.infolist() if i.filename.rsplit("/", 1)[-1] == "data.pkl"]
+            if not pickles:
+                raise _Unreadable("no data.pkl in the zip")
+            for info in pickles:  # every one, duplicates included: the reader torch uses may pick another
+                with zf.open(info) as fh:
+                    pkl = fh.read(_MAX_PICKLE_BYTES + 1)
+                if len(pkl) > _MAX_PICKLE_BYTES:
+                    raise _Unreadable(f"{info.filename} larger than {_MAX_PICKLE_BYTES >> 20} MiB")
+                for op, arg, _ in pickletools.genops(pkl):
+                    if op.name in ("GLOBAL", "INST"):
+                        if arg not in CHECKPOINT_GLOBALS:
+                            found.add(_py3_name(str(arg)))
+                    elif op.name in ("STACK_GLOBAL", "EXT1", "EXT2", "EXT4", "OBJ"):  # objects by other routes
+                        found.add(f"pickle opcode {op.name}")
+    except _Unreadable:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a damaged zip or pickle: zipfile, zlib and pickletools errors)
+        raise _Unreadable(_one_line(exc)) from None
+    return ", ".join(sorted(found)[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "") if found else None
+
+
+def _py3_name(arg: str) -> str:
+    """``module.name`` of a pickle ``GLOBAL`` argument, with Python 2 names as unpickling maps them (for messages)."""
+    import _compat_pickle
+
+    module, _, name = arg.partition(" ")
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """The one line of torch's (long, multi-line) weights-only refusal that says what was refused."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if any(w in ln for w in ("GLOBAL", "Unsupported", "unsupported", "blocked", "not an allowed")):
+            # the first sentence: the rest advises widening torch's allow-list, which is not the way here
+            return ln.split("WeightsUnpickler error: ")[-1].split(". ")[0].rstrip(".")[:200]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:300]
 
 
 def _json_default(o):
