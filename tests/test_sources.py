@@ -150,6 +150,8 @@ def test_train_on_two_sources_records_them(two_sources, tmp_path):
     assert {r["source"] for r in rows} == {"a", "b"} and len(rows) == 120
     cfg = (out / "config.yaml").read_text()
     assert "balance_sources: true" in cfg and "tumour:" in cfg
+    html = (out / "report.html").read_text()
+    assert "Several sources" in html and "tumour = lesion, yes" in html
 
 
 @pytest.mark.parametrize("args, words", [
@@ -279,3 +281,12 @@ def test_recipe_tumour_detector(two_sources, tmp_path):
     a, _b = two_sources
     res = runner.invoke(app, ["train", str(a), "--recipe", "nope", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "unknown recipe" in res.output and not (tmp_path / "r").exists()
+
+
+def test_exclude_copies_of_the_training_folder_itself_is_a_one_line_error(two_sources, tmp_path):
+    a, _b = two_sources
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(a), "--model", "cnn", "--img-size", "32", "--epochs", "1",
+                              "--exclude-copies-of", str(a), "--out", str(out)])
+    assert res.exit_code == 2 and "are left once the 80 with a copy" in res.output and "Traceback" not in res.output
+    assert not out.exists()

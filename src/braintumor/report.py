@@ -270,6 +270,18 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                 ["unreadable files skipped", len(d.get("skipped", []))],
                 ["fingerprint", (d.get("fingerprint") or "")[:16]]]
         out = _table(["", ""], rows)
+        sources = d.get("sources") or {}
+        if len(sources) > 1:
+            classes = meta.get("classes", [])
+            out += ("<p>Several sources. Images per source and class (training / validation); the validation split "
+                    "is stratified by source and class, duplicate groups span sources.</p>"
+                    + _table(["source", "folder", *classes],
+                             [[name, v.get("path") or "-", *[f"{v.get('train_counts', {}).get(c, 0)} / "
+                                                              f"{v.get('val_counts', {}).get(c, 0)}" for c in classes]]
+                              for name, v in sources.items()]))
+        if d.get("class_map"):
+            out += "<p>Classes: " + "; ".join(f"{_esc(k)} = {_esc(', '.join(v))}"
+                                              for k, v in d["class_map"].items()) + "</p>"
         if d.get("skipped"):
             out += _table(["skipped file", "reason"], [[s["path"], s["reason"]] for s in d["skipped"][:20]])
         return out

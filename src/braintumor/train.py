@@ -303,6 +303,8 @@ def load_folder_of(cfg: TrainConfig) -> ImageFolder:
 def split_strata(ds: ImageFolder, n_splits: int = 2) -> list[int]:
     """What splits stratify on: (source, class) when every such stratum is large enough, else the class."""
     strata = ds.strata()
+    if not len(strata):
+        return strata
     counts = np.bincount(strata)
     return strata if counts[counts > 0].min() >= n_splits else ds.labels
 
@@ -374,7 +376,13 @@ def exclude_copies(ds: ImageFolder, other: str, out: _Console) -> tuple[ImageFol
     dropped = [str(ds.records[i].ref) for i in hits]
     out.print(f"excluded {len(dropped)} image(s) with a copy in {other}")
     keep = sorted(set(range(len(ds.records))) - set(hits))
-    return ds.subset(keep), dropped
+    kept = ds.subset(keep)
+    left = set(kept.labels)
+    missing = [c for i, c in enumerate(ds.classes) if i not in left]
+    if missing:
+        raise DataError(f"no images of class(es) {missing} are left once the {len(dropped)} with a copy in {other} "
+                        "are excluded (exclude_copies_of names the training data itself?)")
+    return kept, dropped
 
 
 def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dict:
