@@ -290,3 +290,15 @@ def test_exclude_copies_of_the_training_folder_itself_is_a_one_line_error(two_so
                               "--exclude-copies-of", str(a), "--out", str(out)])
     assert res.exit_code == 2 and "are left once the 80 with a copy" in res.output and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_a_one_class_source_has_no_specificity():
+    """figshare's tumour-only slices: sensitivity is defined, specificity and balanced accuracy are not."""
+    from braintumor.cv_sources import _metrics_with_ci
+
+    y = np.zeros(20, int)  # all 'tumour' (index 0, the positive class)
+    proba = np.tile([0.9, 0.1], (20, 1))
+    proba[:3] = [0.2, 0.8]
+    m, ci = _metrics_with_ci(y, proba, ["tumour", "no_tumour"], "tumour", None, seed=0)
+    assert m["sensitivity"] == pytest.approx(17 / 20) and m["specificity"] is None
+    assert m["balanced_accuracy"] is None and "specificity" not in ci

@@ -101,6 +101,13 @@ def _metrics_with_ci(y, proba, classes, positive, threshold, seed: int) -> tuple
     keep = {k: m.get(k) for k in SOURCE_METRICS}
     if len(classes) > 2:  # several classes: no single sensitivity / specificity
         keep["sensitivity"] = keep["specificity"] = None
+    elif positive in classes:  # a source with one class only (e.g. tumour slices): the other rate is undefined
+        pos = classes.index(positive)
+        present = set(np.asarray(y).tolist())
+        if pos not in present:
+            keep["sensitivity"] = None
+        if (1 - pos) not in present:
+            keep["specificity"] = None
     return keep, {k: ci[k] for k in SOURCE_METRICS if k in ci and keep.get(k) is not None}
 
 
