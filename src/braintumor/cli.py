@@ -281,10 +281,6 @@ def cv(
                  seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
                  init_from=str(init_from) if init_from else None)
-    if given["classes"]:
-        from .data.sources import parse_class_map
-
-        given["classes"] = parse_class_map(given["classes"])
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import TrainConfig
-from .data.discover import ImageFolder, discover
+from .data.discover import ImageFolder
 from .data.split import assert_disjoint_groups, kfold
 from .errors import DataError, UsageError
 from .rundir import RunDir
@@ -131,11 +131,9 @@ def _folder(data, slices="middle", class_map=None) -> ImageFolder:
     """An :class:`ImageFolder` from a folder, several folders (sources) or an ImageFolder."""
     if isinstance(data, ImageFolder):
         return data
-    if isinstance(data, list | tuple) or class_map:
-        from .data.sources import discover_sources
+    from .data.sources import discover_sources
 
-        return discover_sources(list(data) if isinstance(data, list | tuple) else [data], class_map, slices=slices)
-    return discover(data, slices=slices)
+    return discover_sources(list(data) if isinstance(data, list | tuple) else [data], class_map, slices=slices)
 
 
 def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
@@ -327,8 +325,7 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     if not cfg.data_dir:
         roots = list(ds.source_roots.values()) or [str(ds.root)]
         cfg = replace(cfg, data_dir=roots[0] if len(roots) == 1 else roots)
-    name = "+".join(Path(d).resolve().name for d in cfg.data_dirs) or ds.root
-    out = Path(out) if out is not None else RunDir.default_for(name, "cv-by-source" if by_source else "cv")
+    out = Path(out) if out is not None else RunDir.default_for(cfg.data_dirs, "cv-by-source" if by_source else "cv")
     if (out / "cv.json").exists():
         raise UsageError(f"{out} already holds a cross-validation; pick another --out")
     grouped_ds = _grouped(ds, cfg)

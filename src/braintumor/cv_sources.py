@@ -75,9 +75,6 @@ class SourceCVResult:
         """Held-out source -> its cross-source row."""
         return {r["tested_on"]: r for r in self.rows if r["kind"] == "cross"}
 
-    def within(self) -> list[dict]:
-        return [r for r in self.rows if r["kind"] == "within"]
-
     def __repr__(self) -> str:
         items = ", ".join(f"{s}={r['metrics'].get('balanced_accuracy') or float('nan'):.3f}"
                           for s, r in self.cross().items())
@@ -206,9 +203,10 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
         ev, _groups, pred = _evaluate_fold(run_dir, ds.subset(keep))
         model = f"without {held}"
         m, ci = _metrics_with_ci(ev.y_true, ev.proba, classes, pred.positive_class, pred.threshold, cfg.seed)
-        rows.append(_row(trained_on, held, "cross", len(ev.y_true), m, ci, model=model, copies_excluded=n_copies,
-                         copies_excluded_from=side,
-                         run=str(run_dir.relative_to(out)), seconds=round(time.time() - t0, 1)))
+        cross = _row(trained_on, held, "cross", len(ev.y_true), m, ci, model=model, copies_excluded=n_copies,
+                     copies_excluded_from=side, run=str(run_dir.relative_to(out)),
+                     seconds=round(time.time() - t0, 1))
+        rows.append(cross)
         vpaths, vy, vproba, vsrc = _read_val(run_dir, classes)
         for name in trained_on:
             mine = np.asarray([s == name for s in vsrc], bool)
@@ -222,9 +220,8 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
         if not keep_checkpoints and RunDir(run_dir).last.is_file():
             RunDir(run_dir).last.unlink()
         if console is not None:
-            c = rows[-1 - len([r for r in rows if r["kind"] == "within" and r["model"] == model])]
-            console.print("  " + "  ".join(f"{k} {c['metrics'][k]:.3f}" for k in SOURCE_METRICS
-                                           if c["metrics"].get(k) is not None))
+            console.print("  " + "  ".join(f"{k} {cross['metrics'][k]:.3f}" for k in SOURCE_METRICS
+                                           if cross["metrics"].get(k) is not None))
     if not rows:
         raise DataError("no source could be left out: " + "; ".join(f"{s['held_out']}: {s['reason']}"
                                                                    for s in skipped))

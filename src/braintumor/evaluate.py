@@ -145,10 +145,10 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
 
     classes_out, positive, threshold = pred.classes, pred.positive_class, pred.threshold
     if classes:
-        from .data.sources import discover_sources, parse_class_map
+        from .data.sources import discover_sources, map_names, parse_class_map
 
         cmap = parse_class_map(classes)
-        collapse_classes(np.zeros((0, len(pred.classes))), pred.classes, cmap)  # every model class mapped?
+        map_names(pred.classes, cmap, what="model class")  # every model class must be mapped
         ds = discover_sources([data_dir], cmap, slices=run_slices(pred.metadata), require_all=False)
         classes_out = ds.classes
         from .data.discover import positive_class
@@ -157,7 +157,7 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         threshold = _mapped_threshold(pred, cmap, positive)
     else:
         ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
-    if pred.run_dir is not None and Path(out or "x").resolve() == Path(pred.run_dir).resolve():
+    if out is not None and pred.run_dir is not None and Path(out).resolve() == Path(pred.run_dir).resolve():
         from .errors import UsageError
 
         raise UsageError(f"--out {out} is the run folder itself: its own validation files would be overwritten")

@@ -542,8 +542,7 @@ def write_source_report(root: Path, doc: dict | None = None, n_maps: int = 8) ->
     rows = doc["rows"]
 
     def cell(r: dict, k: str) -> str:
-        v, c = r["metrics"].get(k), (r.get("ci") or {}).get(k)
-        return format_ci(v, c["low"], c["high"]) if (v is not None and c) else _fmt(v)
+        return _ci_text(r.get("ci") or {}, k, r["metrics"].get(k))
 
     def summary_section() -> str:
         cross = [r for r in rows if r["kind"] == "cross"]

@@ -127,11 +127,13 @@ class RunDir:
             raise RunError(f"{path}: unreadable checkpoint ({_one_line(exc)})") from None
 
     @staticmethod
-    def default_for(data_dir: str | Path, model: str, base: str | Path = "runs") -> Path:
+    def default_for(data_dir: str | Path | list, model: str, base: str | Path = "runs") -> Path:
+        """``runs/<time>-<data>-<model>``; several data folders are named ``a+b``."""
         import time
 
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = Path(data_dir).resolve().name or "data"
+        dirs = data_dir if isinstance(data_dir, list | tuple) else [data_dir]
+        name = "+".join(Path(d).resolve().name for d in dirs) or "data"
         path = Path(base) / f"{stamp}-{name}-{model}"
         i = 1
         while path.exists():

@@ -609,8 +609,7 @@ def _source_summary(data: PreparedData) -> dict:
     for name in dict.fromkeys([*data.source_roots, *data.train_sources, *data.val_sources]):
         entry: dict = {"path": data.source_roots.get(name)}
         for subset, ys, srcs in (("train", data.train_y, data.train_sources), ("val", data.val_y, data.val_sources)):
-            mine = np.asarray([s == name for s in srcs], dtype=bool)
-            y = ys[mine] if len(mine) == len(ys) else ys[:0]
+            y = ys[np.asarray(srcs) == name]
             entry[f"n_{subset}"] = int(len(y))
             entry[f"{subset}_counts"] = {c: int((y == i).sum()) for i, c in enumerate(data.classes)}
         out[name] = entry
@@ -625,10 +624,9 @@ def _write_split(run: RunDir, data: PreparedData) -> None:
     w = csv.writer(buf)
     w.writerow(["path", "label", "subset", "source"])
     c = data.classes
-    tr_src = data.train_sources or [""] * len(data.train_paths)
-    va_src = data.val_sources or [""] * len(data.val_paths)
-    w.writerows([p, c[y], "train", s] for p, y, s in zip(data.train_paths, data.train_y, tr_src, strict=True))
-    w.writerows([p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, va_src, strict=True))
+    w.writerows([p, c[y], "train", s]
+                for p, y, s in zip(data.train_paths, data.train_y, data.train_sources, strict=True))
+    w.writerows([p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, data.val_sources, strict=True))
     atomic_write_text(run.root / "split.csv", buf.getvalue())
 
 
@@ -694,7 +692,7 @@ def _resolve_run(config, out, resume: bool) -> tuple[TrainConfig, RunDir]:
            if isinstance(config, dict) else TrainConfig.load(config))
     if not cfg.data_dir:
         raise UsageError("no data folder given")
-    run = RunDir(out or RunDir.default_for("+".join(Path(d).resolve().name for d in cfg.data_dirs), cfg.model))
+    run = RunDir(out or RunDir.default_for(cfg.data_dirs, cfg.model))
     if run.last.exists() or run.metrics.exists():
         raise UsageError(f"{run.root} already holds a run; use --resume to continue it or pick another --out")
     return cfg, run

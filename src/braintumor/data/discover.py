@@ -104,11 +104,12 @@ class ImageFolder:
 
     def strata(self) -> list[int]:
         """One stratum per record for splits: the label, or (source, label) when there are several sources."""
-        names = sorted(set(self.sources))
-        if len(names) < 2:
+        sources = self.sources
+        index = {s: i for i, s in enumerate(sorted(set(sources)))}
+        if len(index) < 2:
             return self.labels
         k = len(self.classes)
-        return [names.index(s) * k + r.label for s, r in zip(self.sources, self.records, strict=True)]
+        return [index[s] * k + r.label for s, r in zip(sources, self.records, strict=True)]
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r.label for r in self.records)

@@ -178,6 +178,8 @@ def discover_sources(roots: str | Path | Sequence[str | Path], class_map=None, s
             one_ok = class_map or len(roots) > 1 or not require_all
             found.append(discover(root, slices=slices, min_classes=1 if one_ok else 2))
         except DataError as exc:
+            if len(roots) == 1:  # the message names the folder already
+                raise
             raise DataError(f"{exc} (source {root})") from None
     if class_map is None:
         classes = sorted({c for ds in found for c in ds.classes})
