@@ -278,7 +278,11 @@ class Augmenter:
             self.mri_transform.set_random_state(seed=int(pre))
             self.jpeg.set_random_state(seed=int(post))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, masks: torch.Tensor | None = None):
+        """Augment a batch ``(N, C, S, S)`` in ``[0, 1]``; with ``masks`` ``(N, S, S)`` also move the masks with
+        the same geometry (flip, orientation, rotation, zoom, shift; nearest neighbour) and return both."""
+        if masks is not None:
+            return self._with_masks(x, masks)
         set_track_meta(False)
         grey = x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
         src = x[:, :1] if grey else x
@@ -293,14 +297,46 @@ class Augmenter:
             out = torch.stack([self.jpeg(img) for img in out]).to(x.dtype).clamp_(0, 1)
         return out.expand(-1, 3, -1, -1).contiguous() if grey else out
 
-    def _translate(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer-pixel shift per image, zero padded (cheaper than a second resampling)."""
+    def _with_masks(self, x: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same draws as without masks; each geometric transform is replayed on the mask (``randomize=False``)."""
+        set_track_meta(False)
+        grey = x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+        src = x[:, :1] if grey else x
+        geometric = (RandFlip, RandAffine, RandOrientation)
+        imgs, outs = [], []
+        for img, mask in zip(src, masks.to(x.dtype)[:, None], strict=True):
+            steps = (list(self.mri_transform.transforms) if self.mri else []) + list(self.transform.transforms)
+            for t in steps:
+                if isinstance(t, geometric):
+                    img = torch.as_tensor(t(img))
+                    kw = {"mode": "nearest"} if isinstance(t, RandAffine) else {}
+                    mask = torch.as_tensor(t(mask, randomize=False, **kw))
+                else:
+                    img = torch.as_tensor(t(img))
+                if t is _renormalise:
+                    img = img.to(x.dtype).clamp_(0, 1)
+            imgs.append(img)
+            outs.append(mask)
+        out = torch.stack(imgs).to(x.dtype).clamp_(0, 1)
+        m = torch.stack(outs).to(x.dtype)
+        if self._shift > 0:
+            out, m = self._translate(out, m)
+        if self.mri:
+            out = torch.stack([self.jpeg(img) for img in out]).to(x.dtype).clamp_(0, 1)
+        out = out.expand(-1, 3, -1, -1).contiguous() if grey else out
+        return out, (m[:, 0] > 0.5).to(masks.dtype)
+
+    def _translate(self, x: torch.Tensor, masks: torch.Tensor | None = None):
+        """Integer-pixel shift per image, zero padded (cheaper than a second resampling); ``masks`` alike."""
         n, _, h, w = x.shape
         out = torch.zeros_like(x)
+        mout = torch.zeros_like(masks) if masks is not None else None
         m = max(1, int(round(self._shift * h)))
         shifts = torch.randint(-m, m + 1, (n, 2), generator=self._gen)
         for i, (dy, dx) in enumerate(shifts.tolist()):
             ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
             xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
             out[i, :, yd, xd] = x[i, :, ys, xs]
-        return out
+            if mout is not None:
+                mout[i, :, yd, xd] = masks[i, :, ys, xs]
+        return out if masks is None else (out, mout)

@@ -126,6 +126,12 @@ def train(
     augment: bool | None = typer.Option(None, "--augment/--no-augment"),
     group: bool | None = typer.Option(None, "--group/--no-group",
                                       help="Keep duplicate groups on one side of the split (default on)."),
+    group_by: str | None = typer.Option(None, "--group-by", help="Patient groups kept on one side of every split: "
+                                        "id-runs, id-blocks:N (slices numbered per patient, e.g. figshare: "
+                                        "id-blocks:40) or a CSV file path,group."),
+    masks: Path | None = typer.Option(None, "--masks", help="Folder of tumour masks (<class>/<name> or <name>, "
+                                      "matched by file name, any image extension): adds a tumour-map decoder."),
+    mask_weight: float | None = typer.Option(None, "--mask-weight", help="Weight of the mask loss (default 1)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience (0 disables)."),
     mixup: float | None = typer.Option(None, "--mixup", help="Mixup alpha (e.g. 0.2): train on mixtures of two "
                                        "images and their labels; 0 disables (default)."),
@@ -150,6 +156,9 @@ def train(
 
     Several sources: braintumor train data/nickparvar/Training data/brain_mri_yes_no
     --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no --out runs/detector
+
+    With tumour masks (a tumour map beside the class): braintumor train data/figshare/images
+    --masks data/figshare/masks --group-by id-blocks:40 --out runs/figshare-seg
     """
     from .config import TrainConfig
     from .train import train as run_train
@@ -165,6 +174,7 @@ def train(
                      val_dir=str(val_dir) if val_dir else None, val_fraction=val_fraction, seed=seed,
                      pretrained=pretrained, crop_brain=crop, intensity=intensity, strict=strict,
                      class_weights=class_weights, augment=augment, group_duplicates=group, patience=patience, swa=swa,
+                     group_by=group_by, masks=str(masks) if masks else None, mask_weight=mask_weight,
                      mixup=mixup, precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,

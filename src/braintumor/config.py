@@ -60,6 +60,17 @@ class TrainConfig:
     geometric and intensity augmentation: a lever against learning the source (scanner, sequence, export format)
     instead of the lesion. Off by default.
 
+    Patient groups: ``group_by="id-runs"`` (files named by consecutive integers per patient, like the figshare
+    set) or a CSV file ``path,group`` keeps each patient's slices on one side of every split, on top of the
+    duplicate groups (:mod:`braintumor.data.groups`).
+
+    Tumour masks: ``masks`` names a folder of lesion masks (``<masks>/<class>/<name>`` or ``<masks>/<name>``, the
+    image's file name) and adds a tumour-map decoder to the model (:mod:`braintumor.models.segmentation`),
+    trained with a Dice + cross-entropy loss weighted by ``mask_weight`` beside the classification loss. Images
+    without a mask train the classifier only; images of a no-tumour class (``notumor``, ``no``, ...) count as an
+    empty mask. The run then predicts a tumour probability map beside the class (``explain --method seg``,
+    ``predict --outline``).
+
     Example:
         >>> from braintumor import TrainConfig
         >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=3)
@@ -102,6 +113,9 @@ class TrainConfig:
     num_workers: int = 0
     strict: bool = False
     group_duplicates: bool = True
+    group_by: str | None = None
+    masks: str | None = None
+    mask_weight: float = 1.0
     slices: str | int = "middle"
     device: str = "auto"
     target_sensitivity: float | None = None
@@ -119,6 +133,8 @@ class TrainConfig:
             raise UsageError(f"intensity must be {' or '.join(INTENSITY_MODES)}, got '{self.intensity}'")
         if self.mixup < 0:
             raise UsageError(f"mixup must be >= 0 (the Beta distribution's alpha; 0 disables), got {self.mixup}")
+        if self.mask_weight < 0:
+            raise UsageError(f"mask_weight must be >= 0, got {self.mask_weight}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         for name in ("epochs", "epochs_frozen", "batch_size", "img_size"):

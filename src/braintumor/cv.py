@@ -137,8 +137,8 @@ def _folder(data, slices="middle", class_map=None) -> ImageFolder:
 
 
 def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
-    """Attach duplicate groups (the audit's) unless the records carry groups already or grouping is off."""
-    if not cfg.group_duplicates:
+    """Attach patient groups (``group_by``) and duplicate groups unless the records carry groups already."""
+    if not cfg.group_duplicates and not cfg.group_by:
         return ds.with_groups([None] * len(ds))
     from .train import group_folder
 

@@ -136,6 +136,15 @@ class Predictor:
         ckpt = run.load_checkpoint(checkpoint)
         _adopt_dicom_window(meta, run.root)
         model = build_model(meta["model"], len(meta["classes"]), pretrained=False, img_size=meta["img_size"])
+        tm = meta.get("tumour_map")
+        if isinstance(tm, dict):
+            from .models.segmentation import attach_decoder
+
+            try:
+                attach_decoder(model, meta["model"], meta["img_size"], width=int(tm.get("width", 32)),
+                               layers=[str(n) for n in tm.get("layers") or []] or None)
+            except (TypeError, ValueError) as exc:
+                raise RunError(f"{run.root}: metadata.json tumour_map is not valid ({exc})") from None
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -210,6 +219,35 @@ class Predictor:
             xb = x[i:i + batch_size].to(self.device).contiguous()
             outs.append(self.model(xb).float().cpu())
         return torch.cat(outs) if outs else torch.empty(0, len(self.classes))
+
+    @property
+    def has_tumour_map(self) -> bool:
+        """Whether the model also predicts a tumour probability map (a run trained with ``--masks``)."""
+        return getattr(self.model, "decoder", None) is not None
+
+    @torch.inference_mode()
+    def proba_and_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(N, K)`` and tumour probability maps ``float32`` ``(N, S, S)`` in one pass.
+
+        Raises:
+            UsageError: the model has no tumour-map decoder.
+        """
+        if not self.has_tumour_map:
+            raise UsageError("this run has no tumour-map decoder: train it with --masks DIR")
+        s = self.preprocessor.img_size
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, s, s), np.float32)
+        probas, maps = [], []
+        for i in range(0, len(images), batch_size):
+            x = self.preprocessor.normalise(images[i:i + batch_size]).to(self.device).contiguous()
+            logits, m = self.model.forward_with_map(x)
+            probas.append(torch.softmax(logits.float().cpu() / self.temperature, dim=1).numpy())
+            maps.append(torch.sigmoid(m.float()[:, 0]).cpu().numpy())
+        return np.concatenate(probas), np.concatenate(maps).astype(np.float32)
+
+    def tumour_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Tumour probability maps ``float32`` ``(N, S, S)`` in ``[0, 1]`` for prepared ``uint8`` images."""
+        return self.proba_and_maps_prepared(images, batch_size)[1]
 
     def proba_prepared(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities for already prepared ``uint8`` images ``(N, S, S, 3)``."""

@@ -38,6 +38,7 @@ from .augment import Augmenter
 from .config import TrainConfig
 from .data.cache import load_images
 from .data.discover import ImageFolder, discover, fingerprint
+from .data.masks import PreparedMasks
 from .data.split import train_val_split
 from .distributed import DistContext, init_distributed, shutdown
 from .errors import DataError, RunError, UsageError
@@ -50,6 +51,9 @@ from .report import write_report
 from .rundir import RunDir, atomic_write_text
 
 HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+#: extra columns of runs trained with tumour masks: the mask part of the training loss, validation Dice (images
+#: with a lesion mask, map >= 0.5) and the mean highest tumour probability on no-tumour validation images
+MAP_HISTORY_FIELDS = ["mask_loss", "val_dice", "val_negative_max"]
 
 
 @dataclass
@@ -182,8 +186,8 @@ def set_train_mode(model: nn.Module, phase: Phase) -> None:
     model.train()
     if phase.freeze_backbone:
         model.backbone.eval()
-    elif phase.freeze_bn:
-        for m in model.modules():
+    elif phase.freeze_bn:  # the backbone's (pretrained) statistics; a tumour-map decoder learns its own
+        for m in model.backbone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
@@ -211,10 +215,11 @@ def write_history(path: Path, history: list[dict]) -> None:
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
+    fields = HISTORY_FIELDS + [k for k in MAP_HISTORY_FIELDS if any(k in row for row in history)]
+    w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for row in history:
-        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in HISTORY_FIELDS})
+        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in fields})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -274,6 +279,9 @@ class PreparedData:
     train_sources: list[str] = field(default_factory=list)
     val_sources: list[str] = field(default_factory=list)
     source_roots: dict[str, str] = field(default_factory=dict)
+    #: tumour masks (``cfg.masks``): :class:`~braintumor.data.masks.PreparedMasks` of each side, else ``None``
+    train_masks: PreparedMasks | None = None
+    val_masks: PreparedMasks | None = None
 
 
 def _skip_reporter(out: _Console):
@@ -283,14 +291,26 @@ def _skip_reporter(out: _Console):
 
 
 def group_folder(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
-    """Attach duplicate groups from the audit (across every source at once: a copy in two sources is one group)."""
+    """Attach patient groups (``cfg.group_by``) and duplicate groups from the audit (across every source at once:
+    a copy in two sources is one group); the two are merged (:func:`~braintumor.data.groups.merge_groups`)."""
+    patients = None
+    if cfg.group_by:
+        from .data.groups import merge_groups, patient_groups
+
+        found = patient_groups(cfg.group_by, [r.path for r in ds.records])
+        patients = merge_groups([r.group for r in ds.records], found)
     if not cfg.group_duplicates or all(r.group is not None for r in ds.records):
-        return ds
+        return ds.with_groups(patients) if patients is not None else ds
     try:
         from .data.audit import duplicate_groups
     except ImportError:
-        return ds
-    return ds.group_duplicates(duplicate_groups)
+        return ds.with_groups(patients) if patients is not None else ds
+    dups = ds.group_duplicates(duplicate_groups)
+    if patients is None:
+        return dups
+    from .data.groups import merge_groups
+
+    return dups.with_groups(merge_groups(patients, [r.group for r in dups.records]))
 
 
 def load_folder_of(cfg: TrainConfig) -> ImageFolder:
@@ -357,12 +377,39 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     tr_src, va_src = train_ds.sources, val_ds.sources
     roots = dict(ds.source_roots)
     roots.update(val_ds.source_roots)
-    return PreparedData(
+    data = PreparedData(
         tr_l.images, tr_y, va_l.images, va_y, [str(va_paths[i]) for i in va_l.kept],
         [str(tr_paths[i]) for i in tr_l.kept], tr_l.skipped + va_l.skipped, ds.classes,
         fingerprint(fp_paths, _fingerprint_root(cfg)), len(set(groups)) if groups else None, excluded,
         [tr_src[i] for i in tr_l.kept], [va_src[i] for i in va_l.kept], roots,
     )
+    if cfg.masks:
+        attach_masks(data, cfg.masks, pre, out)
+    return data
+
+
+def attach_masks(data: PreparedData, masks_dir: str, pre: Preprocessor, out: _Console) -> None:
+    """Read the tumour masks of both sides (:func:`~braintumor.data.masks.prepare_masks`); say what was left out.
+
+    Raises:
+        DataError: no training image of a tumour class has a usable mask.
+    """
+    from .data.masks import prepare_masks
+
+    data.train_masks = prepare_masks(data.train_paths, data.train_y, data.classes, masks_dir, pre)
+    data.val_masks = prepare_masks(data.val_paths, data.val_y, data.classes, masks_dir, pre)
+    problems = data.train_masks.problems + data.val_masks.problems
+    for path, reason in problems[:5]:
+        out.print(f"[yellow]mask left out[/yellow] {path}: {reason}")
+    if len(problems) > 5:
+        out.print(f"[yellow]... {len(problems) - 5} more masks left out[/yellow] (listed in metadata.json)")
+    if data.train_masks.n_masked == 0:
+        raise DataError(f"{masks_dir}: no usable tumour mask for any training image "
+                        f"({len(problems)} left out); the tumour map cannot be trained")
+    tm, vm = data.train_masks, data.val_masks
+    out.print(f"tumour masks: {tm.n_masked} train / {vm.n_masked} val images with a lesion mask, "
+              f"{tm.n_negative + vm.n_negative} no-tumour images (empty target), "
+              f"{int((~tm.has_mask).sum() + (~vm.has_mask).sum())} without a mask (classifier only)")
 
 
 def exclude_copies(ds: ImageFolder, other: str, out: _Console) -> tuple[ImageFolder, list[str]]:
@@ -511,7 +558,8 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
     torch.manual_seed(cfg.seed * 100_003 + epoch * 101 + ctx.rank)
     if augmenter is not None:
         augmenter.reseed(cfg.seed * 100_003 + epoch * 101 + ctx.rank)
-    tot_loss, correct, n = 0.0, 0, 0
+    tot_loss, correct, n, tot_mask = 0.0, 0, 0, 0.0
+    masks = data.train_masks if getattr(model, "decoder", None) is not None else None
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
     if cfg.balance_sources and len(set(data.train_sources)) > 1:
@@ -520,8 +568,15 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
         order = ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, epoch)
     for bidx in _batches(order, ctx.local_batch(cfg.batch_size)):
         x = _to_float(data.train_x[bidx], device)
+        m_true = has = None
+        if masks is not None:
+            m_true = torch.from_numpy(masks.masks[bidx]).to(device)
+            has = torch.from_numpy(masks.has_mask[bidx]).to(device)
         if augmenter is not None:
-            x = augmenter(x)
+            if m_true is not None:
+                x, m_true = augmenter(x, m_true)
+            else:
+                x = augmenter(x)
         x = pre.normalise_float(x).contiguous(memory_format=mf)
         y = torch.as_tensor(data.train_y[bidx], device=device)
         lam, perm = 1.0, None
@@ -530,10 +585,17 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
             perm = torch.randperm(len(bidx)).to(device)
             x = (lam * x + (1.0 - lam) * x[perm]).contiguous(memory_format=mf)
         with autocast(device, precision):
-            logits = net(x).float()
+            out = net(x)
+        logits = (out[0] if isinstance(out, tuple) else out).float()
         loss = loss_fn(logits, y)
         if perm is not None:
             loss = lam * loss + (1.0 - lam) * loss_fn(logits, y[perm])
+        if isinstance(out, tuple):  # the tumour map (mixup: the first image's mask, weighted like its label)
+            from .models.segmentation import mask_loss
+
+            mloss = mask_loss(out[1].float(), m_true, has) * (lam if perm is not None else 1.0)
+            loss = loss + cfg.mask_weight * mloss
+            tot_mask += float(mloss.detach()) * len(bidx)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 on CUDA: scale the loss so small gradients do not underflow
             scaler.scale(loss).backward()
@@ -549,8 +611,33 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
         if bar is not None:
             bar.advance(len(bidx) * ctx.world_size, f"loss {tot_loss / n:.4f} acc {correct / n:.3f}")
     model.frozen_backbone = False
-    tot_loss, correct, n = ctx.all_reduce_sum([tot_loss, correct, n])
+    tot_loss, correct, n, tot_mask = ctx.all_reduce_sum([tot_loss, correct, n, tot_mask])
+    if masks is not None:
+        return tot_loss / max(n, 1), correct / max(n, 1), tot_mask / max(n, 1)
     return tot_loss / max(n, 1), correct / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate_maps(model, x_u8: np.ndarray, masks: PreparedMasks, pre: Preprocessor, device, precision,
+                  batch_size: int = 32) -> dict:
+    """Validation of the tumour map: mean Dice (map >= 0.5) over images with a lesion mask, and the mean of the
+    highest tumour probability over no-tumour images (``None`` where there are none)."""
+    from .models.segmentation import dice_scores
+
+    model.eval()
+    idx = np.flatnonzero(masks.has_mask)
+    dice, neg_max = [], []
+    for bidx in _batches(idx, batch_size, drop_last_single=False):
+        x = pre.normalise_float(_to_float(x_u8[bidx], device))
+        with autocast(device, precision):
+            _logits, m = model.forward_with_map(x)
+        prob = torch.sigmoid(m.float()[:, 0])
+        t = torch.from_numpy(masks.masks[bidx]).to(device)
+        pos = t.flatten(1).bool().any(1)
+        dice += dice_scores(prob[pos], t[pos]).tolist()
+        neg_max += prob[~pos].flatten(1).amax(1).tolist()
+    return {"val_dice": float(np.mean(dice)) if dice else None,
+            "val_negative_max": float(np.mean(neg_max)) if neg_max else None}
 
 
 @torch.no_grad()
@@ -566,7 +653,8 @@ def evaluate_arrays(model, x_u8: np.ndarray, y: np.ndarray, pre: Preprocessor, d
     for bidx in _batches(mine, batch_size, drop_last_single=False):
         x = pre.normalise_float(_to_float(x_u8[bidx], device)).contiguous(memory_format=mf)
         with autocast(device, precision):
-            logits = model(x).float()
+            out = model(x)
+            logits = (out[0] if isinstance(out, tuple) else out).float()
         yt = torch.as_tensor(y[bidx], device=device)
         loss_sum += float(nn.functional.cross_entropy(logits, yt, reduction="sum"))
         correct += int((logits.argmax(1) == yt).sum())
@@ -730,6 +818,17 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                         img_size=cfg.img_size)
     if cfg.init_from:  # a resumed run then loads last.pt over it
         load_backbone(model, cfg.init_from, cfg.model)
+    if cfg.masks:
+        from .models.segmentation import attach_decoder
+
+        attach_decoder(model, cfg.model, cfg.img_size)
+        model.emit_map = True  # forward -> (logits, map logits) while training; the Predictor gets plain logits
+        meta["tumour_map"] = {**model.decoder_config, "masks": cfg.masks, "mask_weight": cfg.mask_weight,
+                              "train": data.train_masks.summary(), "val": data.val_masks.summary(),
+                              "problems": [{"path": str(p), "reason": r}
+                                           for p, r in data.train_masks.problems + data.val_masks.problems]}
+        if ctx.is_main:
+            run.write_json(run.metadata, meta)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -778,13 +877,16 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
             t0 = time.time()
             label = f"{phase.name} {e + 1}/{phase.epochs}"
             with outc.progress(f"epoch {global_epoch + 1} ({label})", len(data.train_y)) as bar:
-                loss, acc = run_epoch(net, model, phase, data, pre, cfg, opt, sched, loss_fn, device, precision,
-                                      augmenter, global_epoch, bar, ctx)
+                loss, acc, *mask_part = run_epoch(net, model, phase, data, pre, cfg, opt, sched, loss_fn, device,
+                                                  precision, augmenter, global_epoch, bar, ctx)
             vloss, vacc = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
                                           channels_last=cfg.channels_last, ctx=ctx)
             global_epoch += 1
             row = {"epoch": global_epoch, "phase": phase.name, "loss": loss, "accuracy": acc, "val_loss": vloss,
                    "val_accuracy": vacc, "lr": float(opt.param_groups[0]["lr"]), "seconds": time.time() - t0}
+            if mask_part:
+                row["mask_loss"] = mask_part[0]
+                row.update(evaluate_maps(model, data.val_x, data.val_masks, pre, device, precision))
             history.append(row)
             improved = vloss < best["val_loss"] - 1e-6
             if improved:
@@ -806,8 +908,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                     "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop, "swa": swa,
                 })
                 write_history(run.history, history)
+            dice = (f" dice {row['val_dice']:.3f}" if row.get("val_dice") is not None else "")
             outc.print(f"epoch {global_epoch:3d} {label:<14} loss {loss:.4f} acc {acc:.3f} | "
-                       f"val loss {vloss:.4f} acc {vacc:.3f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
+                       f"val loss {vloss:.4f} acc {vacc:.3f}{dice} | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
                        + (" *" if improved else ""))
             if stop:
                 outc.print(f"early stopping: no validation-loss improvement for {cfg.patience} epochs")

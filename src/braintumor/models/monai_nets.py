@@ -86,10 +86,16 @@ def build_densenet121(num_classes: int, pretrained: bool = False, img_size: int 
     return Classifier(backbone, 1024, num_classes)
 
 
+_STACKS = {  # strides 4, 8, 16, 32 (checked by a test)
+    "efficientnet-b0": ("backbone.net._blocks.1", "backbone.net._blocks.2", "backbone.net._blocks.4", "backbone"),
+    "resnet18": ("backbone.4", "backbone.5", "backbone.6", "backbone"),
+    "densenet121": ("backbone.0.denseblock1", "backbone.0.denseblock2", "backbone.0.denseblock3", "backbone"),
+}
 for _name, _build, _desc in (
     ("efficientnet-b0", build_efficientnet_b0, "MONAI EfficientNet-B0 (random init; --pretrained downloads)"),
     ("resnet18", build_resnet18, "MONAI ResNet-18 (random init; --pretrained downloads)"),
     ("densenet121", build_densenet121, "MONAI DenseNet-121 (random init; --pretrained downloads)"),
 ):
     register(ModelSpec(name=_name, build=_build, mean=IMAGENET_MEAN, std=IMAGENET_STD, target_layer="backbone",
+                       feature_layers=_STACKS[_name],
                        pretrained_source=URLS[_name], pretrained_default=False, description=_desc))

@@ -48,12 +48,30 @@ class Classifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.__dict__.get("emit_map", False):  # training with masks: (logits, tumour-map logits), see below
+            from .segmentation import forward_with_map
+
+            return forward_with_map(self, x)
+        return self.logits_of(x)
+
+    def logits_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The classification path: backbone, pooling, head -> logits (what ``forward`` returns by default)."""
         if self.frozen_backbone and self.training:
             with torch.no_grad():
                 feats = self.backbone(x)
         else:
             feats = self.backbone(x)
         return self.head(self.pool(feats))
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, tumour-map logits (N, 1, S, S))`` when a decoder is attached
+        (:func:`~braintumor.models.segmentation.attach_decoder`). Setting ``model.emit_map = True`` makes
+        ``forward`` return the same pair (so a DistributedDataParallel wrapper sees both outputs)."""
+        from .segmentation import forward_with_map
+
+        if getattr(self, "decoder", None) is None:
+            raise UsageError("this model has no tumour-map decoder (train it with masks)")
+        return forward_with_map(self, x)
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,10 @@ class ModelSpec:
         name: registry name (``--model``).
         build: ``build(num_classes, pretrained, img_size) -> Classifier``.
         mean, std: input normalisation on ``[0, 1]`` pixels the backbone expects.
-        target_layer: dotted module name for Grad-CAM.
+        target_layer: dotted module name for Grad-CAM (the backbone output, the coarsest feature map).
+        feature_layers: dotted module names of the backbone's feature maps from fine to coarse (strides 4, 8, 16
+            and 32 of the input where the network has them; the last is ``target_layer``): the layer stack that
+            multi-layer CAMs fuse and that a tumour-map decoder (:mod:`braintumor.models.segmentation`) taps.
         pretrained_source: where pretrained weights come from (``"bundled"``, a URL, or ``None``).
         pretrained_default: use pretrained weights unless told otherwise.
         description: one line for ``braintumor models``.
@@ -75,6 +96,7 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     target_layer: str = "backbone"
+    feature_layers: tuple[str, ...] = ("backbone",)
     pretrained_source: str | None = None
     pretrained_default: bool = False
     description: str = ""
