@@ -274,6 +274,10 @@ def cv(
                                       help="Also run a naive image-level split and report the inflation."),
     init_from: Path | None = typer.Option(None, "--init-from", help="Start every fold from the backbone of this "
                                           "run folder (trained without copies of DATA_DIR: --exclude-copies-of)."),
+    masks: Path | None = typer.Option(None, "--masks", help="Tumour masks: every fold trains a tumour-map decoder "
+                                      "too (see train --help)."),
+    group_by: str | None = typer.Option(None, "--group-by", help="Patient groups kept inside one fold: id-runs, "
+                                        "id-blocks:N or a CSV path,group."),
 ):
     """Cross-validate: one model per fold (group-aware), mean and 95% CI per metric, pooled out-of-fold results.
 
@@ -290,7 +294,8 @@ def cv(
     given = dict(model=model, img_size=img_size, epochs=epochs, epochs_frozen=epochs_frozen, batch_size=batch_size,
                  seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
-                 init_from=str(init_from) if init_from else None)
+                 init_from=str(init_from) if init_from else None, masks=str(masks) if masks else None,
+                 group_by=group_by)
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,
@@ -460,13 +465,20 @@ def predict(
                                    help="One row per volume (DICOM series, NIfTI file, multi-frame DICOM): the "
                                         "slice with the highest tumour probability decides; 2-D images stay "
                                         "one row each."),
+    outline: bool = typer.Option(False, "--outline",
+                                 help="Add the tumour outline of each image (runs trained with --masks): area in "
+                                      "pixels and mm² (DICOM/NIfTI pixel spacing), bounding box and contour in "
+                                      "the image's own coordinates. Same model pass as the probabilities."),
+    outline_threshold: float = typer.Option(0.5, "--outline-threshold", min=0.0, max=1.0,
+                                            help="Tumour-map probability at and above which a pixel is tumour."),
 ):
     """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
 
     Volumes (NIfTI, DICOM series folders, multi-frame DICOM) are read as the slices the run was trained on
     (`--slices`), one row per slice (`scan.nii.gz#12`), plus a per-volume summary in the table; `--by-volume`
-    writes only the per-volume rows. Exit code 0 when every file was read, 1 when some could not be, 2 on a usage
-    error.
+    writes only the per-volume rows. `--outline` adds the tumour outline (table: tumour area; csv: area, box and
+    the outline as JSON; json: the outline object). Exit code 0 when every file was read, 1 when some could not
+    be, 2 on a usage error.
 
     Example: braintumor predict runs/navoneel scans/ --format csv --out predictions.csv
     """
@@ -487,7 +499,17 @@ def predict(
         raise UsageError(f"no image files found in {', '.join(paths)}")
     if heatmaps is not None and model.is_file():
         raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
+    if outline:
+        from .outline import NO_DECODER, outline_summary, predict_outlines, require_tumour_map
+        from .rundir import RunDir
+
+        if by_volume:
+            raise UsageError("--outline gives one outline per image: use it without --by-volume")
+        if model.is_dir() and not isinstance(RunDir(model).read_metadata().get("tumour_map"), dict):
+            raise UsageError(NO_DECODER)  # said before any on-demand ONNX export
     predictor = load_predictor(model, device=device, backend=backend, notice=_notice)
+    if outline:
+        require_tumour_map(predictor)
     from .data.slices import parse_slices, summarise_volumes
 
     slices = parse_slices(slices or (predictor.metadata.get("data") or {}).get("slices"))
@@ -497,7 +519,11 @@ def predict(
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True, disable=len(files) <= batch_size) as bar:
         task = bar.add_task("predicting", total=len(files))
-        preds = predictor.predict_paths(files, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+        if outline:  # probabilities and tumour maps from one model pass per batch
+            preds = predict_outlines(predictor, files, batch_size=batch_size, threshold=outline_threshold,
+                                     progress=lambda n: bar.advance(task, n))
+        else:
+            preds = predictor.predict_paths(files, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
     if heatmaps is not None:
         try:
             from .explain import explain
@@ -522,8 +548,40 @@ def predict(
     if out is not None and fmt == "table":
         out_fmt = {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "table")
     vols = summarise_volumes(preds, predictor.positive_class, include_images=by_volume)
+
+    def outline_table() -> Table:
+        t = Table(show_header=True)
+        for col in ("path", "label", *[f"p({c})" for c in predictor.classes], "tumour area", "error"):
+            t.add_column(col, overflow="fold")
+        for p, row in zip(preds, _prediction_rows(preds, predictor.classes), strict=True):
+            cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(predictor.classes) and v else v for i, v in enumerate(row)]
+            t.add_row(*cells[:-1], outline_summary(p.outline), cells[-1])
+        return t
+
     if by_volume:
         text = _format_volumes(vols, "json" if out_fmt == "json" else "csv")
+    elif outline and out_fmt == "csv":
+        import csv
+        import io
+        import json
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "label", *[f"p_{c}" for c in predictor.classes], "error", "tumour_found",
+                    "tumour_area_px", "tumour_area_mm2", "tumour_bbox", "outline"])
+        for p, row in zip(preds, _prediction_rows(preds, predictor.classes), strict=True):
+            o = p.outline or {}
+            w.writerow([*row, "" if not o else int(o["found"]), o.get("area_px", ""),
+                        "" if o.get("area_mm2") is None else o["area_mm2"],
+                        "" if not o.get("bbox") else " ".join(map(str, o["bbox"])),
+                        json.dumps(o, separators=(",", ":")) if o else ""])
+        text = buf.getvalue()
+    elif outline and out_fmt == "table":
+        import io
+
+        buf_console = Console(record=True, width=160, file=io.StringIO())
+        buf_console.print(outline_table())
+        text = buf_console.export_text()
     else:
         text = _format_predictions(preds, predictor, out_fmt)
     if out is not None:
@@ -533,7 +591,7 @@ def predict(
                           f"{'volume' if by_volume else 'prediction'}(s) to {out}")
     elif fmt == "table":
         if not by_volume:
-            console.print(_prediction_table(preds, predictor.classes))
+            console.print(outline_table() if outline else _prediction_table(preds, predictor.classes))
         if vols:
             console.print(_volume_table(vols))
     else:
@@ -560,8 +618,10 @@ def export(
     """Export a run to one ONNX file (dynamic batch, metadata embedded) after a parity check against torch.
 
     The export fails (exit 1, nothing written) when onnxruntime's probabilities differ from torch's by more
-    than --atol on real images. `predict RUN_DIR` and `serve RUN_DIR` reuse RUN_DIR/model.onnx while it matches
-    the run's best checkpoint (and export it themselves when it is missing or stale).
+    than --atol on real images. A run trained with --masks also exports its tumour map (a third output,
+    `tumour_map`), checked the same way (largest difference 1e-3). `predict RUN_DIR` and `serve RUN_DIR` reuse
+    RUN_DIR/model.onnx while it matches the run's best checkpoint (and export it themselves when it is missing or
+    stale).
 
     Example: braintumor export runs/navoneel --out navoneel.onnx
     """
@@ -571,6 +631,9 @@ def export(
         res = export_onnx(run_dir, out, check_images=check or None, atol=atol)
     console.print(f"wrote [bold]{res.path}[/bold] ({res.size_bytes / 1e6:.1f} MB); parity on {res.check_source}: "
                   f"max |p_torch - p_onnx| = {res.max_abs_diff:.2e} (<= {atol:g}), labels agree: {res.labels_agree}")
+    if res.map_max_abs_diff is not None:
+        console.print(f"tumour map output 'tumour_map': max |map_torch - map_onnx| = {res.map_max_abs_diff:.2e} "
+                      f"(<= 1e-3)")
 
 
 @app.command()

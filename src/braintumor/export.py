@@ -1,14 +1,18 @@
 """ONNX export of a run, and :class:`OnnxPredictor`: the exported file alone is enough to predict.
 
 The exported graph takes a normalised ``float32`` batch ``input`` of shape ``(batch, 3, S, S)`` (dynamic batch) and
-returns ``logits`` and ``probabilities`` (softmax of ``logits / temperature``). Everything else a prediction needs
-(classes, the preprocessing, input size, normalisation, temperature, threshold, positive class, model name, data
-and weights fingerprints) is embedded in the file's ``metadata_props``: ``braintumor.metadata`` holds the run's
-metadata as JSON, and a few flat keys (``classes``, ``img_size``...) make it readable in tools such as Netron.
+returns ``logits`` and ``probabilities`` (softmax of ``logits / temperature``); a run trained with tumour masks (a
+tumour-map decoder, see :mod:`braintumor.models.segmentation`) adds a third output, ``tumour_map`` ``(batch, S, S)``:
+the tumour probability map (sigmoid of the decoder's logits), from the same backbone pass. Everything else a
+prediction needs (classes, the preprocessing, input size, normalisation, temperature, threshold, positive class,
+model name, data and weights fingerprints) is embedded in the file's ``metadata_props``: ``braintumor.metadata``
+holds the run's metadata as JSON, and a few flat keys (``classes``, ``img_size``...) make it readable in tools such
+as Netron.
 
 At export the ONNX model is run next to the torch model on real images (the run's validation images from
 ``split.csv``, or images you give); the export FAILS (:class:`ParityError`, no file written) when the largest
-absolute difference of the probabilities exceeds ``atol`` (default ``1e-4``).
+absolute difference of the probabilities exceeds ``atol`` (default ``1e-4``), or, with a tumour map, that of the
+maps exceeds ``map_atol`` (default ``1e-3``).
 
 Example:
     >>> from braintumor.export import export_onnx, OnnxPredictor
@@ -44,11 +48,14 @@ from .rundir import RunDir, atomic_write_bytes
 METADATA_KEY = "braintumor.metadata"
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probabilities")
+#: The extra output of a run with a tumour-map decoder.
+MAP_OUTPUT = "tumour_map"
 OPSET = 17
 
 
 class ParityError(BrainTumorError):
-    """The exported ONNX model does not reproduce the torch model's probabilities: the export is refused."""
+    """The exported ONNX model does not reproduce the torch model's probabilities (or tumour maps): the export is
+    refused."""
 
 
 def _require_onnx():
@@ -83,6 +90,20 @@ class _Exportable(torch.nn.Module):
         return logits, torch.softmax(logits * self.inv_temperature, dim=1)
 
 
+class _ExportableWithMap(_Exportable):
+    """``logits``, ``probabilities`` and ``tumour_map`` of a model with a tumour-map decoder, in one backbone pass.
+
+    The last two are what :class:`~braintumor.models.segmentation.ProbabilitiesAndMap` returns; ``logits`` stays
+    the first output so every consumer of a plain export (and :meth:`OnnxPredictor.logits`) works unchanged.
+    """
+
+    def forward(self, input: torch.Tensor):  # noqa: A002 - the ONNX input name
+        from .models.segmentation import forward_with_map
+
+        logits, maps = forward_with_map(self.model, input)
+        return logits, torch.softmax(logits * self.inv_temperature, dim=1), torch.sigmoid(maps[:, 0])
+
+
 @dataclass
 class ExportResult:
     """What :func:`export_onnx` wrote and how closely it matches torch."""
@@ -93,10 +114,13 @@ class ExportResult:
     check_source: str
     labels_agree: bool
     size_bytes: int
+    #: largest absolute difference of the tumour maps (runs with a tumour-map decoder; else ``None``)
+    map_max_abs_diff: float | None = None
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "max_abs_diff": self.max_abs_diff, "n_checked": self.n_checked,
-                "check_source": self.check_source, "labels_agree": self.labels_agree, "size_bytes": self.size_bytes}
+                "check_source": self.check_source, "labels_agree": self.labels_agree, "size_bytes": self.size_bytes,
+                "map_max_abs_diff": self.map_max_abs_diff}
 
 
 def onnx_metadata(predictor: Predictor) -> dict[str, str]:
@@ -127,6 +151,9 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
         "input": f"{INPUT_NAME}: float32 (batch, 3, {pre.img_size}, {pre.img_size}), normalised by the Preprocessor",
         "outputs": "logits (batch, n_classes); probabilities = softmax(logits / temperature)",
     }
+    if predictor.has_tumour_map:
+        props["outputs"] += (f"; {MAP_OUTPUT} (batch, {pre.img_size}, {pre.img_size}) = tumour probability map on "
+                             f"the prepared image")
     if stamp is not None:
         props["checkpoint_sha256"] = stamp["sha256"]
     return props
@@ -134,17 +161,19 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
 
 def _export_bytes(predictor: Predictor) -> bytes:
     """The legacy TorchScript-based exporter (opset 17, dynamic batch): robust for every registered model."""
+    with_map = predictor.has_tumour_map
     model = predictor.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    wrapper = _Exportable(model, predictor.temperature).eval()
+    wrapper = (_ExportableWithMap if with_map else _Exportable)(model, predictor.temperature).eval()
     s = predictor.preprocessor.img_size
     dummy = torch.zeros(2, 3, s, s)
+    names = list(OUTPUT_NAMES) + ([MAP_OUTPUT] if with_map else [])
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (dummy,), buf, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES), do_constant_folding=True,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+            output_names=names, do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
         )
     # Put the model back the way the Predictor uses it (plain NCHW, see Predictor.__init__).
     predictor.model = model.to(predictor.device)
@@ -222,8 +251,8 @@ def _reference_proba(predictor: Predictor, prepared: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
-                check_images: Sequence[str | Path] | None = None, n_check: int = 64, atol: float = 1e-4
-                ) -> ExportResult:
+                check_images: Sequence[str | Path] | None = None, n_check: int = 64, atol: float = 1e-4,
+                map_atol: float = 1e-3) -> ExportResult:
     """Export a run (folder or loaded :class:`Predictor`) to one self-describing ONNX file.
 
     Args:
@@ -232,9 +261,12 @@ def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
         check_images: files/folders/globs for the parity check (default: the run's validation images).
         n_check: at most this many images are compared.
         atol: largest accepted absolute difference of any probability.
+        map_atol: largest accepted absolute difference of any tumour-map pixel (runs with a tumour-map decoder,
+            which export a third output, ``tumour_map``).
 
     Raises:
-        ParityError: onnxruntime's probabilities differ from torch's by more than ``atol`` (nothing written).
+        ParityError: onnxruntime's probabilities differ from torch's by more than ``atol``, or its tumour maps by
+            more than ``map_atol`` (nothing written).
         RunError: not a run folder.
 
     Example:
@@ -251,14 +283,14 @@ def export_onnx(run: str | Path | Predictor, out: str | Path | None = None, *,
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"{out}: the output file must end in .onnx")
-    data, res = _build_checked(predictor, check_images, n_check, atol)
+    data, res = _build_checked(predictor, check_images, n_check, atol, map_atol)
     atomic_write_bytes(out, lambda fh: fh.write(data))
     res.path = out
     return res
 
 
-def _build_checked(predictor: Predictor, check_images: Sequence[str | Path] | None, n_check: int, atol: float
-                   ) -> tuple[bytes, ExportResult]:
+def _build_checked(predictor: Predictor, check_images: Sequence[str | Path] | None, n_check: int, atol: float,
+                   map_atol: float = 1e-3) -> tuple[bytes, ExportResult]:
     """The ONNX bytes of ``predictor`` after the parity check (``ExportResult.path`` not set yet)."""
     if predictor.model is None:
         raise UsageError("export needs a torch model (a run folder), not an ONNX predictor")
@@ -266,22 +298,32 @@ def _build_checked(predictor: Predictor, check_images: Sequence[str | Path] | No
     data = _with_metadata(_export_bytes(predictor), onnx_metadata(predictor))
 
     prepared, source = _check_images(predictor, check_images, n_check)
-    ref = _reference_proba(predictor, prepared)
     onnx_pred = OnnxPredictor(data)
-    got = onnx_pred.proba_prepared(prepared, batch_size=16)
+    map_diff = None
+    if predictor.has_tumour_map:
+        ref, ref_maps = predictor.proba_and_maps_prepared(prepared)
+        got, got_maps = onnx_pred.proba_and_maps_prepared(prepared, batch_size=16)
+        map_diff = float(np.abs(ref_maps - got_maps).max()) if len(ref_maps) else 0.0
+    else:
+        ref = _reference_proba(predictor, prepared)
+        got = onnx_pred.proba_prepared(prepared, batch_size=16)
     diff = float(np.abs(ref - got).max()) if len(ref) else 0.0
     agree = predictor.labels_from_proba(ref) == onnx_pred.labels_from_proba(got)
     if not np.isfinite(diff) or diff > atol:
         raise ParityError(f"ONNX export refused: probabilities differ from torch by {diff:.3g} (> {atol:g}) "
                           f"on {source}")
-    return data, ExportResult(Path(), diff, len(prepared), source, agree, len(data))
+    if map_diff is not None and (not np.isfinite(map_diff) or map_diff > map_atol):
+        raise ParityError(f"ONNX export refused: tumour maps differ from torch by {map_diff:.3g} (> {map_atol:g}) "
+                          f"on {source}")
+    return data, ExportResult(Path(), diff, len(prepared), source, agree, len(data), map_diff)
 
 
 class OnnxPredictor(Predictor):
     """A :class:`Predictor` backed by onnxruntime and a file written by :func:`export_onnx`.
 
     Same interface (``predict_paths``, ``proba_prepared``, ``predict_proba``, ``labels_from_proba``,
-    ``classes``, ``threshold``...). The preprocessing is the run's :class:`Preprocessor`, rebuilt from the file's
+    ``classes``, ``threshold``...; ``has_tumour_map`` and ``proba_and_maps_prepared`` for an export of a run with a
+    tumour-map decoder). The preprocessing is the run's :class:`Preprocessor`, rebuilt from the file's
     metadata. ``model`` is ``None``: Grad-CAM needs the torch model of a run folder.
 
     Args:
@@ -344,6 +386,33 @@ class OnnxPredictor(Predictor):
         outs = [self.session.run(["logits"], {INPUT_NAME: arr[i:i + batch_size]})[0]
                 for i in range(0, len(arr), batch_size)]
         return torch.from_numpy(np.concatenate(outs)) if outs else torch.empty(0, len(self.classes))
+
+    @property
+    def has_tumour_map(self) -> bool:
+        """Whether the file has the ``tumour_map`` output (an export of a run trained with ``--masks``)."""
+        return MAP_OUTPUT in {o.name for o in self.session.get_outputs()}
+
+    def proba_and_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(N, K)`` and tumour probability maps ``float32`` ``(N, S, S)``, in one run per batch.
+
+        The probabilities are computed from ``logits`` exactly as :meth:`proba_prepared` does.
+
+        Raises:
+            UsageError: the file has no tumour map.
+        """
+        if not self.has_tumour_map:
+            raise UsageError("this run has no tumour-map decoder: train it with --masks DIR")
+        s = self.preprocessor.img_size
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, s, s), np.float32)
+        logits, maps = [], []
+        for i in range(0, len(images), batch_size):
+            x = np.ascontiguousarray(self.preprocessor.normalise(images[i:i + batch_size]).numpy(), dtype=np.float32)
+            z, m = self.session.run(["logits", MAP_OUTPUT], {INPUT_NAME: x})
+            logits.append(z)
+            maps.append(m)
+        z = torch.from_numpy(np.concatenate(logits)) / self.temperature
+        return torch.softmax(z, dim=1).numpy(), np.concatenate(maps).astype(np.float32)
 
 
 # ------------------------------------------------------------------ the run folder's fast path (export on demand)
@@ -445,6 +514,8 @@ def onnx_for_run(run_dir: str | Path, *, predictor: Predictor | None = None, cac
         m = pred.metadata
         if _prediction_settings(m) != settings:
             return None
+        if isinstance(meta.get("tumour_map"), dict) and not pred.has_tumour_map:
+            return None  # exported before the tumour-map output existed
         stamp = m.get("checkpoint")
         if isinstance(stamp, dict):
             st = ckpt.stat()

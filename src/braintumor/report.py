@@ -32,6 +32,8 @@ RUN_SECTIONS = ("summary", "data", "audit", "metrics", "curves", "confusion", "r
                 "samples", "gradcam", "caveats")
 CV_SECTIONS = ("summary", "data", "audit", "metrics", "folds", "pooled", "confusion", "roc", "calibration", "leakage",
                "caveats")
+#: The extra section of runs trained with tumour masks (``metadata.json`` ``tumour_map``).
+MAP_SECTION = "tumour-map"
 AUDIT_MAX_IMAGES = 3000  # run the duplicate audit from the report only when the data set is this small
 
 CSS = """
@@ -212,11 +214,94 @@ def _val_groups(paths: list[str]) -> list[str] | None:
         return None
 
 
-def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_boot: int = 1000) -> Path:
+def _dice_curve_uri(history: Path) -> str:
+    """The validation Dice (and mean highest tumour probability on no-tumour images) per epoch, as a PNG data URI;
+    ``""`` when ``history.csv`` has no ``val_dice``."""
+    if not history.is_file():
+        return ""
+    with open(history, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if (r.get("val_dice") or "") != ""]
+    if not rows:
+        return ""
+    from .plots import plt
+
+    ep = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(ep, [float(r["val_dice"]) for r in rows], "o-", ms=3, label="validation Dice (map >= 0.5)")
+    neg = [(e, float(r["val_negative_max"])) for e, r in zip(ep, rows, strict=True)
+           if (r.get("val_negative_max") or "") != ""]
+    if neg:
+        ax.plot(*zip(*neg, strict=True), "s--", ms=3, label="no-tumour images: highest probability (mean)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return _png_uri(buf.getvalue())
+
+
+def _map_examples(run: RunDir, tm: dict, n: int) -> str:
+    """Validation images with their predicted tumour outline (green) and the true mask's (red); ``""`` when the
+    mask folder or the validation images are gone."""
+    from .data.masks import find_mask, load_mask, prepare_mask
+    from .data.read import read_image
+    from .inference import Predictor
+    from .outline import draw_outline, mask_outline, outline, prepare_with_geometry
+
+    masks_dir = tm.get("masks")
+    split = run.root / "split.csv"
+    if not masks_dir or not Path(masks_dir).is_dir() or not split.is_file() or n <= 0:
+        return ""
+    with open(split, newline="") as fh:
+        paths = [r["path"] for r in csv.DictReader(fh) if r.get("subset") == "val"]
+    pred = Predictor.from_run(run.root, device="cpu")
+    pre = pred.preprocessor
+    items = []
+    for p in paths[:400]:
+        mpath = find_mask(p, masks_dir)
+        if mpath is None:
+            continue
+        try:
+            raw = read_image(p)
+            prepared, geo = prepare_with_geometry(pre, raw)
+            true = prepare_mask(pre, raw, load_mask(mpath))
+        except Exception:  # noqa: BLE001 - a moved or broken file just loses its figure
+            continue
+        if true.any():
+            items.append((p, raw, prepared, geo, true))
+        if len(items) >= n:
+            break
+    if not items:
+        return ""
+    _, maps = pred.proba_and_maps_prepared(np.stack([it[2] for it in items]))
+    figs = []
+    for (p, raw, _, geo, true), m in zip(items, maps, strict=True):
+        got, ref = outline(m, geo), mask_outline(true, geo)
+        hit = m >= got["threshold"]
+        dice = 2 * float((hit & true).sum()) / max(1, int(hit.sum() + true.sum()))
+        top, left, bottom, right = geo.box
+        crop = raw[top:bottom, left:right]
+        k = max(1, int(np.ceil(280 / max(crop.shape[:2]))))  # small images: enlarge, so the lines stay thin
+        big = np.repeat(np.repeat(crop, k, axis=0), k, axis=1)
+        img = draw_outline(big, ref, (230, 40, 40), scale=k, offset=(left, top))
+        img = draw_outline(img, got, (40, 220, 80), scale=k, offset=(left, top))
+        name = Path(p).name
+        figs.append(_figure(_array_uri(img), name, f"{_esc(name)}<br>Dice {dice:.2f}; predicted "
+                                                   f"{got['area_px']:.0f} px, true {ref['area_px']:.0f} px"))
+    return (f'<h3>Validation images: predicted outline (green) and true mask (red)</h3><div class="grid">'
+            f'{"".join(figs)}</div><p class="muted">Outlines on the original image (cropped to the brain), '
+            f"tumour map thresholded at 0.5; Dice on the model's input grid.</p>")
+
+
+def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_boot: int = 1000,
+                 n_maps: int = 6) -> Path:
     """Write ``RUN/report.html`` for a training run folder and return its path.
 
     Bootstrap CIs of the validation metrics are computed from ``predictions.csv`` (over duplicate groups when the
     audit is available). The audit is read from ``RUN/audit.json`` or run on small data sets and saved there.
+    A run trained with tumour masks gets a "Tumour map" section: the mask summary, the validation Dice per epoch
+    and ``n_maps`` validation images with the predicted and the true outline (when the mask folder is still there).
     """
     run = RunDir(run_dir)
     meta = run.read_metadata()
@@ -384,6 +469,29 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
     def curves() -> str:
         return _img_file(run.curves, "training curves")
 
+    def tumour_map() -> str:
+        tm = meta.get("tumour_map") or {}
+        rows = [[side, *[(tm.get(key) or {}).get(k, "-") for k in ("masked", "negative", "without", "problems")]]
+                for side, key in (("training", "train"), ("validation", "val"))]
+        out = (f"<p>A tumour-map decoder on {_esc(', '.join(map(str, tm.get('layers') or [])) or '?')} "
+               f"(width {_esc(tm.get('width', '?'))}) was trained with the masks in <code>{_esc(tm.get('masks'))}"
+               f"</code> (mask loss weight {_esc(tm.get('mask_weight', '?'))}). <code>braintumor predict --outline"
+               "</code> and the API's <code>outline=true</code> turn its map into a tumour outline.</p>"
+               + _table(["images", "with a lesion mask", "no-tumour (empty target)", "without a mask",
+                         "masks left out"], rows))
+        problems = tm.get("problems") or []
+        if problems:
+            out += _table(["mask left out", "reason"], [[q.get("path"), q.get("reason")] for q in problems[:10]])
+            if len(problems) > 10:
+                out += f'<p class="muted">... and {len(problems) - 10} more (metadata.json).</p>'
+        uri = _dice_curve_uri(run.history)
+        if uri:
+            out += (f'<h3>Validation Dice per epoch</h3><img class="fig" alt="validation Dice" src="{uri}">'
+                    '<p class="muted">Dice of the map thresholded at 0.5 against the masks of validation tumour '
+                    "images; the dashed line is the highest tumour probability on no-tumour images (lower is "
+                    "better).</p>")
+        return out + _map_examples(run, tm, n_maps)
+
     def caveats() -> str:
         d = meta.get("data", {})
         items = [f"The validation split is small ({d.get('n_val')} images): see the width of the intervals above. "
@@ -407,6 +515,8 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                 ("calibration", "Calibration", calibration), ("per-class", "Per-class metrics", per_class),
                 ("samples", "Sample predictions", samples), ("gradcam", "Grad-CAM", gradcam),
                 ("caveats", "Caveats", caveats)]
+    if isinstance(meta.get("tumour_map"), dict):
+        sections.insert(-1, (MAP_SECTION, "Tumour map", tumour_map))
     page = _page(f"braintumor run report: {run.root.name}",
                  f"{meta['model']} on {meta.get('data', {}).get('data_dir')}", sections)
     atomic_write_text(run.report, page)

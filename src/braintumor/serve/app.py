@@ -6,6 +6,10 @@
   the export fails): its session is thread-safe and runs requests concurrently. Grad-CAM (``explain=true``)
   needs the torch model, which is loaded next to it and guarded by a lock (Grad-CAM temporarily changes the
   model's hooks and gradient flags). With ``backend="torch"`` the torch model does both, behind the lock.
+* A run trained with tumour masks also gives a tumour outline (``outline=true``: area in pixels and, for DICOM and
+  NIfTI uploads, mm², bounding box and contour in the uploaded image's coordinates, see :mod:`braintumor.outline`),
+  from the same model pass as the probabilities. ``GET /v1/model`` says whether the model has a tumour map
+  (``tumour_map``); ``outline=true`` on a model without one is a 400.
 * Bad input never gives a 500: an oversized upload is a 413 (checked on ``Content-Length`` and while streaming),
   an image whose header announces more than ``max_pixels`` pixels is a 413 before any pixel is decoded, a
   non-image is a 415, a corrupt/truncated/too small image or a missing ``file`` field is a 422.
@@ -91,6 +95,32 @@ class ModelService:
         info = predictor.model_info()
         self.model = {"name": info["name"], "version": info["version"], "fingerprint": info["fingerprint"]}
         self.info = info
+        # The engine of outlines: the served predictor when it has the tumour-map output, else the torch model.
+        self.mapper = next((m for m in (predictor, explainer) if m is not None and getattr(m, "has_tumour_map", False)),
+                           None)
+        self._map_lock = self._lock if self.mapper is predictor else self._explain_lock
+
+    @property
+    def has_tumour_map(self) -> bool:
+        """Whether outlines are available (a run trained with tumour masks)."""
+        return self.mapper is not None
+
+    def predict_outline(self, image: np.ndarray, spacing=None, threshold: float = 0.5
+                        ) -> tuple[dict, dict, np.ndarray]:
+        """:meth:`predict`'s result, the tumour outline (:func:`braintumor.outline.outline`, in ``image``'s
+        coordinates; ``spacing``: ``(row, col)`` mm) and the prepared image ``(1, S, S, 3)``, from one model pass."""
+        from ..outline import NO_DECODER, outline, prepare_with_geometry
+
+        m = self.mapper
+        if m is None:
+            raise RejectedInput(400, f"outline=true: {NO_DECODER}")
+        prepared, geo = prepare_with_geometry(m.preprocessor, image)
+        prepared = prepared[None]
+        with self._map_lock:
+            proba, maps = m.proba_and_maps_prepared(prepared)
+        label = m.labels_from_proba(proba)[0]
+        out = {"label": label, "probabilities": {c: float(v) for c, v in zip(m.classes, proba[0], strict=True)}}
+        return out, outline(maps[0], geo, threshold=threshold, spacing=spacing), prepared
 
     @property
     def can_explain(self) -> bool:
@@ -134,12 +164,16 @@ class ModelService:
             ex = module.explain_prepared(self.explainer, prepared, method="gradcam", target=target)[0]
         return self._overlay(ex)
 
-    def predict_explain(self, image: np.ndarray) -> tuple[dict, dict]:
+    def predict_explain(self, image: np.ndarray, prepared: np.ndarray | None = None, out: dict | None = None
+                        ) -> tuple[dict, dict]:
         """:meth:`predict` plus the Grad-CAM overlay of the predicted label: the image is prepared once, and the
-        torch model runs only the Grad-CAM pass (the probabilities are the prediction's)."""
+        torch model runs only the Grad-CAM pass (the probabilities are the prediction's; give ``prepared`` and
+        ``out`` when they are known already)."""
         module = self._require_explainer()
-        prepared = self.predictor.preprocessor.prepare(image)[None]
-        out = self.predict(image, prepared)
+        if prepared is None:
+            prepared = self.predictor.preprocessor.prepare(image)[None]
+        if out is None:
+            out = self.predict(image, prepared)
         label = out["label"]
         with self._explain_lock:
             cam = module.heatmaps(self.explainer, prepared, [self.explainer.classes.index(label)], "gradcam")
@@ -162,6 +196,13 @@ def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DE
     Raises:
         RejectedInput: 413 too large, 415 not an image, 422 corrupt/truncated/too small.
     """
+    return decode_upload_with_spacing(data, filename, max_pixels)[0]
+
+
+def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+                               ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """:func:`decode_upload` and the upload's pixel spacing in mm (DICOM/NIfTI headers; ``None`` for rasters),
+    see :func:`braintumor.outline.pixel_spacing`."""
     from PIL import Image
 
     from ..data.read import read_image
@@ -189,11 +230,17 @@ def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DE
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         try:
-            return read_image(tmp)
+            img = read_image(tmp)
         except UnreadableImageError as exc:
             raise RejectedInput(_status_for(exc.reason, identified), f"unreadable image: {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault, never a 500
             raise RejectedInput(422 if identified else 415, f"unreadable image: {type(exc).__name__}") from None
+        spacing = None
+        if not identified:  # raster images carry no physical size
+            from ..outline import pixel_spacing
+
+            spacing = pixel_spacing(tmp)
+        return img, spacing
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -361,26 +408,45 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
                                            "properties": {FIELD: {"type": "string", "format": "binary"}}}},
         "image/*": {"schema": {"type": "string", "format": "binary"}}}}
-    errors = {400: {"description": "malformed request, or explain=true on an ONNX model"},
+    errors = {400: {"description": "malformed request, explain=true on an ONNX model, or outline=true on a model "
+                                   "without a tumour map"},
               413: {"description": f"upload over {limit_mb:g} MB, or image over {max_pixels} pixels"},
               415: {"description": "not an image"},
               422: {"description": "corrupt, truncated or too small image; missing 'file' field"}}
 
     @app.post("/v1/predict", summary="Classify one image", responses=errors, openapi_extra={"requestBody":
               predict_body})
-    async def predict(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay PNG "
-                                                                                  "(base64); run folders only")):
+    async def predict(request: Request,
+                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64); run folders "
+                                                               "only"),
+                      outline: bool = Query(False, description="add the tumour outline (area, bounding box, "
+                                                               "contour); models trained with tumour masks only"),
+                      outline_threshold: float = Query(0.5, ge=0.0, le=1.0,
+                                                       description="tumour-map probability at and above which a "
+                                                                   "pixel is tumour (with outline=true)")):
         """Upload one image (multipart field ``file``). Returns ``label``, ``probabilities`` (class -> p, after the
         run's temperature), ``threshold`` (binary decision threshold, or null for argmax) and ``model``
-        ``{name, version, fingerprint}``. With ``explain=true``: ``overlay`` ``{method, target, png_base64}``."""
+        ``{name, version, fingerprint}``. With ``explain=true``: ``overlay`` ``{method, target, png_base64}``.
+        With ``outline=true``: ``outline`` ``{found, area_px, area_mm2, bbox, components: [{contours}]...}`` in the
+        uploaded image's pixel coordinates (x right, y down; mm² only for DICOM/NIfTI, whose headers give the
+        pixel spacing)."""
         t0 = time.perf_counter()
         if explain and not service.can_explain:
             raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
                                      "ONNX file")
+        if outline and not service.has_tumour_map:
+            from ..outline import NO_DECODER
+
+            raise RejectedInput(400, f"outline=true: {NO_DECODER}")
         body = await read_body(request)
         data, filename = await image_bytes(request, body)
-        img = await run_in_threadpool(decode_upload, data, filename, max_pixels)
-        if explain:
+        img, spacing = await run_in_threadpool(decode_upload_with_spacing, data, filename, max_pixels)
+        shape = None
+        if outline:
+            out, shape, prepared = await run_in_threadpool(service.predict_outline, img, spacing, outline_threshold)
+            if explain:
+                _, overlay = await run_in_threadpool(service.predict_explain, img, prepared, out)
+        elif explain:
             out, overlay = await run_in_threadpool(service.predict_explain, img)
         else:
             out = await run_in_threadpool(service.predict, img)
@@ -388,13 +454,17 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                     "model": service.model, "image": {"width": int(img.shape[1]), "height": int(img.shape[0])}})
         if explain:
             out["overlay"] = overlay
+        if outline:
+            out["outline"] = shape
         out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
     @app.get("/v1/model", summary="The served model")
     async def model_info():
-        """Name, version (run), weights fingerprint, classes, input size, temperature, threshold and limits."""
-        return dict(service.info, explain_available=service.can_explain, notice=NOTICE,
+        """Name, version (run), weights fingerprint, classes, input size, temperature, threshold, limits, and
+        whether Grad-CAM (``explain_available``) and outlines (``tumour_map``) are available."""
+        return dict(service.info, explain_available=service.can_explain, tumour_map=service.has_tumour_map,
+                    notice=NOTICE,
                     limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "field": FIELD})
 
     @app.get("/healthz", summary="Liveness")
