@@ -1,13 +1,15 @@
-"""Explanation latency per image, per method (gradcam, gradcam++, occlusion), on one model.
+"""Explanation latency per image, per method (gradcam, gradcam++, hirescam, layercam, occlusion), on one model.
 
     python benchmarks/explain_latency.py [RUN_DIR] [--images FOLDER] [--n 8] [--occlusion-n 3]
+                                         [--methods default,gradcam,layercam]
     python benchmarks/explain_latency.py --model efficientnet-lite0 --img-size 224     # no run: random weights
 
 ``braintumor.explain(predictor, image, method)`` on one raw image at a time (preprocessing, forward, backward or
 occlusion passes, heat map and overlay included), after one warm-up call per method. Without RUN_DIR the default
 model at 224 px with random weights is timed (the cost does not depend on the weights). Images: the files of
 ``--images``, else 256 px synthetic phantoms made in memory. Reports wall-clock p50/p95/mean ms and CPU ms per
-image (all threads). Prints one JSON object; writes nothing.
+image (all threads). ``--methods`` takes the package's method names and ``default`` (``DEFAULT_METHOD``). Prints
+one JSON object; writes nothing.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--images", help="a folder of images (default: synthetic phantoms)")
-    ap.add_argument("--methods", default="gradcam,gradcam++,occlusion")
+    ap.add_argument("--methods", default="gradcam,gradcam++,hirescam,layercam,occlusion")
     ap.add_argument("--n", type=int, default=8, help="images per method")
     ap.add_argument("--occlusion-n", type=int, default=3, help="images for occlusion (many forward passes each)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
@@ -65,12 +67,13 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    from braintumor.explain import explain
+    from braintumor.explain import DEFAULT_METHOD, check_method, explain
 
     pred = _predictor(args)
     images = _images(args, max(args.n, args.occlusion_n) + 1)
     rows = {}
     for method in args.methods.split(","):
+        method = check_method(DEFAULT_METHOD if method == "default" else method)
         n = args.occlusion_n if method == "occlusion" else args.n
         explain(pred, images[-1], method=method).overlay()  # warm-up
         lat = []
@@ -86,6 +89,7 @@ def main() -> None:
     emit({"benchmark": "explain_latency", "machine": machine(), "load_average": load_average(),
           "model": pred.metadata.get("model"), "img_size": pred.preprocessor.img_size,
           "weights": "run" if args.run else "random", "image_source": args.images or "phantoms 256 px",
+          "default_method": DEFAULT_METHOD,
           "results": rows})
 
 

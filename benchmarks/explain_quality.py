@@ -1,7 +1,28 @@
-"""Explanation quality on synthetic phantoms, per registered model: localisation, faithfulness, sanity.
+"""Explanation quality: localisation, faithfulness and sanity of heatmaps, on phantoms or on real outlines.
 
     python benchmarks/explain_quality.py [--models cnn,resnet18] [--size 96] [--train 320] [--test 100]
                                          [--epochs 12] [--methods gradcam,gradcam++] [--threads 2]
+    python benchmarks/explain_quality.py --real IMAGES --run RUN [--masks MASKS] [--methods ...] [--target true]
+
+Real mode (``--real``): the images of ``IMAGES/<class>/`` (never used to train ``RUN``), their expert lesion
+outlines in ``MASKS`` (``<class>/<stem>.*`` or ``<stem>.*``; default ``IMAGES/_masks``), explained for the
+predicted class (``--target true``: the folder's class). Per method, overall and per class:
+
+* ``pointing`` / ``pointing_tolerant``: map peak strictly inside the outline / within 15/224 of the side of it
+  (``chance``: mean lesion area fraction, what a random peak scores strictly);
+* ``iou`` (map >= 0.5), ``dice_best`` (each image at its own best threshold in 0.05..0.95: an upper bound),
+  ``dice_fixed`` (the one threshold best on average, given), ``dice_05`` (threshold 0.5);
+* ``peak_outside_brain``: share of maps whose peak is off the head (background, frame, text);
+* ``deletion_auc`` vs ``random_deletion_auc`` (lower = more faithful), ``insertion_auc`` vs its random baseline;
+* ``randomisation_spearman``: mean |Spearman| against a weight-randomised copy (lower = passes);
+* ``ms_per_image``: wall-clock of the maps alone, batches of 16 (noisy on a shared machine).
+
+``--methods`` takes the package's names (``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``,
+``layercam-last``, ``occlusion``, ``seg``) and benchmark-only layer variants ``RULE@LAYERS[/FUSION]``: RULE one of
+``gradcam``, ``hirescam``, ``layercam``; LAYERS ``s4+s8+s16+s32`` (strides of the registry's ``feature_layers``)
+or ``all``; FUSION ``max`` (default), ``mean`` or ``product``. E.g. ``layercam@s16+s32/max``.
+
+Phantom mode (default):
 
 For every model: write phantoms (with lesion masks) into a temporary folder, train briefly with the package's own
 ``train`` (random init for the MONAI nets, which have no offline weights; efficientnet-lite0 fine-tunes its bundled
@@ -22,6 +43,7 @@ Prints one JSON object and writes nothing else (everything lives in a temporary 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import tempfile
@@ -49,8 +71,26 @@ from braintumor.explain import (  # noqa: E402
     randomisation_check,
     target_layer,
 )
-from braintumor.explain.metrics import standard_tolerance  # noqa: E402
-from braintumor.explain.saliency import feature_grid  # noqa: E402
+from braintumor.explain.metrics import (  # noqa: E402
+    DICE_THRESHOLDS,
+    dice_curve,
+    find_mask,
+    head_masks,
+    heatmap_dice,
+    peak_outside_brain,
+    randomised_predictor,
+    spearman,
+    standard_tolerance,
+)
+from braintumor.explain.saliency import (  # noqa: E402
+    FUSIONS,
+    LAYER_RULES,
+    check_method,
+    feature_grid,
+    fuse_maps,
+    layer_maps,
+    layer_strides,
+)
 from braintumor.models import available_models, get_spec  # noqa: E402
 from braintumor.train import train  # noqa: E402
 
@@ -104,6 +144,182 @@ def method_scores(predictor, ts: dict, method: str, steps: int, n_deletion: int,
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
+# ------------------------------------------------------------------------------------------------ real mode
+
+
+def parse_variant(spec: str) -> tuple[str, str, str] | None:
+    """``RULE@LAYERS[/FUSION]`` -> ``(rule, layers, fusion)``; ``None`` for a package method name."""
+    if "@" not in spec:
+        return None
+    rule, rest = spec.split("@", 1)
+    layers, _, fusion = rest.partition("/")
+    fusion = fusion or "max"
+    if rule not in LAYER_RULES or fusion not in FUSIONS:
+        raise SystemExit(f"bad variant '{spec}': RULE in {LAYER_RULES}, FUSION in {FUSIONS}")
+    return rule, layers, fusion
+
+
+def variant_layers(predictor, layers: str) -> list[str]:
+    from braintumor.explain.core import feature_layers
+
+    stack = list(feature_layers(predictor))
+    if layers == "all":
+        return stack
+    strides = layer_strides(predictor.model, stack, predictor.preprocessor.img_size)
+    out = []
+    for tok in layers.split("+"):
+        want = float(tok.lstrip("s"))
+        hit = [n for n in stack if abs(strides[n] - want) < 1e-6 and n not in out]
+        if not hit:
+            raise SystemExit(f"no feature layer of stride {want:g} in {stack} ({strides})")
+        out.append(hit[-1] if want == max(strides.values()) else hit[0])
+    return out
+
+
+def compute_maps(predictor, prepared: np.ndarray, idx, spec: str, batch_size: int = 16) -> np.ndarray:
+    v = parse_variant(spec)
+    if v is None:
+        return heatmaps(predictor, prepared, idx, spec, batch_size)
+    rule, layers, fusion = v
+    names = variant_layers(predictor, layers)
+    out = []
+    for i in range(0, len(prepared), batch_size):
+        x = predictor.preprocessor.normalise(prepared[i:i + batch_size]).to(predictor.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        raw = layer_maps(predictor.model, x, names, list(idx[i:i + batch_size]), rule)
+        out.append(fuse_maps(raw, prepared.shape[1], fusion))
+    return np.concatenate(out)
+
+
+def _m(values) -> float | None:
+    v = [float(x) for x in values if x is not None and np.isfinite(x)]
+    return round(float(np.mean(v)), 4) if v else None
+
+
+def real_summary(rows: list[dict]) -> dict:
+    out = {"n": len(rows)}
+    for k in ("pointing", "pointing_tolerant", "chance", "iou", "dice_best", "dice_05", "peak_outside_brain",
+              "deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"):
+        out[k] = _m(r.get(k) for r in rows)
+    curves = [r["_curve"] for r in rows]
+    if curves:
+        mc = np.mean(curves, axis=0)
+        k = int(np.argmax(mc))
+        out["dice_fixed"], out["dice_fixed_threshold"] = round(float(mc[k]), 4), float(DICE_THRESHOLDS[k])
+    correct = [r for r in rows if r["correct"]]
+    out["n_correct"] = len(correct)
+    out["pointing_correct"] = _m(r["pointing"] for r in correct)
+    out["pointing_tolerant_correct"] = _m(r["pointing_tolerant"] for r in correct)
+    rho = [r["rho"] for r in rows if r.get("rho") is not None]
+    if rho:
+        out["randomisation_spearman"] = round(float(np.mean(np.abs(rho))), 4)
+        out["randomisation_n"] = len(rho)
+    return out
+
+
+def load_real(predictor, folder: Path, masks_dir: Path, limit: int | None) -> dict:
+    paths = [p for p in list_images(folder) if not any(part.startswith("_") for part in p.relative_to(folder).parts)]
+    paths = [p for p in paths if find_mask(p, masks_dir) is not None]
+    if limit:
+        paths = paths[::max(1, len(paths) // limit)][:limit]
+    if not paths:
+        raise SystemExit(f"no image in {folder} has a mask in {masks_dir}")
+    raws = [read_image(p) for p in paths]
+    prepared = np.stack([predictor.preprocessor.prepare(r) for r in raws])
+    masks = np.stack([prepare_mask(predictor.preprocessor, r, load_mask(find_mask(p, masks_dir)))
+                      for p, r in zip(paths, raws, strict=True)])
+    proba = predictor.proba_prepared(prepared)
+    labels = predictor.labels_from_proba(proba)
+    classes = [p.parent.name for p in paths]
+    return dict(paths=paths, prepared=prepared, masks=masks, heads=head_masks(prepared), classes=classes,
+                predicted=[predictor.classes.index(lab) for lab in labels],
+                truth=[predictor.classes.index(c) if c in predictor.classes else -1 for c in classes])
+
+
+def real_mode(args) -> None:
+    from braintumor.inference import Predictor
+
+    predictor = Predictor.from_run(args.run, device="cpu")
+    folder = Path(args.real)
+    masks_dir = Path(args.masks) if args.masks else folder / "_masks"
+    t0 = time.perf_counter()
+    ds = load_real(predictor, folder, masks_dir, args.limit)
+    n = len(ds["paths"])
+    idx = ds["predicted"] if args.target == "predicted" else ds["truth"]
+    if min(idx) < 0:
+        raise SystemExit("--target true needs class folders named like the model's classes")
+    side = ds["prepared"].shape[1]
+    tol = standard_tolerance(side)
+    # subsets spread evenly over the (class-sorted) list, so that every class is in them
+    def spread(m: int) -> np.ndarray:
+        return np.unique(np.round(np.linspace(0, n - 1, min(m, n))).astype(int)) if m > 0 else np.zeros(0, int)
+
+    rand_sel = spread(args.randomisation_images)
+    del_sel = np.arange(n) if args.deletion_images <= 0 else spread(args.deletion_images)
+    di_idx = [idx[k] for k in del_sel]
+    rnd = deletion_insertion(predictor.proba_prepared, ds["prepared"][del_sel], random_maps(len(del_sel), side, 1),
+                             di_idx, steps=args.steps, seed=args.seed)
+    rnd_pred = randomised_predictor(predictor, seed=args.seed) if args.randomisation_images else None
+    print(f"loaded {n} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    results = {}
+    for spec in args.methods.split(","):
+        spec = spec.strip()
+        name = spec if parse_variant(spec) else check_method(spec)
+        t0 = time.perf_counter()
+        sel = np.arange(n)
+        if name == "occlusion" and args.occlusion_images:
+            sel = spread(args.occlusion_images)
+        tm = time.perf_counter()
+        maps = compute_maps(predictor, ds["prepared"][sel], [idx[k] for k in sel], name)
+        ms = (time.perf_counter() - tm) / len(sel) * 1000
+        rows = []
+        for j, k in enumerate(sel):
+            m, mask = maps[j], ds["masks"][k]
+            curve = dice_curve(m, mask)
+            rows.append({"k": int(k), "class": ds["classes"][k], "correct": ds["predicted"][k] == ds["truth"][k],
+                         "pointing": float(pointing_game(m, mask)),
+                         "pointing_tolerant": float(pointing_game(m, mask, tol)), "chance": float(mask.mean()),
+                         "iou": heatmap_iou(m, mask), "dice_best": float(curve.max()),
+                         "dice_05": heatmap_dice(m, mask, 0.5), "_curve": curve,
+                         "peak_outside_brain": peak_outside_brain(m, ds["heads"][k])})
+        pos = {int(k): j for j, k in enumerate(sel)}
+        d_in = [k for k in del_sel if int(k) in pos]
+        if d_in:
+            di = deletion_insertion(predictor.proba_prepared, ds["prepared"][d_in], maps[[pos[int(k)] for k in d_in]],
+                                    [idx[k] for k in d_in], steps=args.steps, seed=args.seed)
+            where = {int(k): q for q, k in enumerate(del_sel)}
+            for q, k in enumerate(d_in):
+                r = rows[pos[int(k)]]
+                r.update(deletion_auc=float(di["deletion"][q]), insertion_auc=float(di["insertion"][q]),
+                         random_deletion_auc=float(rnd["deletion"][where[int(k)]]),
+                         random_insertion_auc=float(rnd["insertion"][where[int(k)]]))
+        r_in = [k for k in rand_sel if int(k) in pos] if rnd_pred is not None and name != "occlusion" else []
+        if r_in:
+            try:
+                rmaps = compute_maps(rnd_pred, ds["prepared"][r_in], [idx[k] for k in r_in], name)
+                for k, rm in zip(r_in, rmaps, strict=True):
+                    rows[pos[int(k)]]["rho"] = spearman(maps[pos[int(k)]], rm)
+            except Exception as exc:  # noqa: BLE001 - e.g. seg on a copy without the decoder
+                print(f"{name}: randomisation check skipped ({exc})", file=sys.stderr)
+        res = real_summary(rows)
+        res["ms_per_image"] = round(ms, 1)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        res["per_class"] = {c: real_summary([r for r in rows if r["class"] == c])
+                            for c in sorted(set(ds["classes"]))}
+        results[name] = res
+        print(f"{name}: {json.dumps({k: v for k, v in res.items() if k != 'per_class'})}", file=sys.stderr,
+              flush=True)
+    truth_ok = [p == t for p, t in zip(ds["predicted"], ds["truth"], strict=True)]
+    emit({"benchmark": "explain_quality", "mode": "real", "machine": machine(), "run": str(args.run),
+          "model": predictor.metadata.get("model"), "img_size": side, "images": str(folder),
+          "masks": str(masks_dir), "n": n, "accuracy": round(float(np.mean(truth_ok)), 4),
+          "target": args.target, "tolerance_px": round(tol, 2),
+          "settings": {"steps": args.steps, "deletion_images": len(del_sel),
+                       "randomisation_images": len(rand_sel), "occlusion_images": args.occlusion_images,
+                       "seed": args.seed},
+          "results": results})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(available_models()))
@@ -117,9 +333,26 @@ def main() -> None:
     ap.add_argument("--randomisation-images", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--real", help="real mode: a folder of <class>/<images> with lesion outlines")
+    ap.add_argument("--run", help="real mode: the run folder whose model is explained")
+    ap.add_argument("--masks", help="real mode: the outlines' folder (default REAL/_masks)")
+    ap.add_argument("--target", choices=("predicted", "true"), default="predicted",
+                    help="real mode: explain the predicted class or the folder's class")
+    ap.add_argument("--limit", type=int, default=None, help="real mode: at most this many images (spread)")
+    ap.add_argument("--occlusion-images", type=int, default=0,
+                    help="real mode: occlusion on this many images only (0: all)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.real:
+        if not args.run:
+            ap.error("--real needs --run")
+        if "--deletion-images" not in sys.argv:
+            args.deletion_images = 0  # all of them
+        if "--steps" not in sys.argv:
+            args.steps = 20
+        real_mode(args)
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="explain_quality_") as tmp:
         tmp = Path(tmp)

@@ -22,6 +22,7 @@ from braintumor.data.read import read_image
 from braintumor.data.synthetic import mask_path, write_phantoms
 from braintumor.errors import UsageError
 from braintumor.explain import (
+    DEFAULT_METHOD,
     Explanation,
     deletion_insertion,
     explain,
@@ -207,7 +208,7 @@ def test_explain_contract(trained_run, phantoms_test, tmp_path):
     assert ex.heatmap.shape == (64, 64) and ex.heatmap.dtype == np.float32
     assert 0.0 <= ex.heatmap.min() and ex.heatmap.max() == pytest.approx(1.0)
     assert ex.image.shape == (64, 64, 3) and ex.image.dtype == np.uint8
-    assert ex.label in ("no", "yes") and ex.target == ex.label and ex.method == "gradcam"
+    assert ex.label in ("no", "yes") and ex.target == ex.label and ex.method == DEFAULT_METHOD
     assert ex.probability == pytest.approx(ex.probabilities[ex.label])
     assert sum(ex.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     ov = ex.overlay(alpha=0.45)
@@ -410,3 +411,229 @@ def test_gradcam_equals_plain_autograd_gradcam(name, size):
     ref = normalise_maps(F.interpolate(cam, size=(size, size), mode="bilinear")[:, 0].detach().numpy())
     assert np.abs(got - ref).max() < 1e-5
     assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------- finer maps: HiResCAM, LayerCAM, tumour map
+
+
+def test_method_names_and_aliases():
+    from braintumor.explain import DEFAULT_METHOD, METHODS, check_method
+
+    assert DEFAULT_METHOD in METHODS
+    for name in METHODS:
+        assert check_method(name) == name
+    assert check_method("GradCAM_pp") == "gradcam++"
+    assert check_method("LayerCAM-fused") == "layercam" and check_method("layercam_last") == "layercam-last"
+    assert check_method("HiResCAM") == "hirescam" and check_method("tumour-map") == "seg"
+    with pytest.raises(UsageError, match="choose one of"):
+        check_method("scorecam")
+
+
+@pytest.mark.parametrize("name,size,layers", [("cnn", 64, ("backbone.3", "backbone")),
+                                              ("resnet18", 64, None)])
+def test_layer_maps_equal_plain_autograd(name, size, layers):
+    """One pass from the lowest tapped layer (a leaf) gives every layer's textbook LayerCAM/HiResCAM map."""
+    from braintumor.explain.saliency import _find_module, layer_maps
+    from braintumor.models import build_model, get_spec
+
+    torch.manual_seed(0)
+    model = build_model(name, 3, img_size=size).eval()
+    layers = list(layers or get_spec(name).feature_layers)
+    assert len(layers) >= 2
+    x, cls = torch.randn(2, 3, size, size), [2, 0]
+    acts = {}
+    hooks = [_find_module(model, n).register_forward_hook(lambda _m, _i, o, n=n: acts.__setitem__(n, o))
+             for n in layers]
+    logits = model(x.clone().requires_grad_(True))
+    for h in hooks:
+        h.remove()
+    grads = torch.autograd.grad(logits[torch.arange(2), torch.tensor(cls)].sum(), [acts[n] for n in layers])
+    for rule in ("layercam", "hirescam"):
+        got = layer_maps(model, x, layers, cls, rule)
+        for n, g, m in zip(layers, grads, got, strict=True):
+            w = g.clamp(min=0) if rule == "layercam" else g
+            ref = (w * acts[n]).sum(1, keepdim=True).clamp(min=0).detach()
+            assert m.shape == ref.shape
+            assert float((m - ref).abs().max()) <= 1e-5 * max(float(ref.abs().max()), 1e-12), (rule, n)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_all_cam_methods_give_unit_maps_and_restore_the_model():
+    """Maps in [0, 1] (max 1), float32, input size; under no_grad, flags/mode/hooks restored afterwards."""
+    from braintumor.explain.saliency import CAM_METHODS, cam_maps
+    from braintumor.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model("cnn", 2).train()
+    for p in model.backbone[0].parameters():
+        p.requires_grad_(False)  # a partly frozen checkpoint
+    flags = [p.requires_grad for p in model.parameters()]
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        for method in CAM_METHODS:
+            maps = cam_maps(model, x, ["backbone.3", "backbone"], [0, 1, 0], method)
+            assert maps.shape == (3, 48, 48) and maps.dtype == np.float32, method
+            assert maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1.0), method
+    assert model.training, "train/eval mode restored"
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fusion_layers_skip_stride_4():
+    """LayerCAM fuses the stride >= 8 maps: 28, 14 and 7 cells at 224 px for EfficientNet-Lite0; the cnn's
+    stride-4 stack leaves its last layer only."""
+    from braintumor.explain.saliency import fusion_layers
+    from braintumor.models import build_model, get_spec
+
+    spec = get_spec("efficientnet-lite0")
+    model = build_model("efficientnet-lite0", 2, pretrained=False, img_size=224).eval()
+    assert fusion_layers(model, spec.feature_layers, 224) == list(spec.feature_layers[1:])
+    assert [feature_grid(model, n, 224)[0] for n in spec.feature_layers[1:]] == [28, 14, 7]
+    cnn = build_model("cnn", 2).eval()
+    assert fusion_layers(cnn, get_spec("cnn").feature_layers, 64) == ["backbone"]
+
+
+def test_fuse_maps_rules():
+    from braintumor.explain.saliency import fuse_maps
+
+    a = torch.zeros(1, 1, 4, 4)
+    a[0, 0, 0, 0] = 1.0
+    b = torch.zeros(1, 1, 2, 2)
+    b[0, 0, 0, 0], b[0, 0, 1, 1] = 1.0, 0.5
+    mx, mean, prod = (fuse_maps([a, b], 8, f) for f in ("max", "mean", "product"))
+    for m in (mx, mean, prod):
+        assert m.shape == (1, 8, 8) and m.min() == 0 and m.max() == pytest.approx(1.0)
+        assert np.unravel_index(np.argmax(m[0]), (8, 8)) == (0, 0)
+    assert mx[0, 7, 7] > 0.3 and prod[0, 7, 7] < 0.05  # only b lights the far corner: max keeps it, product not
+    with pytest.raises(UsageError):
+        fuse_maps([a], 8, "median")
+
+
+@pytest.mark.parametrize("method", ["layercam", "hirescam"])
+def test_finer_methods_point_at_the_lesion(predictor, tumour_set_tiny, method):
+    """The planted lesion of the phantoms: the finer maps find it far above chance, like Grad-CAM."""
+    ts = tumour_set_tiny
+    sel = np.flatnonzero(ts["correct"])[:24]
+    maps = heatmaps(predictor, ts["prepared"][sel], [ts["yes"]] * len(sel), method)
+    assert maps.shape == (len(sel), 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    strict = np.mean([pointing_game(m, k) for m, k in zip(maps, ts["masks"][sel], strict=True)])
+    chance = np.mean([k.mean() for k in ts["masks"][sel]])
+    assert strict >= max(0.5, 3 * chance), (method, strict, chance)
+    inside = np.array([m[k].mean() for m, k in zip(maps, ts["masks"][sel], strict=True)])
+    outside = np.array([m[~k].mean() for m, k in zip(maps, ts["masks"][sel], strict=True)])
+    assert (inside > outside).mean() >= 0.9
+
+
+def test_fused_layercam_finds_a_planted_lesion_on_a_two_layer_stack(predictor, tumour_set_tiny):
+    """Multi-layer fusion through the shared tiny run's own stride-4 stack (cam_maps with several layers)."""
+    from braintumor.explain.saliency import cam_maps
+
+    ts = tumour_set_tiny
+    sel = np.flatnonzero(ts["correct"])[:16]
+    x = predictor.preprocessor.normalise(ts["prepared"][sel])
+    single = cam_maps(predictor.model, x, "backbone", [ts["yes"]] * len(sel), "layercam")
+    fused = cam_maps(predictor.model, x, ["backbone.3", "backbone"], [ts["yes"]] * len(sel), "layercam")
+    assert not np.allclose(single, fused)  # the second layer does contribute
+    tol = standard_tolerance(64)
+    hits = np.mean([pointing_game(m, k, tol) for m, k in zip(fused, ts["masks"][sel], strict=True)])
+    assert hits >= 0.6, hits
+
+
+def test_dice_best_threshold_and_tolerant_pointing():
+    from braintumor.explain import best_dice, dice_curve, heatmap_dice
+
+    mask = np.zeros((10, 10), bool)
+    mask[2:6, 2:6] = True                  # 16 px
+    m = np.zeros((10, 10), np.float32)
+    m[2:6, 2:6] = 0.4                      # the lesion, at 0.4
+    m[0, 0] = 1.0                          # one hot pixel elsewhere
+    assert heatmap_dice(m, mask, 0.5) == 0.0
+    d, t = best_dice(m, mask)
+    assert d == pytest.approx(2 * 16 / (17 + 16)) and t == pytest.approx(0.05)  # first threshold with all 17 px
+    curve = dice_curve(m, mask)
+    assert curve.shape == (19,) and curve[:8].min() == pytest.approx(d) and curve[8:].max() == 0.0
+    assert heatmap_dice(mask.astype(np.float32), mask) == 1.0
+    # pointing: the peak at (0, 0) is sqrt(8) = 2.83 px from the lesion
+    assert not pointing_game(m, mask) and not pointing_game(m, mask, tolerance=2.5)
+    assert pointing_game(m, mask, tolerance=3.0)
+    assert standard_tolerance(224) == pytest.approx(15.0)
+
+
+def test_head_mask_and_peak_outside_brain():
+    from braintumor.explain import head_masks, peak_outside_brain
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    head = ((yy - 32) / 26.0) ** 2 + ((xx - 32) / 22.0) ** 2 < 1
+    img[head] = 120
+    img[((yy - 32) / 24.0) ** 2 + ((xx - 32) / 20.0) ** 2 < 1] = 20   # dark skull ring inside the scalp
+    img[((yy - 32) / 22.0) ** 2 + ((xx - 32) / 18.0) ** 2 < 1] = 90   # brain
+    img[28:36, 28:34] = 5                                               # dark ventricle: a hole, filled
+    img[2:5, 2:12] = 255                                                # burnt-in text off the head
+    h = head_masks(img[None])[0]
+    assert h[32, 32] and h[31, 30] and h[32, 11] and not h[3, 5] and not h[0, 0]
+    from scipy import ndimage
+
+    assert (head & ~h).sum() <= 0.02 * head.sum()                      # the whole head, skull and scalp too
+    assert not (h & ~ndimage.binary_dilation(head, iterations=2)).any()  # and no more (the blur's pixel or two)
+    m = np.zeros((64, 64), np.float32)
+    m[3, 5] = 1.0
+    assert peak_outside_brain(m, h) is True
+    m[32, 32] = 2.0
+    assert peak_outside_brain(m, h) is False
+    assert peak_outside_brain(np.zeros((64, 64)), h) is None
+
+
+class _WithDecoder:
+    """The shared run plus a fake tumour-map decoder (the Predictor members ``--method seg`` uses)."""
+
+    has_tumour_map = True
+
+    def __init__(self, predictor):
+        self._p = predictor
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def tumour_maps_prepared(self, prepared):
+        self.calls += 1
+        g = np.asarray(prepared)[..., 0].astype(np.float32) / 255.0
+        return (g > 0.8).astype(np.float32) * 0.9 + 0.05
+
+
+def test_seg_method_dispatches_to_the_decoder(predictor, phantoms_test):
+    img = read_image(list_images(phantoms_test / "yes")[0])
+    with pytest.raises(UsageError, match="no tumour-map decoder: train it with --masks DIR"):
+        explain(predictor, img, method="seg")
+    with pytest.raises(UsageError, match="--method seg"):
+        heatmaps(predictor, np.zeros((1, 64, 64, 3), np.uint8), [0], "tumour-map")
+    fake = _WithDecoder(predictor)
+    ex = explain_batch(fake, [img, img], method="seg")[0]
+    prepared = predictor.preprocessor.prepare(img)
+    assert ex.method == "seg" and fake.calls == 1
+    assert np.array_equal(ex.heatmap, fake.tumour_maps_prepared(prepared[None])[0])  # probabilities, unscaled
+    assert ex.heatmap.dtype == np.float32 and 0 <= ex.heatmap.min() and ex.heatmap.max() <= 1
+
+
+def test_evaluate_explanations_real_outline_keys(predictor, phantoms_test):
+    from braintumor.explain import evaluate_explanations
+
+    paths = list_images(phantoms_test / "yes")[:4] + list_images(phantoms_test / "no")[:2]
+    rep = evaluate_explanations(predictor, paths, phantoms_test / "_masks", "layercam", steps=3,
+                                randomisation_images=2)
+    s = rep.summary
+    assert s["n"] == 6 and s["n_masked"] == 4 and s["tolerance_px"] == pytest.approx(15 / 224 * 64)
+    for k in ("pointing_game", "pointing_game_tolerant", "iou", "dice_best", "dice_05", "dice_fixed",
+              "peak_outside_brain", "deletion_auc", "random_deletion_auc", "randomisation_spearman", "chance"):
+        assert s[k] is not None and 0 <= s[k] <= 1, k
+    assert s["pointing_game_tolerant"] >= s["pointing_game"]
+    assert s["dice_best"] >= s["dice_fixed"] - 1e-9 and s["dice_best"] >= s["dice_05"] - 1e-9
+    assert set(s["per_class"]) == {"yes", "no"}
+    assert s["per_class"]["yes"]["n_masked"] == 4 and s["per_class"]["no"]["pointing_game"] is None
+    assert s["per_class"]["no"]["peak_outside_brain"] is not None
+    row = next(r for r in rep.rows if r["has_mask"])
+    assert row["dice_best"] >= row["dice_05"] and 0.05 <= row["dice_best_threshold"] <= 0.95
+    assert len({tuple(r) for r in rep.rows}) == 1  # one CSV header fits every row

@@ -761,10 +761,18 @@ def _explain_table(summary: dict) -> Table:
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("meaning")
+    tol = summary.get("tolerance_px")
     rows = [
         ("pointing_game", "map peak inside the lesion mask (masked images)"),
-        ("pointing_game_correct", f"same, correctly classified masked images ({summary['n_masked_correct']})"),
+        ("pointing_game_tolerant", "peak within " + (f"{tol:.0f} px" if tol else "15/224 of the side")
+         + " of the mask"),
+        ("pointing_game_correct", f"strict, correctly classified masked images ({summary['n_masked_correct']})"),
+        ("chance", "lesion area fraction: a random peak's strict hit rate"),
         ("iou", "IoU of map >= 0.5 with the mask"),
+        ("dice_05", "Dice of map >= 0.5 with the mask"),
+        ("dice_best", "Dice at each image's best threshold (0.05..0.95; optimistic)"),
+        ("dice_fixed", f"Dice at the one best threshold ({summary.get('dice_fixed_threshold')})"),
+        ("peak_outside_brain", "share of maps whose peak is off the head (all images)"),
         ("deletion_auc", "lower = more faithful"),
         ("random_deletion_auc", "the same for a random map"),
         ("insertion_auc", "higher = more faithful"),
@@ -783,7 +791,10 @@ def explain_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder written by `braintumor train`."),
     images: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for figures, overlays and raw heatmaps (.npy)."),
-    method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++ or occlusion."),
+    method: str | None = typer.Option(None, "--method",
+                                      help="gradcam, gradcam++, hirescam, layercam (multi-layer), layercam-last, "
+                                           "occlusion or seg (the run's tumour-map decoder; runs trained with "
+                                           "--masks). Default: braintumor.explain.DEFAULT_METHOD."),
     target: str | None = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
     masks: Path | None = typer.Option(None, "--masks",
                                       help="Lesion masks (<dir>/<class>/<name> or <dir>/<name>): report pointing "
@@ -792,11 +803,13 @@ def explain_cmd(
     steps: int = typer.Option(20, "--steps", min=2, help="Deletion/insertion steps (with --masks)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda..."),
 ):
-    """Heatmaps (Grad-CAM, Grad-CAM++, occlusion): per image a 3-panel figure, the overlay and the raw map.
+    """Heatmaps (Grad-CAM, Grad-CAM++, HiResCAM, LayerCAM, occlusion, tumour map): figure, overlay, raw map.
 
     Writes OUT/<name>.png (original | heatmap | overlay, titled with the prediction), OUT/<name>_overlay.png and
     OUT/<name>_heatmap.npy (float32 in [0, 1] at the model-input size, high = important). With --masks, also
-    OUT/explain_metrics.json and OUT/explain_metrics.csv.
+    OUT/explain_metrics.json (overall and per class: pointing game strict and within 15/224 of the side, IoU,
+    Dice at 0.5 and at the best threshold, peaks off the head, deletion/insertion AUC against a random map, the
+    randomisation check) and OUT/explain_metrics.csv (one row per image).
 
     Example: braintumor explain runs/navoneel data/brain_mri_yes_no/yes --out explanations --method gradcam++
     """
@@ -808,10 +821,10 @@ def explain_cmd(
     from .data.cache import load_images
     from .errors import UsageError
     from .explain import as_predictor, evaluate_explanations, explain_prepared
-    from .explain.saliency import check_method
+    from .explain.saliency import DEFAULT_METHOD, check_method
     from .inference import Predictor
 
-    method = check_method(method)
+    method = check_method(method or DEFAULT_METHOD)
     if masks is not None and not masks.is_dir():
         raise UsageError(f"--masks {masks}: no such folder")
     files, empty = _expand_paths(images)
@@ -860,6 +873,18 @@ def explain_cmd(
             w.writeheader()
             w.writerows(report.rows)
         console.print(_explain_table(report.summary))
+        per_class = report.summary.get("per_class") or {}
+        if len(per_class) > 1:
+            keys = ("n", "n_masked", "accuracy", "pointing_game", "pointing_game_tolerant", "dice_best", "dice_05",
+                    "peak_outside_brain", "deletion_auc", "random_deletion_auc")
+            t = Table(title="per class (image folder)", show_header=True)
+            t.add_column("class")
+            for k in keys:
+                t.add_column(k, justify="right")
+            for c, d in per_class.items():
+                t.add_row(c, *("-" if d.get(k) is None else str(d[k]) if isinstance(d[k], int) else f"{d[k]:.3f}"
+                               for k in keys))
+            console.print(t)
         if not report.summary["n_masked"]:
             err_console.print(f"[yellow]warning[/yellow]: no masks found in {masks} for these images")
     if failed:

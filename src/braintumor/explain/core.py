@@ -6,7 +6,7 @@ prepared-image resolution, for the predicted class (the Predictor's decision, th
 
 Example:
     >>> from braintumor.explain import explain
-    >>> ex = explain("runs/demo", "scan.png", method="gradcam")      # doctest: +SKIP
+    >>> ex = explain("runs/demo", "scan.png", method="layercam")     # doctest: +SKIP
     >>> ex.label, round(ex.probability, 2), ex.heatmap.shape          # doctest: +SKIP
     ('yes', 0.97, (224, 224))
     >>> ex.save("out", "scan")                                        # doctest: +SKIP
@@ -24,7 +24,7 @@ from ..data.read import read_image
 from ..errors import UsageError
 from ..inference import Predictor
 from ..models import get_spec
-from .saliency import cam_maps, check_method, occlusion_maps
+from .saliency import DEFAULT_METHOD, cam_maps, check_method, fusion_layers, occlusion_maps
 
 ImageLike = str | Path | np.ndarray
 
@@ -40,7 +40,8 @@ class Explanation:
         probability: probability of the predicted class.
         probabilities: class -> probability.
         target: the class the map explains (``label`` unless asked otherwise).
-        method: ``gradcam``, ``gradcam++`` or ``occlusion``.
+        method: one of :data:`~braintumor.explain.saliency.METHODS` (``gradcam``, ``gradcam++``, ``hirescam``,
+            ``layercam``, ``layercam-last``, ``occlusion``, ``seg``).
         source: the file the image came from (``None`` for arrays).
 
     In Jupyter it displays as its :meth:`figure` (original | heatmap | overlay).
@@ -48,7 +49,7 @@ class Explanation:
     Example:
         >>> ex = explain("runs/demo", "scan.png")                      # doctest: +SKIP
         >>> ex                                                         # doctest: +SKIP
-        Explanation(label='yes', probability=0.970, target='yes', method='gradcam', heatmap=(224, 224))
+        Explanation(label='yes', probability=0.970, target='yes', method='layercam', heatmap=(224, 224))
         >>> ex.overlay().shape                                         # doctest: +SKIP
         (224, 224, 3)
     """
@@ -59,7 +60,7 @@ class Explanation:
     probability: float
     probabilities: dict[str, float] = field(default_factory=dict)
     target: str = ""
-    method: str = "gradcam"
+    method: str = DEFAULT_METHOD
     source: str | None = None
 
     def __repr__(self) -> str:
@@ -97,7 +98,9 @@ class Explanation:
 
         fig = Figure(figsize=(10.5, 3.9), layout="constrained")
         axes = fig.subplots(1, 3)
-        names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "occlusion": "occlusion"}
+        names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
+                 "layercam": "LayerCAM (multi-layer)", "layercam-last": "LayerCAM (last layer)",
+                 "occlusion": "occlusion", "seg": "tumour map"}
         axes[0].imshow(self.image)
         axes[0].set_title("prepared image")
         im = axes[1].imshow(self.heatmap, cmap="jet", vmin=0, vmax=1)
@@ -144,6 +147,26 @@ def target_layer(predictor: Predictor) -> str:
     return get_spec(name).target_layer if name else "backbone"
 
 
+def feature_layers(predictor: Predictor) -> tuple[str, ...]:
+    """The registry's backbone feature maps (fine to coarse, the last is :func:`target_layer`) of the model."""
+    name = predictor.metadata.get("model")
+    if not name:
+        return ("backbone",)
+    spec = get_spec(name)
+    layers = tuple(getattr(spec, "feature_layers", ()) or ())
+    return layers if layers and layers[-1] == spec.target_layer else (*layers, spec.target_layer)
+
+
+def cam_layers(predictor: Predictor, method: str) -> list[str]:
+    """The layers ``method`` reads: the fused stack (stride >= 8) for ``layercam``, else the target layer."""
+    if check_method(method) == "layercam":
+        return fusion_layers(predictor.model, feature_layers(predictor), predictor.preprocessor.img_size)
+    return [target_layer(predictor)]
+
+
+NO_DECODER = "this run has no tumour-map decoder: train it with --masks DIR to use --method seg"
+
+
 def load_image(image: ImageLike) -> np.ndarray:
     """A path (read with :func:`read_image`) or an array -> ``uint8`` ``(H, W, 3)``."""
     if isinstance(image, (str, Path)):
@@ -171,29 +194,39 @@ def resolve_targets(predictor: Predictor, proba: np.ndarray, target: str | int |
     return [predictor.classes.index(str(target))] * len(proba)
 
 
-def heatmaps(predictor: Predictor, prepared: np.ndarray, class_idx: Sequence[int], method: str = "gradcam",
+def heatmaps(predictor: Predictor, prepared: np.ndarray, class_idx: Sequence[int], method: str = DEFAULT_METHOD,
              batch_size: int = 16) -> np.ndarray:
-    """Maps ``(N, S, S)`` for prepared ``uint8`` images and the given class indices (see :mod:`.saliency`)."""
+    """Maps ``(N, S, S)`` for prepared ``uint8`` images and the given class indices (see :mod:`.saliency`).
+
+    ``method="seg"`` returns the run's tumour-map decoder output (probabilities in ``[0, 1]``, the same map
+    whatever the class); it raises :class:`UsageError` for a run trained without masks.
+    """
     method = check_method(method)
     prepared = np.asarray(prepared)
+    if method == "seg" and not getattr(predictor, "has_tumour_map", False):
+        raise UsageError(NO_DECODER)
     if len(prepared) == 0:
         s = predictor.preprocessor.img_size
         return np.zeros((0, s, s), np.float32)
+    if method == "seg":
+        out = [np.asarray(predictor.tumour_maps_prepared(prepared[i:i + batch_size]), np.float32)
+               for i in range(0, len(prepared), batch_size)]
+        return np.clip(np.nan_to_num(np.concatenate(out)), 0.0, 1.0).astype(np.float32)
     if method == "occlusion":
         return occlusion_maps(predictor.proba_prepared, prepared, class_idx)
     import torch
 
-    layer = target_layer(predictor)
+    layers = cam_layers(predictor, method)
     out = []
     for i in range(0, len(prepared), batch_size):
         x = predictor.preprocessor.normalise(prepared[i:i + batch_size]).to(predictor.device)
         if predictor.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(cam_maps(predictor.model, x, layer, list(class_idx[i:i + batch_size]), method))
+        out.append(cam_maps(predictor.model, x, layers, list(class_idx[i:i + batch_size]), method))
     return np.concatenate(out)
 
 
-def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = "gradcam",
+def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = DEFAULT_METHOD,
                      target: str | int | None = None, sources: Sequence[str | None] | None = None,
                      batch_size: int = 16) -> list[Explanation]:
     """Explanations for already prepared ``uint8`` images ``(N, S, S, 3)``."""
@@ -213,8 +246,8 @@ def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = "
     return out
 
 
-def explain_batch(predictor, images: Sequence[ImageLike], method: str = "gradcam", target: str | int | None = None,
-                  batch_size: int = 16) -> list[Explanation]:
+def explain_batch(predictor, images: Sequence[ImageLike], method: str = DEFAULT_METHOD,
+                  target: str | int | None = None, batch_size: int = 16) -> list[Explanation]:
     """Explain several images (paths or arrays) in batches; raises :class:`UnreadableImageError` on a bad file.
 
     Example:
@@ -228,14 +261,15 @@ def explain_batch(predictor, images: Sequence[ImageLike], method: str = "gradcam
     return explain_prepared(predictor, prepared, method, target, sources, batch_size)
 
 
-def explain(model_or_run, image: ImageLike, method: str = "gradcam", target: str | int | None = None
+def explain(model_or_run, image: ImageLike, method: str = DEFAULT_METHOD, target: str | int | None = None
             ) -> Explanation:
     """Explain one image.
 
     Args:
         model_or_run: a run folder or a :class:`~braintumor.inference.Predictor`.
         image: a file path or an ``(H, W, 3)`` ``uint8`` array (any size; prepared like in training).
-        method: ``"gradcam"`` (default), ``"gradcam++"`` or ``"occlusion"``.
+        method: :data:`~braintumor.explain.saliency.DEFAULT_METHOD` unless given; see
+            :data:`~braintumor.explain.saliency.METHODS` and :mod:`braintumor.explain.saliency`.
         target: class to explain (name or index); default the predicted class.
 
     Example:

@@ -2,6 +2,9 @@
 
 * :func:`pointing_game`: is the map's peak inside the lesion mask?
 * :func:`heatmap_iou`: IoU of the thresholded map with the mask.
+* :func:`dice_curve` / :func:`best_dice`: Dice of ``map >= t`` with the mask over thresholds ``0.05 .. 0.95``; the
+  best one per image (an oracle threshold: optimistic) and at 0.5.
+* :func:`peak_outside_brain`: is the map's peak off the head (:func:`head_masks` of the prepared image)?
 * :func:`deletion_insertion`: RISE-style curves. Pixels are replaced by a blurred copy of the image in the order
   of the map (deletion: most important first; insertion: start from the blurred image and reveal the most
   important pixels first); the area under the target-class probability curve. A faithful map has a LOW
@@ -9,7 +12,8 @@
 * :func:`randomisation_check`: Spearman correlation between the maps of the trained model and of a copy with
   re-initialised weights (Adebayo et al. 2018). A map that survives randomisation explains the image, not the
   model: a trustworthy method gives a LOW correlation.
-* :func:`evaluate_explanations`: all of the above over a list of files with masks (``braintumor explain --masks``).
+* :func:`evaluate_explanations`: all of the above over a list of files with masks (``braintumor explain --masks``),
+  overall and per class (the image's folder).
 
 Masks go through exactly the geometry the image goes through (:func:`prepare_mask`).
 
@@ -30,50 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..data.masks import find_mask, load_mask, prepare_mask  # noqa: F401  (re-exported)
 from ..data.read import read_image
 from ..errors import DataError, UnreadableImageError, UsageError
 from ..inference import Predictor
-from ..preprocess import Preprocessor, pad_to_square
-from .core import Explanation, explain_prepared, heatmaps, load_image
-from .saliency import blur_baseline
+from .core import Explanation, explain_prepared, heatmaps
+from .saliency import DEFAULT_METHOD, blur_baseline
 
 # ------------------------------------------------------------------------------------------------ masks
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A mask image -> ``bool`` ``(H, W)`` (pixels brighter than half-scale are lesion)."""
-    return read_image(path).mean(axis=2) > 127
-
-
-def prepare_mask(preprocessor: Preprocessor, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Send ``mask`` through the geometry :meth:`Preprocessor.prepare` applies to ``image`` (nearest resize).
-
-    Raises:
-        DataError: the mask's size differs from the image's.
-    """
-    image = load_image(image)
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask.mean(axis=2) > 127 if mask.dtype == np.uint8 else mask.any(axis=2)
-    if mask.shape != image.shape[:2]:
-        raise DataError(f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
-    top, left, bottom, right = preprocessor.crop_box(image)
-    m = pad_to_square(mask[top:bottom, left:right].astype(np.uint8) * 255)
-    s = preprocessor.img_size
-    if m.shape[0] != s:
-        m = np.asarray(Image.fromarray(m).resize((s, s), Image.NEAREST))
-    return m > 127
-
-
-def find_mask(image_path: str | Path, masks_dir: str | Path) -> Path | None:
-    """The mask of ``image_path``: ``<masks_dir>/<class>/<name>`` (the phantom layout) or ``<masks_dir>/<name>``."""
-    p, d = Path(image_path), Path(masks_dir)
-    for cand in (d / p.parent.name / p.name, d / p.name):
-        if cand.is_file():
-            return cand
-    return None
+# load_mask, find_mask and prepare_mask live in braintumor.data.masks (training reads masks too).
 
 
 # ------------------------------------------------------------------------------------------- localisation
@@ -110,6 +82,88 @@ def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -
     mask = np.asarray(mask, bool)
     union = np.logical_or(pred, mask).sum()
     return float(np.logical_and(pred, mask).sum() / union) if union else 0.0
+
+
+#: Thresholds of :func:`dice_curve`: 0.05, 0.10, ..., 0.95.
+DICE_THRESHOLDS = np.round(np.arange(1, 20) * 0.05, 2)
+
+
+def dice_curve(heatmap: np.ndarray, mask: np.ndarray, thresholds: Sequence[float] = DICE_THRESHOLDS) -> np.ndarray:
+    """Dice of ``heatmap >= t`` with ``mask`` for every threshold ``t`` (0 where both are empty)."""
+    h = np.asarray(heatmap, np.float32).ravel()
+    m = np.asarray(mask, bool).ravel()
+    inside = np.sort(h[m])
+    every = np.sort(h)
+    t = np.asarray(thresholds, np.float32)
+    tp = len(inside) - np.searchsorted(inside, t, side="left")     # mask pixels with h >= t
+    pred = len(every) - np.searchsorted(every, t, side="left")     # pixels with h >= t
+    denom = pred + len(inside)
+    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+
+
+def best_dice(heatmap: np.ndarray, mask: np.ndarray, thresholds: Sequence[float] = DICE_THRESHOLDS
+              ) -> tuple[float, float]:
+    """``(Dice, threshold)`` at the threshold that suits this image best (an upper bound, not a deployable score)."""
+    d = dice_curve(heatmap, mask, thresholds)
+    k = int(np.argmax(d))
+    return float(d[k]), float(np.asarray(thresholds)[k])
+
+
+def heatmap_dice(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+    """Dice of ``heatmap >= threshold`` with ``mask``."""
+    return float(dice_curve(heatmap, mask, [threshold])[0])
+
+
+def head_mask_prepared(image: np.ndarray, level: float = 0.08) -> np.ndarray:
+    """``bool`` ``(S, S)`` mask of the whole head (scalp, skull, face included) in a prepared ``uint8`` image.
+
+    Lightly blurred grey level above ``border + level * (p99 - border)`` (``border``: the median of the outer
+    frame, so a grey background works too), closed (joins a scalp ring broken by dark bone), its largest region,
+    holes filled. Deliberately inclusive: :func:`braintumor.augment.head_mask` (made for augmentation) opens the
+    mask with a stronger threshold and can keep the brain only, which puts a pituitary tumour in the sella
+    outside it; here every expert lesion outline of the 184 figshare test slices lies inside.
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image)
+    g = img.astype(np.float32).mean(axis=2) if img.ndim == 3 else img.astype(np.float32)
+    g = ndimage.gaussian_filter(g, 1.0)
+    b = max(1, min(g.shape) // 32)
+    border = np.concatenate([g[:b].ravel(), g[-b:].ravel(), g[:, :b].ravel(), g[:, -b:].ravel()])
+    bg, top = float(np.median(border)), float(np.percentile(g, 99))
+    if top - bg <= 1e-6:
+        return np.zeros(g.shape, bool)
+    fg = g > bg + level * (top - bg)
+    fg = ndimage.binary_closing(fg, np.ones((3, 3), bool), iterations=2, border_value=0)
+    lab, n = ndimage.label(fg)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        fg = lab == int(sizes.argmax())
+    return ndimage.binary_fill_holes(fg)
+
+
+def head_masks(prepared: np.ndarray) -> np.ndarray:
+    """:func:`head_mask_prepared` of each prepared ``uint8`` image ``(N, S, S, 3)`` (or one ``(S, S, 3)``).
+
+    It stands in for the brain in :func:`peak_outside_brain`: a peak on the skull or scalp counts as inside, one
+    on the background, an image frame or text marks as outside.
+    """
+    arr = np.asarray(prepared)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[0] != arr.shape[-1]:
+        return head_mask_prepared(arr)
+    if len(arr) == 0:
+        return np.zeros(arr.shape[:3], bool)
+    return np.stack([head_mask_prepared(a) for a in arr])
+
+
+def peak_outside_brain(heatmap: np.ndarray, brain: np.ndarray) -> bool | None:
+    """``True`` when the map's maximum lies outside ``brain`` (``None`` for a constant map or an empty mask)."""
+    h = np.asarray(heatmap)
+    brain = np.asarray(brain, bool)
+    if not np.isfinite(h).all() or h.max() - h.min() <= 1e-12 or not brain.any():
+        return None
+    return not bool(brain.flat[int(np.argmax(h))])
 
 
 # ------------------------------------------------------------------------------------------- faithfulness
@@ -204,7 +258,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def randomisation_check(predictor: Predictor, images: np.ndarray, class_idx: Sequence[int],
-                        method: str = "gradcam", maps: np.ndarray | None = None, seed: int = 0,
+                        method: str = DEFAULT_METHOD, maps: np.ndarray | None = None, seed: int = 0,
                         return_constant: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-image Spearman correlation between the trained model's maps and a weight-randomised model's maps.
 
@@ -239,26 +293,65 @@ def _mean(values) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def _localisation_summary(rows: list[dict], curves: dict[int, np.ndarray]) -> dict:
+    """Localisation and faithfulness means over ``rows`` (``curves``: row id -> its Dice curve)."""
+    masked = [r for r in rows if r["has_mask"]]
+    correct = [r for r in masked if r["predicted"] == r["class"]]
+    out = {
+        "n": len(rows), "n_masked": len(masked), "n_masked_correct": len(correct),
+        "pointing_game": _mean(r["pointing"] for r in masked),
+        "pointing_game_tolerant": _mean(r["pointing_tolerant"] for r in masked),
+        "pointing_game_correct": _mean(r["pointing"] for r in correct),
+        "pointing_game_tolerant_correct": _mean(r["pointing_tolerant"] for r in correct),
+        "chance": _mean(r["lesion_fraction"] for r in masked),
+        "iou": _mean(r["iou"] for r in masked),
+        "dice_best": _mean(r["dice_best"] for r in masked),
+        "dice_05": _mean(r["dice_05"] for r in masked),
+        "dice_fixed": None, "dice_fixed_threshold": None,
+        "peak_outside_brain": _mean(r["peak_outside_brain"] for r in rows),
+        "deletion_auc": _mean(r["deletion_auc"] for r in rows),
+        "insertion_auc": _mean(r["insertion_auc"] for r in rows),
+        "random_deletion_auc": _mean(r["random_deletion_auc"] for r in rows),
+        "random_insertion_auc": _mean(r["random_insertion_auc"] for r in rows),
+    }
+    cs = [curves[id(r)] for r in masked if id(r) in curves]
+    if cs:
+        mean_curve = np.mean(cs, axis=0)
+        k = int(np.argmax(mean_curve))
+        out["dice_fixed"], out["dice_fixed_threshold"] = float(mean_curve[k]), float(DICE_THRESHOLDS[k])
+    return out
+
+
 def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], masks_dir: str | Path | None,
-                          method: str = "gradcam", target: str | int | None = None, steps: int = 20,
+                          method: str = DEFAULT_METHOD, target: str | int | None = None, steps: int = 20,
                           randomisation_images: int = 16, batch_size: int = 16, seed: int = 0,
                           on_skip: Callable[[Path, str], None] | None = None,
                           progress: Callable[[int], None] | None = None,
                           on_explanation: Callable[[Explanation, Path], None] | None = None,
+                          tolerance: float | None = None,
                           ) -> ExplanationReport:
     """Explain ``paths`` and measure localisation (against masks) and faithfulness.
 
     Args:
-        masks_dir: where masks live (``<dir>/<class>/<name>`` or ``<dir>/<name>``); ``None``: no localisation.
+        masks_dir: where masks live (``<dir>/<class>/<name>`` or ``<dir>/<name>``, any image extension);
+            ``None``: no localisation.
         randomisation_images: how many masked (else any) images the randomisation check uses (0: skip).
         on_explanation: called with each :class:`Explanation` and its path (e.g. to save figures).
+        tolerance: pointing-game tolerance in prepared-image pixels (default :func:`standard_tolerance`).
 
-    Summary keys: ``n``, ``n_masked``, ``pointing_game`` (masked images), ``pointing_game_correct`` (masked
-    images whose predicted class is their folder's class), ``iou``, ``deletion_auc``, ``insertion_auc``,
-    ``random_deletion_auc``, ``random_insertion_auc``, ``randomisation_spearman`` (mean of the absolute values).
+    Summary keys (means; localisation over masked images): ``n``, ``n_masked``, ``n_masked_correct``,
+    ``pointing_game`` (strict), ``pointing_game_tolerant`` (within ``tolerance_px``), the same over correctly
+    classified masked images (``pointing_game_correct``, ``pointing_game_tolerant_correct``), ``chance`` (mean
+    lesion area fraction: a random peak's hit rate), ``iou`` (map >= 0.5), ``dice_best`` (per-image best threshold
+    in 0.05..0.95), ``dice_05`` (threshold 0.5), ``dice_fixed`` / ``dice_fixed_threshold`` (the one threshold
+    best on average), ``peak_outside_brain`` (share of all maps whose peak is off the head), ``deletion_auc``,
+    ``insertion_auc``, ``random_deletion_auc``, ``random_insertion_auc``, ``randomisation_spearman`` (mean of
+    the absolute values), ``per_class`` (class folder -> the same localisation and faithfulness keys).
     """
     rows: list[dict] = []
+    curves: dict[int, np.ndarray] = {}
     keep_imgs, keep_idx, keep_maps, keep_masked = [], [], [], []
+    tol_px: float | None = tolerance
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         raws, ok = [], []
@@ -271,16 +364,22 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
                     on_skip(Path(p), exc.reason)
         if ok:
             prepared = np.stack([predictor.preprocessor.prepare(r) for r in raws])
+            if tol_px is None:
+                tol_px = standard_tolerance(prepared.shape[1])
             exs = explain_prepared(predictor, prepared, method, target, [str(p) for p in ok], batch_size)
             idx = [predictor.classes.index(e.target) for e in exs]
             maps = np.stack([e.heatmap for e in exs])
+            heads = head_masks(prepared)
             di = deletion_insertion(predictor.proba_prepared, prepared, maps, idx, steps, seed=seed + i)
             ri = deletion_insertion(predictor.proba_prepared, prepared,
                                     random_maps(len(ok), prepared.shape[1], seed + i), idx, steps, seed=seed + i)
             for j, (p, raw, ex) in enumerate(zip(ok, raws, exs, strict=True)):
                 row = {"path": str(p), "class": p.parent.name, "predicted": ex.label,
                        "probability": ex.probability, "target": ex.target, "has_mask": False,
-                       "pointing": None, "iou": None, "deletion_auc": float(di["deletion"][j]),
+                       "pointing": None, "pointing_tolerant": None, "iou": None, "dice_best": None,
+                       "dice_best_threshold": None, "dice_05": None, "lesion_fraction": None,
+                       "peak_outside_brain": peak_outside_brain(ex.heatmap, heads[j]),
+                       "deletion_auc": float(di["deletion"][j]),
                        "insertion_auc": float(di["insertion"][j]),
                        "random_deletion_auc": float(ri["deletion"][j]),
                        "random_insertion_auc": float(ri["insertion"][j])}
@@ -289,8 +388,15 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
                 if mpath is not None:
                     mask = prepare_mask(predictor.preprocessor, raw, load_mask(mpath))
                     if mask.any():
+                        curve = dice_curve(ex.heatmap, mask)
+                        k = int(np.argmax(curve))
                         row.update(has_mask=True, pointing=pointing_game(ex.heatmap, mask),
-                                   iou=heatmap_iou(ex.heatmap, mask))
+                                   pointing_tolerant=pointing_game(ex.heatmap, mask, tol_px),
+                                   iou=heatmap_iou(ex.heatmap, mask), dice_best=float(curve[k]),
+                                   dice_best_threshold=float(DICE_THRESHOLDS[k]),
+                                   dice_05=heatmap_dice(ex.heatmap, mask, 0.5),
+                                   lesion_fraction=float(mask.mean()))
+                        curves[id(row)] = curve
                 rows.append(row)
                 keep_imgs.append(prepared[j])
                 keep_idx.append(idx[j])
@@ -303,24 +409,23 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
     if not rows:
         raise DataError("no readable images to explain")
 
-    masked = [r for r in rows if r["has_mask"]]
-    correct = [r for r in masked if r["predicted"] == r["class"]]
-    summary = {
-        "method": method, "n": len(rows), "n_masked": len(masked), "n_masked_correct": len(correct),
-        "pointing_game": _mean(r["pointing"] for r in masked),
-        "pointing_game_correct": _mean(r["pointing"] for r in correct),
-        "iou": _mean(r["iou"] for r in masked),
-        "deletion_auc": _mean(r["deletion_auc"] for r in rows),
-        "insertion_auc": _mean(r["insertion_auc"] for r in rows),
-        "random_deletion_auc": _mean(r["random_deletion_auc"] for r in rows),
-        "random_insertion_auc": _mean(r["random_insertion_auc"] for r in rows),
-        "randomisation_spearman": None, "steps": steps,
-    }
+    summary = {"method": method, **_localisation_summary(rows, curves), "tolerance_px": tol_px,
+               "randomisation_spearman": None, "steps": steps}
+    per_class = {}
+    for c in sorted({r["class"] for r in rows}):
+        sub = _localisation_summary([r for r in rows if r["class"] == c], curves)
+        sub["accuracy"] = _mean(float(r["predicted"] == c) for r in rows if r["class"] == c)
+        per_class[c] = sub
+    summary["per_class"] = per_class
     if randomisation_images > 0:
         order = [k for k, m in enumerate(keep_masked) if m] + [k for k, m in enumerate(keep_masked) if not m]
         sel = order[:randomisation_images]
-        rho = randomisation_check(predictor, np.stack([keep_imgs[k] for k in sel]), [keep_idx[k] for k in sel],
-                                  method, maps=np.stack([keep_maps[k] for k in sel]), seed=seed)
-        summary["randomisation_spearman"] = float(np.mean(np.abs(rho)))
-        summary["randomisation_n"] = len(sel)
+        try:
+            rho = randomisation_check(predictor, np.stack([keep_imgs[k] for k in sel]), [keep_idx[k] for k in sel],
+                                      method, maps=np.stack([keep_maps[k] for k in sel]), seed=seed)
+        except UsageError:  # e.g. a tumour-map decoder the randomised copy does not carry
+            rho = None
+        if rho is not None:
+            summary["randomisation_spearman"] = float(np.mean(np.abs(rho)))
+            summary["randomisation_n"] = len(sel)
     return ExplanationReport(rows, summary)

@@ -1,14 +1,42 @@
-"""Heatmaps from a classifier: Grad-CAM and Grad-CAM++ (MONAI) and gradient-free occlusion sensitivity.
+"""Heatmaps from a classifier: gradient CAMs (Grad-CAM, Grad-CAM++, HiResCAM, LayerCAM) and occlusion.
 
 Every function returns ``float32`` maps ``(N, S, S)`` at the model-input resolution, normalised per image to
 ``[0, 1]`` with HIGH = IMPORTANT (MONAI's default post-processing maps the largest value to 0; it is replaced here
 by an explicit min-max scaling that keeps the orientation).
 
-The gradient pass differentiates from the target layer's output only (a fresh leaf tensor: nothing below the
-layer is back-propagated through) and temporarily switches every parameter's ``requires_grad`` off, so it works
-on checkpoints trained with a frozen backbone, accumulates no parameter gradients, and restores the model
-(parameter flags, train/eval mode, hooks) afterwards. It runs with gradients enabled even when called under
-``torch.no_grad()`` or ``torch.inference_mode()``.
+Methods (``--method``), for activations ``A`` (channels ``k``) of a layer and the gradient ``G = dy_c / dA`` of the
+explained class score:
+
+* ``gradcam`` (Selvaraju et al. 2017): ``ReLU(sum_k mean(G_k) A_k)`` at the registry's target layer (the backbone
+  output, stride 32 for the pretrained nets: a 7x7 grid at 224 px). MONAI's implementation.
+* ``gradcam++`` (Chattopadhay et al. 2018): Grad-CAM with higher-order channel weights. MONAI's implementation.
+* ``hirescam`` (Draelos & Carin 2020): ``ReLU(sum_k G_k * A_k)``, element-wise, at the target layer: the map
+  the class score actually sums (no spatial averaging of the gradient), same grid as Grad-CAM. When the target
+  layer feeds global average pooling and a linear head (every registered model), the gradient is the same at
+  every position and HiResCAM equals Grad-CAM exactly; it differs at inner layers (``layer_maps``).
+* ``layercam`` (Jiang et al. 2021): ``ReLU(sum_k ReLU(G_k) * A_k)`` element-wise, computed at every backbone feature
+  map of stride >= 8 (:attr:`~braintumor.models.ModelSpec.feature_layers`: 28x28, 14x14 and 7x7 at 224 px for
+  EfficientNet-Lite0), each map upsampled to the input and min-max normalised, then fused by their geometric mean
+  (:func:`fuse_maps` ``"product"``): a pixel is important where every scale agrees. The paper fuses by the
+  element-wise maximum (after a monotone ``tanh`` rescaling); on real outlines (figshare T1-CE, a 3-class
+  EfficientNet-Lite0, ``benchmarks/README.md``) the maximum is dominated by the coarse 7x7 map and kept its peak in
+  the tumour for 14% of slices, the geometric mean for about a third, with deletion AUC below a random map's and a
+  randomisation correlation ~0.2 (max: ~0.77). Stride-4 maps are left out: alone they respond to edges, and in the
+  product they pushed the deletion AUC up to a random map's. Where the model has no feature map of stride >= 8
+  apart from its last one (the ``cnn``, whose last map is already stride 4), it is the single-layer LayerCAM of the
+  target layer.
+* ``layercam-last``: single-layer LayerCAM at the target layer (Grad-CAM's grid).
+* ``occlusion``: gradient-free; the drop of the class probability when a patch is blurred.
+* ``seg``: not a saliency method: the probability map of a tumour-map decoder trained with masks (a run trained
+  with ``--masks``); dispatched by :func:`braintumor.explain.heatmaps`.
+
+The gradient pass differentiates from the lowest tapped layer's output only (a fresh leaf tensor: nothing below
+that layer is back-propagated through; the outputs of higher tapped layers are caught on the way with
+``torch.autograd.grad``) and temporarily switches every parameter's ``requires_grad`` off, so it works on
+checkpoints trained with a frozen backbone, accumulates no parameter gradients, and restores the model (parameter
+flags, train/eval mode, hooks) afterwards. It runs with gradients enabled even when called under
+``torch.no_grad()`` or ``torch.inference_mode()``. Class scores are per sample: image ``i`` of a batch explains
+its own ``class_idx[i]``.
 
 Example:
     >>> import torch
@@ -17,10 +45,13 @@ Example:
     >>> model = build_model("cnn", 2).eval()
     >>> cam_maps(model, torch.randn(2, 3, 64, 64), "backbone", [1, 0]).shape
     (2, 64, 64)
+    >>> cam_maps(model, torch.randn(2, 3, 64, 64), ["backbone.3", "backbone"], [1, 0], "layercam").shape
+    (2, 64, 64)
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -34,12 +65,35 @@ from torch import nn
 from ..errors import UsageError
 
 #: ``--method`` choices.
-METHODS = ("gradcam", "gradcam++", "occlusion")
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "layercam-last", "occlusion", "seg")
+#: The method ``explain`` uses unless told otherwise (CLI ``--method``, the Python API). Chosen on real outlines
+#: (184 held-out figshare T1-CE slices, ``benchmarks/README.md``): the best strict pointing game of the faithful
+#: methods (deletion AUC below a random map's) that pass the randomisation check (|Spearman| ~0.26).
+DEFAULT_METHOD = "layercam"
+#: Methods computed by :func:`cam_maps` from one gradient pass.
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "layercam-last")
+#: Per-layer rules :func:`layer_maps` knows (``gradcam``: spatially averaged gradient weights).
+LAYER_RULES = ("gradcam", "hirescam", "layercam")
+#: How :func:`fuse_maps` combines per-layer maps.
+FUSIONS = ("max", "mean", "product")
+#: Multi-layer CAMs fuse the feature maps of at least this stride (finer ones respond to edges: the skull).
+FUSION_MIN_STRIDE = 8
+
+_ALIASES = {
+    "gradcam": "gradcam", "gradcampp": "gradcam++", "gradcam++": "gradcam++", "gradcamplusplus": "gradcam++",
+    "hirescam": "hirescam", "hires": "hirescam",
+    "layercam": "layercam", "layercamfused": "layercam", "layercammulti": "layercam",
+    "layercamlast": "layercam-last", "layercamsingle": "layercam-last",
+    "occlusion": "occlusion", "occ": "occlusion",
+    "seg": "seg", "segmentation": "seg", "tumourmap": "seg", "tumormap": "seg", "decoder": "seg",
+}
 
 
 def check_method(method: str) -> str:
-    m = method.lower().replace("_", "").replace("-", "")
-    m = {"gradcam": "gradcam", "gradcampp": "gradcam++", "gradcam++": "gradcam++", "occlusion": "occlusion"}.get(m)
+    """The canonical name of ``method`` (case, ``-``, ``_`` and spaces ignored; aliases such as ``gradcampp``,
+    ``layercam_fused``, ``tumour-map``); raises :class:`UsageError` for an unknown one."""
+    m = str(method).lower().replace("_", "").replace("-", "").replace(" ", "")
+    m = _ALIASES.get(m)
     if m is None:
         raise UsageError(f"unknown explanation method '{method}'; choose one of: {', '.join(METHODS)}")
     return m
@@ -105,38 +159,41 @@ def _find_module(model: nn.Module, name: str) -> nn.Module:
 
 
 @contextmanager
-def gradient_pass(model: nn.Module, layer: str):
+def gradient_pass(model: nn.Module, layer: str | Sequence[str]):
     """Temporarily ready ``model`` for one explanation pass; restore everything afterwards.
 
     Inside: gradients enabled (also under ``no_grad``/``inference_mode``), every parameter's ``requires_grad``
-    off (the target layer's output carries the gradient), eval mode. On exit: parameter flags, train/eval mode
-    and the target module's hooks and ``inplace`` flag are put back.
+    off (a tapped layer's output carries the gradient), eval mode. On exit: parameter flags, train/eval mode and
+    each tapped module's hooks and ``inplace`` flag are put back. ``layer``: one dotted module name or several;
+    yields the (first) module.
     """
-    target = _find_module(model, layer)
+    names = [layer] if isinstance(layer, str) else list(dict.fromkeys(layer))
+    targets = [_find_module(model, n) for n in names]
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
-    saved_hooks = (dict(target._forward_hooks), dict(target._backward_hooks),
-                   getattr(target, "_is_full_backward_hook", None))
-    had_inplace = "inplace" in target.__dict__
-    inplace = target.__dict__.get("inplace")
+    saved = []
+    for t in targets:
+        saved.append((t, dict(t._forward_hooks), dict(t._backward_hooks), getattr(t, "_is_full_backward_hook", None),
+                      "inplace" in t.__dict__, t.__dict__.get("inplace")))
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
         with torch.inference_mode(False), torch.enable_grad():
-            yield target
+            yield targets[0]
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
         model.train(was_training)
-        target._forward_hooks.clear()
-        target._forward_hooks.update(saved_hooks[0])
-        target._backward_hooks.clear()
-        target._backward_hooks.update(saved_hooks[1])
-        if saved_hooks[2] is not None or hasattr(target, "_is_full_backward_hook"):
-            target._is_full_backward_hook = saved_hooks[2]
-        if had_inplace:
-            target.__dict__["inplace"] = inplace
+        for target, fwd, bwd, full, had_inplace, inplace in saved:
+            target._forward_hooks.clear()
+            target._forward_hooks.update(fwd)
+            target._backward_hooks.clear()
+            target._backward_hooks.update(bwd)
+            if full is not None or hasattr(target, "_is_full_backward_hook"):
+                target._is_full_backward_hook = full
+            if had_inplace:
+                target.__dict__["inplace"] = inplace
 
 
 def _identity(x):
@@ -181,34 +238,171 @@ def feature_grid(model: nn.Module, layer: str, size: int) -> tuple[int, int]:
     return seen[-1]
 
 
-def cam_maps(model: nn.Module, x: torch.Tensor, layer: str, class_idx: Sequence[int],
-             method: str = "gradcam") -> np.ndarray:
-    """Grad-CAM (or Grad-CAM++) maps of ``class_idx[i]`` for each normalised input ``x[i]``.
+def _tap(name: str, store: dict[str, torch.Tensor]):
+    """Forward hook: keep ``name``'s output for the gradient. The first tapped output on the way up (nothing below
+    it requires a gradient) becomes a fresh leaf, so back-propagation stops there; the module returns a copy, so
+    an in-place operation further up cannot alter the kept activation."""
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise UsageError(f"layer '{name}' does not return a tensor; it cannot be explained")
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        store[name] = output
+        return output.clone()
+
+    return hook
+
+
+def layer_maps(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str], class_idx: Sequence[int],
+               rule: str = "layercam") -> list[torch.Tensor]:
+    """Raw (unnormalised, ReLU'd) per-layer class maps ``(N, 1, h, w)`` from ONE forward and backward pass.
+
+    Args:
+        model: a classifier returning logits.
+        x: normalised input batch ``(N, 3, S, S)``.
+        layers: dotted module names (any order; each must return a 4-D tensor).
+        class_idx: the class to explain, one per image.
+        rule: ``"layercam"`` (``ReLU(sum_k ReLU(G_k) A_k)``), ``"hirescam"`` (``ReLU(sum_k G_k A_k)``) or
+            ``"gradcam"`` (``ReLU(sum_k mean(G_k) A_k)``).
+
+    Returns:
+        One map per layer, in the order of ``layers``, on the grid of that layer.
+    """
+    if rule not in LAYER_RULES:
+        raise UsageError(f"unknown per-layer rule '{rule}'; choose one of: {', '.join(LAYER_RULES)}")
+    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+    if len(class_idx) != len(x):
+        raise ValueError("one class index per image")
+    acts: dict[str, torch.Tensor] = {}
+    with gradient_pass(model, names):
+        for n in names:
+            _find_module(model, n).register_forward_hook(_tap(n, acts))
+        logits = model(x.detach())
+        idx = torch.as_tensor(list(class_idx), dtype=torch.long, device=logits.device).view(-1, 1)
+        score = logits.gather(1, idx).sum()  # images are independent in eval mode: per-sample gradients
+        missing = [n for n in names if n not in acts]
+        if missing:
+            raise UsageError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
+        grads = torch.autograd.grad(score, [acts[n] for n in names], allow_unused=True)
+        out = []
+        with torch.no_grad():
+            for n, g in zip(names, grads, strict=True):
+                a = acts[n].detach()
+                if a.dim() != 4:
+                    raise UsageError(f"layer '{n}' output has shape {tuple(a.shape)}; a CAM needs (N, C, h, w)")
+                g = torch.zeros_like(a) if g is None else g.detach()
+                if rule == "layercam":
+                    m = (g.clamp(min=0) * a).sum(1, keepdim=True)
+                elif rule == "hirescam":
+                    m = (g * a).sum(1, keepdim=True)
+                else:
+                    m = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+                out.append(m.clamp(min=0).float())
+    return out
+
+
+def fuse_maps(maps: Sequence[torch.Tensor], size: int | Sequence[int], fusion: str = "max") -> np.ndarray:
+    """Upsample per-layer maps ``(N, 1, h, w)`` to ``size``, normalise each to ``[0, 1]`` and combine them.
+
+    ``fusion``: ``"max"`` (element-wise maximum, the LayerCAM paper's fusion), ``"mean"`` or ``"product"``
+    (geometric mean, each map floored at ``1e-6``: high only where every layer is high; ``layercam``'s default).
+    Returns ``float32`` ``(N, *size)`` in ``[0, 1]``.
+    """
+    if fusion not in FUSIONS:
+        raise UsageError(f"unknown fusion '{fusion}'; choose one of: {', '.join(FUSIONS)}")
+    size = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size)
+    ups = np.stack([normalise_maps(upsample_maps(m.float(), size)[:, 0].cpu().numpy()) for m in maps])
+    if len(ups) == 1:
+        return ups[0]
+    if fusion == "max":
+        fused = ups.max(axis=0)
+    elif fusion == "mean":
+        fused = ups.mean(axis=0)
+    else:
+        fused = np.exp(np.log(np.maximum(ups, 1e-6)).mean(axis=0))
+    return normalise_maps(fused)
+
+
+_GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def layer_strides(model: nn.Module, layers: Sequence[str], size: int) -> dict[str, float]:
+    """Input pixels per map cell of each layer at a ``size`` x ``size`` input (one probe pass, cached per model)."""
+    cache = _GRIDS.setdefault(model, {})
+    key = (tuple(layers), int(size))
+    if key not in cache:
+        seen: dict[str, int] = {}
+        handles = [_find_module(model, n).register_forward_hook(
+            lambda _m, _i, out, n=n: seen.__setitem__(n, int(out.shape[-2]))) for n in layers]
+        was_training = model.training
+        try:
+            model.eval()
+            p = next(model.parameters(), None)
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu"))
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        cache[key] = {n: size / seen[n] for n in layers}
+    return cache[key]
+
+
+def fusion_layers(model: nn.Module, feature_layers: Sequence[str], size: int,
+                  min_stride: float = FUSION_MIN_STRIDE) -> list[str]:
+    """The layers a multi-layer CAM fuses: those of ``feature_layers`` with a stride of at least ``min_stride``
+    (always including the last, the target layer)."""
+    layers = list(feature_layers)
+    strides = layer_strides(model, layers, size)
+    keep = [n for n in layers[:-1] if strides[n] >= min_stride - 1e-6]
+    return keep + [layers[-1]]
+
+
+#: How ``layercam`` fuses its layers (see the module docstring for the measurement behind it).
+LAYERCAM_FUSION = "product"
+
+
+def cam_maps(model: nn.Module, x: torch.Tensor, layer: str | Sequence[str], class_idx: Sequence[int],
+             method: str = "gradcam", fusion: str = LAYERCAM_FUSION) -> np.ndarray:
+    """Gradient CAM maps of ``class_idx[i]`` for each normalised input ``x[i]``.
 
     Args:
         model: a classifier returning logits.
         x: normalised input batch ``(N, 3, S, S)`` on the model's device.
-        layer: dotted name of the target module (the registry's ``target_layer``).
+        layer: dotted name of the target module (the registry's ``target_layer``) or, for ``layercam``, several
+            (fused; see :func:`fusion_layers`). ``gradcam``, ``gradcam++``, ``hirescam`` and ``layercam-last``
+            use the last one given.
         class_idx: the class to explain, one per image.
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: one of :data:`CAM_METHODS`.
+        fusion: how ``layercam`` combines several layers (:func:`fuse_maps`).
 
     Returns:
         ``float32`` ``(N, S, S)`` in ``[0, 1]``, high = important.
     """
     method = check_method(method)
-    cls = {"gradcam": GradCAM, "gradcam++": GradCAMpp}.get(method)
-    if cls is None:
-        raise UsageError(f"cam_maps computes gradcam or gradcam++, not '{method}'")
+    if method not in CAM_METHODS:
+        raise UsageError(f"cam_maps computes {', '.join(CAM_METHODS)}, not '{method}'")
     if len(class_idx) != len(x):
         raise ValueError("one class index per image")
-    with gradient_pass(model, layer):
-        hooks = _PerSampleHooks(model, layer)  # the backward pass starts at the layer (see the class)
-        cam = cls(nn_module=hooks, target_layers=layer, upsampler=_upsampler, postprocessing=_identity)
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    if not layers:
+        raise UsageError("no layer to explain")
+    size = tuple(x.shape[-2:])
+    if method == "layercam":
+        return fuse_maps(layer_maps(model, x, layers, class_idx, "layercam"), size, fusion)
+    if method in ("hirescam", "layercam-last"):
+        rule = "hirescam" if method == "hirescam" else "layercam"
+        return fuse_maps(layer_maps(model, x, layers[-1], class_idx, rule), size)
+    cls = {"gradcam": GradCAM, "gradcam++": GradCAMpp}[method]
+    target = layers[-1]
+    with gradient_pass(model, target):
+        hooks = _PerSampleHooks(model, target)  # the backward pass starts at the layer (see the class)
+        cam = cls(nn_module=hooks, target_layers=target, upsampler=_upsampler, postprocessing=_identity)
         idx = torch.as_tensor(list(class_idx), dtype=torch.long, device=x.device)
         maps = cam(x.detach(), class_idx=idx)
         out = maps.detach().float().cpu().numpy()[:, 0]
     return normalise_maps(out)
-
 
 
 def blur_baseline(images: np.ndarray, sigma: float | None = None) -> np.ndarray:
