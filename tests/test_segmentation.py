@@ -216,3 +216,20 @@ def test_masks_that_match_nothing_are_a_one_line_error(phantoms, tmp_path):
                                  "--masks", str(tmp_path / "empty_masks"), "--out", str(tmp_path / "run")])
     assert r.exit_code != 0
     assert "no mask matches any image" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name", ["cnn", "efficientnet-lite0", "efficientnet-b0", "resnet18", "densenet121"])
+def test_feature_layers_run_fine_to_coarse(name):
+    from braintumor.models import get_spec
+
+    spec = get_spec(name)
+    model = build_model(name, 2, pretrained=False, img_size=64).eval()
+    seen: dict[str, int] = {}
+    for layer in spec.feature_layers:
+        model.get_submodule(layer).register_forward_hook(
+            lambda _m, _i, out, layer=layer: seen.__setitem__(layer, 64 // out.shape[-1]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    strides = [seen[n] for n in spec.feature_layers]
+    assert spec.feature_layers[-1] == spec.target_layer
+    assert strides == sorted(strides) and strides[-1] == (4 if name == "cnn" else 32)
