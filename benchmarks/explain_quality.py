@@ -17,10 +17,15 @@ predicted class (``--target true``: the folder's class). Per method, overall and
 * ``randomisation_spearman``: mean |Spearman| against a weight-randomised copy (lower = passes);
 * ``ms_per_image``: wall-clock of the maps alone, batches of 16 (noisy on a shared machine).
 
-``--methods`` takes the package's names (``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``,
-``layercam-last``, ``occlusion``, ``seg``) and benchmark-only layer variants ``RULE@LAYERS[/FUSION]``: RULE one of
-``gradcam``, ``hirescam``, ``layercam``; LAYERS ``s4+s8+s16+s32`` (strides of the registry's ``feature_layers``)
-or ``all``; FUSION ``max`` (default), ``mean`` or ``product``. E.g. ``layercam@s16+s32/max``.
+Once per run, ``lesion_reliance``: the drop of the explained class's probability when the lesion (dilated by 3 px)
+is blurred, against the same shape blurred elsewhere in the head; a model that does not use the lesion cannot be
+explained by a faithful map pointing at it.
+
+``--methods`` (real mode's default: the comparison in ``benchmarks/README.md``, occlusion on 24 images) takes
+the package's names (``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``, ``layercam-last``, ``occlusion``,
+``seg``) and benchmark-only layer variants ``RULE@LAYERS[/FUSION]``: RULE one of ``gradcam``, ``hirescam``,
+``layercam``; LAYERS ``s4+s8+s16+s32`` (strides of the registry's ``feature_layers``) or ``all``; FUSION ``max``
+(default), ``mean`` or ``product``. E.g. ``layercam@s16+s32/max``.
 
 Phantom mode (default):
 
@@ -147,6 +152,11 @@ def method_scores(predictor, ts: dict, method: str, steps: int, n_deletion: int,
 # ------------------------------------------------------------------------------------------------ real mode
 
 
+#: real mode's default comparison (the table in benchmarks/README.md)
+REAL_METHODS = ("layercam,gradcam,gradcam++,hirescam,layercam-last,layercam@s8+s16+s32/max,layercam@s8+s16+s32/mean,"
+                "layercam@s16/max,occlusion")
+
+
 def parse_variant(spec: str) -> tuple[str, str, str] | None:
     """``RULE@LAYERS[/FUSION]`` -> ``(rule, layers, fusion)``; ``None`` for a package method name."""
     if "@" not in spec:
@@ -236,6 +246,51 @@ def load_real(predictor, folder: Path, masks_dir: Path, limit: int | None) -> di
                 truth=[predictor.classes.index(c) if c in predictor.classes else -1 for c in classes])
 
 
+def lesion_reliance(predictor, ds: dict, idx, seed: int = 0) -> dict:
+    """How much the model uses the lesion at all: the drop of the explained class's probability when the lesion
+    (dilated by 3 px) is replaced by its blurred copy, against the same shape blurred elsewhere in the head. A
+    faithful map cannot point at a lesion the model does not use."""
+    from scipy import ndimage
+
+    from braintumor.explain.saliency import blur_baseline
+
+    rng = np.random.default_rng(seed)
+    x = ds["prepared"]
+    base = blur_baseline(x)
+    p0 = predictor.proba_prepared(x)
+    rows = []
+    for i in range(len(x)):
+        m = ndimage.binary_dilation(ds["masks"][i], iterations=3)
+        head = ds["heads"][i]
+        ys, xs = np.nonzero(m)
+        hy, hx = np.nonzero(head)
+        shifted = None
+        for _ in range(100):  # the same shape moved inside the head, off the lesion
+            j = rng.integers(len(hy))
+            cand = np.roll(np.roll(m, int(hy[j] - ys.mean()), 0), int(hx[j] - xs.mean()), 1)
+            if (cand & head).sum() >= 0.9 * cand.sum() and not (cand & m).any():
+                shifted = cand
+                break
+        a, b = x[i].copy(), x[i].copy()
+        a[m] = base[i][m]
+        if shifted is not None:
+            b[shifted] = base[i][shifted]
+        p = predictor.proba_prepared(np.stack([a, b]))[:, idx[i]]
+        rows.append((ds["classes"][i], p0[i, idx[i]] - p[0], p0[i, idx[i]] - p[1] if shifted is not None else None))
+
+    def summ(rs):
+        les = np.array([r[1] for r in rs])
+        ctl = np.array([r[2] for r in rs if r[2] is not None])
+        paired = [r for r in rs if r[2] is not None]
+        return {"n": len(rs), "lesion_blurred_drop": round(float(les.mean()), 4),
+                "elsewhere_blurred_drop": round(float(ctl.mean()), 4) if len(ctl) else None,
+                "lesion_drop_larger": round(float(np.mean([r[1] > r[2] for r in paired])), 3) if paired else None}
+
+    out = summ(rows)
+    out["per_class"] = {c: summ([r for r in rows if r[0] == c]) for c in sorted({r[0] for r in rows})}
+    return out
+
+
 def real_mode(args) -> None:
     from braintumor.inference import Predictor
 
@@ -309,6 +364,7 @@ def real_mode(args) -> None:
         results[name] = res
         print(f"{name}: {json.dumps({k: v for k, v in res.items() if k != 'per_class'})}", file=sys.stderr,
               flush=True)
+    reliance = lesion_reliance(predictor, ds, idx, args.seed)
     truth_ok = [p == t for p, t in zip(ds["predicted"], ds["truth"], strict=True)]
     emit({"benchmark": "explain_quality", "mode": "real", "machine": machine(), "run": str(args.run),
           "model": predictor.metadata.get("model"), "img_size": side, "images": str(folder),
@@ -317,7 +373,7 @@ def real_mode(args) -> None:
           "settings": {"steps": args.steps, "deletion_images": len(del_sel),
                        "randomisation_images": len(rand_sel), "occlusion_images": args.occlusion_images,
                        "seed": args.seed},
-          "results": results})
+          "lesion_reliance": reliance, "results": results})
 
 
 def main() -> None:
@@ -340,7 +396,7 @@ def main() -> None:
                     help="real mode: explain the predicted class or the folder's class")
     ap.add_argument("--limit", type=int, default=None, help="real mode: at most this many images (spread)")
     ap.add_argument("--occlusion-images", type=int, default=0,
-                    help="real mode: occlusion on this many images only (0: all)")
+                    help="real mode: occlusion on this many images only (0: all; real mode's default 24)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -351,6 +407,10 @@ def main() -> None:
             args.deletion_images = 0  # all of them
         if "--steps" not in sys.argv:
             args.steps = 20
+        if "--methods" not in sys.argv:
+            args.methods = REAL_METHODS
+        if "--occlusion-images" not in sys.argv:
+            args.occlusion_images = 24
         real_mode(args)
         return
     rows = []
