@@ -392,27 +392,12 @@ class OnnxPredictor(Predictor):
         """Whether the file has the ``tumour_map`` output (an export of a run trained with ``--masks``)."""
         return MAP_OUTPUT in {o.name for o in self.session.get_outputs()}
 
-    def proba_and_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities ``(N, K)`` and tumour probability maps ``float32`` ``(N, S, S)``, in one run per batch.
-
-        The probabilities are computed from ``logits`` exactly as :meth:`proba_prepared` does.
-
-        Raises:
-            UsageError: the file has no tumour map.
-        """
-        if not self.has_tumour_map:
-            raise UsageError("this run has no tumour-map decoder: train it with --masks DIR")
-        s = self.preprocessor.img_size
-        if len(images) == 0:
-            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, s, s), np.float32)
-        logits, maps = [], []
-        for i in range(0, len(images), batch_size):
-            x = np.ascontiguousarray(self.preprocessor.normalise(images[i:i + batch_size]).numpy(), dtype=np.float32)
-            z, m = self.session.run(["logits", MAP_OUTPUT], {INPUT_NAME: x})
-            logits.append(z)
-            maps.append(m)
-        z = torch.from_numpy(np.concatenate(logits)) / self.temperature
-        return torch.softmax(z, dim=1).numpy(), np.concatenate(maps).astype(np.float32)
+    def _proba_and_maps_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch of :meth:`Predictor.proba_and_maps_prepared` on the graph's ``logits`` and ``tumour_map``
+        outputs; the probabilities are computed from ``logits`` exactly as :meth:`proba_prepared` does."""
+        x = np.ascontiguousarray(self.preprocessor.normalise(images).numpy(), dtype=np.float32)
+        z, m = self.session.run(["logits", MAP_OUTPUT], {INPUT_NAME: x})
+        return torch.softmax(torch.from_numpy(z) / self.temperature, dim=1).numpy(), m
 
 
 # ------------------------------------------------------------------ the run folder's fast path (export on demand)

@@ -25,6 +25,9 @@ from .models import build_model
 from .preprocess import Preprocessor
 from .rundir import RunDir
 
+#: the one-line error of a tumour-map request to a run trained without masks
+NO_TUMOUR_MAP = "this run has no tumour-map decoder: train it with --masks DIR"
+
 
 @dataclass
 class Prediction:
@@ -225,7 +228,6 @@ class Predictor:
         """Whether the model also predicts a tumour probability map (a run trained with ``--masks``)."""
         return getattr(self.model, "decoder", None) is not None
 
-    @torch.inference_mode()
     def proba_and_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``(N, K)`` and tumour probability maps ``float32`` ``(N, S, S)`` in one pass.
 
@@ -233,17 +235,20 @@ class Predictor:
             UsageError: the model has no tumour-map decoder.
         """
         if not self.has_tumour_map:
-            raise UsageError("this run has no tumour-map decoder: train it with --masks DIR")
+            raise UsageError(NO_TUMOUR_MAP)
         s = self.preprocessor.img_size
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, s, s), np.float32)
-        probas, maps = [], []
-        for i in range(0, len(images), batch_size):
-            x = self.preprocessor.normalise(images[i:i + batch_size]).to(self.device).contiguous()
-            logits, m = self.model.forward_with_map(x)
-            probas.append(torch.softmax(logits.float().cpu() / self.temperature, dim=1).numpy())
-            maps.append(torch.sigmoid(m.float()[:, 0]).cpu().numpy())
-        return np.concatenate(probas), np.concatenate(maps).astype(np.float32)
+        parts = [self._proba_and_maps_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([m for _, m in parts]).astype(np.float32)
+
+    @torch.inference_mode()
+    def _proba_and_maps_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch of :meth:`proba_and_maps_prepared` (the ONNX predictor runs its graph here instead)."""
+        x = self.preprocessor.normalise(images).to(self.device).contiguous()
+        logits, m = self.model.forward_with_map(x)
+        return (torch.softmax(logits.float().cpu() / self.temperature, dim=1).numpy(),
+                torch.sigmoid(m.float()[:, 0]).cpu().numpy())
 
     def tumour_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Tumour probability maps ``float32`` ``(N, S, S)`` in ``[0, 1]`` for prepared ``uint8`` images."""

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .inference import Prediction
+from .inference import NO_TUMOUR_MAP, Prediction
 
 #: Default threshold on the tumour probability.
 THRESHOLD = 0.5
@@ -57,7 +57,7 @@ MIN_AREA_FLOOR = 4
 #: Regions listed in the output (largest first); the totals count every region.
 MAX_COMPONENTS = 20
 COORDINATES = "original image pixels: x right, y down, (0, 0) the image's top-left corner"
-NO_DECODER = "this run has no tumour-map decoder: train it with --masks DIR"
+NO_DECODER = NO_TUMOUR_MAP
 
 
 # ------------------------------------------------------------------------------------------------ geometry
