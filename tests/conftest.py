@@ -16,7 +16,7 @@ def copy_run(src: Path, dst: Path) -> Path:
     """What prediction needs from a run folder (no model.onnx: the first fast-path call exports it)."""
     import shutil
 
-    for name in ("metadata.json", "config.yaml", "split.csv", "checkpoints/best.pt"):
+    for name in ("metadata.json", "config.yaml", "split.csv", "checkpoints/best.pt", "ood.npz"):
         if (src / name).is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / name, dst / name)

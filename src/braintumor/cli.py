@@ -149,6 +149,11 @@ def train(
     exclude_copies_of: Path | None = typer.Option(
         None, "--exclude-copies-of", help="Leave out every image with a copy in this folder (pretrain here, "
         "test there without leakage)."),
+    ood_check: bool | None = typer.Option(None, "--ood-check/--no-ood-check", help="Fit the input check (is an "
+                                          "input like the training data?) after training (default on)."),
+    min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
+                                                help="Abstention: below this calibrated probability of the "
+                                                     "predicted class the verdict is 'uncertain' (default 0.6)."),
 ):
     """Train a classifier on DATA_DIR/<class>/<images> (one folder or several sources) and write a run folder.
 
@@ -178,7 +183,8 @@ def train(
                      mixup=mixup, precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
-                     exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None)
+                     exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None,
+                     ood_check=ood_check, min_confidence=min_confidence)
         base.update({k: v for k, v in given.items() if v is not None})
         if not base.get("data_dir"):
             raise typer.BadParameter("give DATA_DIR (or data_dir in --config, or --resume RUN_DIR)")
@@ -380,6 +386,15 @@ def _prediction_rows(preds, classes: list[str]) -> list[list[str]]:
             for p in preds]
 
 
+#: The input check's CSV columns (after ``error``).
+CHECK_COLUMNS = ["verdict", "in_distribution", "ood_score", "ood_reasons"]
+
+
+def _check_cells(p) -> list[str]:
+    ind = "" if p.in_distribution is None else str(int(p.in_distribution))
+    return [p.verdict or "", ind, "" if p.ood_score is None else f"{p.ood_score:.4f}", "; ".join(p.ood_reasons)]
+
+
 def _format_predictions(preds, predictor, fmt: str) -> str:
     import csv
     import io
@@ -393,8 +408,8 @@ def _format_predictions(preds, predictor, fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "label", *[f"p_{c}" for c in classes], "error"])
-        w.writerows(_prediction_rows(preds, classes))
+        w.writerow(["path", "label", *[f"p_{c}" for c in classes], "error", *CHECK_COLUMNS])
+        w.writerows(row + _check_cells(p) for p, row in zip(preds, _prediction_rows(preds, classes), strict=True))
         return buf.getvalue()
     buf_console = Console(record=True, width=160, file=io.StringIO())
     buf_console.print(_prediction_table(preds, classes))
@@ -406,13 +421,45 @@ def _notice(message: str) -> None:
     err_console.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
 
 
+def _verdict_cell(p) -> str:
+    """The table's answer: the class, or the input check's refusal in colour."""
+    if not p.ok:
+        return ""
+    v = p.verdict or p.label or ""
+    if v in ("not_brain_mri", "unfamiliar"):
+        return f"[bold red]{v}[/bold red]"
+    if v == "uncertain":
+        return f"[yellow]{v}[/yellow]"
+    return v
+
+
 def _prediction_table(preds, classes: list[str]) -> Table:
     t = Table(show_header=True)
-    for col in ("path", "label", *[f"p({c})" for c in classes], "error"):
+    checked = any(p.in_distribution is not None for p in preds)
+    for col in ("path", "verdict", "label", *[f"p({c})" for c in classes], *(["ood score"] if checked else []),
+                "error"):
         t.add_column(col, overflow="fold")
-    for row in _prediction_rows(preds, classes):
-        t.add_row(*[f"{float(v):.3f}" if 2 <= i < 2 + len(classes) and v else v for i, v in enumerate(row)])
+    for p, row in zip(preds, _prediction_rows(preds, classes), strict=True):
+        cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(classes) and v else v for i, v in enumerate(row)]
+        score = [f"{p.ood_score:.2f}" if p.ood_score is not None else ""] if checked else []
+        t.add_row(cells[0], _verdict_cell(p), *cells[1:-1], *score, cells[-1])
     return t
+
+
+def _verdict_notes(preds, predictor) -> None:
+    """Under the table: how many inputs the check refused, or that the run has none."""
+    from .ood import VERDICT_TEXT
+
+    ok = [p for p in preds if p.ok]
+    if ok and all(p.in_distribution is None for p in ok):
+        if getattr(predictor, "input_check", None) is None:
+            err_console.print("[yellow]note[/yellow]: this run has no input check (made before it existed): every "
+                              "input gets a class; fit one with `braintumor fit-input-check RUN`", highlight=False)
+        return
+    for v, text in VERDICT_TEXT.items():
+        n = sum(p.verdict == v for p in ok)
+        if n:
+            err_console.print(f"{n} of {len(ok)} image(s) [bold]{v}[/bold]: {text}", highlight=False)
 
 
 def _format_volumes(vols, fmt: str) -> str:
@@ -471,6 +518,12 @@ def predict(
                                       "the image's own coordinates. Same model pass as the probabilities."),
     outline_threshold: float = typer.Option(0.5, "--outline-threshold", min=0.0, max=1.0,
                                             help="Tumour-map probability at and above which a pixel is tumour."),
+    ood_check: bool = typer.Option(True, "--ood-check/--no-ood-check",
+                                   help="Check that each input is a brain MRI slice like the training data (the "
+                                        "run's input check); --no-ood-check gives every input a class."),
+    min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
+                                                help="Verdict 'uncertain' below this probability of the predicted "
+                                                     "class (default: the run's, 0.6)."),
 ):
     """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
 
@@ -479,6 +532,11 @@ def predict(
     writes only the per-volume rows. `--outline` adds the tumour outline (table: tumour area; csv: area, box and
     the outline as JSON; json: the outline object). Exit code 0 when every file was read, 1 when some could not
     be, 2 on a usage error.
+
+    Each row has a verdict: the class, or `not_brain_mri` (not a brain MRI slice), `unfamiliar` (unlike the
+    training data: the class is not to be trusted) or `uncertain` (probability of the class below
+    --min-confidence), from the run's input check; csv/json add `verdict`, `in_distribution`, `ood_score` (above 1:
+    unfamiliar) and `ood_reasons`. `label` is always the model's class.
 
     Example: braintumor predict runs/navoneel scans/ --format csv --out predictions.csv
     """
@@ -508,6 +566,9 @@ def predict(
         if model.is_dir() and not isinstance(RunDir(model).read_metadata().get("tumour_map"), dict):
             raise UsageError(NO_DECODER)  # said before any on-demand ONNX export
     predictor = load_predictor(model, device=device, backend=backend, notice=_notice)
+    predictor.check_inputs = ood_check
+    if min_confidence is not None and predictor.input_check is not None:
+        predictor.input_check.min_confidence = min_confidence
     if outline:
         require_tumour_map(predictor)
     from .data.slices import parse_slices, summarise_volumes
@@ -551,11 +612,11 @@ def predict(
 
     def outline_table() -> Table:
         t = Table(show_header=True)
-        for col in ("path", "label", *[f"p({c})" for c in predictor.classes], "tumour area", "error"):
+        for col in ("path", "verdict", "label", *[f"p({c})" for c in predictor.classes], "tumour area", "error"):
             t.add_column(col, overflow="fold")
         for p, row in zip(preds, _prediction_rows(preds, predictor.classes), strict=True):
             cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(predictor.classes) and v else v for i, v in enumerate(row)]
-            t.add_row(*cells[:-1], outline_summary(p.outline), cells[-1])
+            t.add_row(cells[0], _verdict_cell(p), *cells[1:-1], outline_summary(p.outline), cells[-1])
         return t
 
     if by_volume:
@@ -567,11 +628,11 @@ def predict(
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "label", *[f"p_{c}" for c in predictor.classes], "error", "tumour_found",
-                    "tumour_area_px", "tumour_area_mm2", "tumour_bbox", "outline"])
+        w.writerow(["path", "label", *[f"p_{c}" for c in predictor.classes], "error", *CHECK_COLUMNS,
+                    "tumour_found", "tumour_area_px", "tumour_area_mm2", "tumour_bbox", "outline"])
         for p, row in zip(preds, _prediction_rows(preds, predictor.classes), strict=True):
             o = p.outline or {}
-            w.writerow([*row, "" if not o else int(o["found"]), o.get("area_px", ""),
+            w.writerow([*row, *_check_cells(p), "" if not o else int(o["found"]), o.get("area_px", ""),
                         "" if o.get("area_mm2") is None else o["area_mm2"],
                         "" if not o.get("bbox") else " ".join(map(str, o["bbox"])),
                         json.dumps(o, separators=(",", ":")) if o else ""])
@@ -594,6 +655,8 @@ def predict(
             console.print(outline_table() if outline else _prediction_table(preds, predictor.classes))
         if vols:
             console.print(_volume_table(vols))
+    if fmt == "table" and not by_volume:
+        _verdict_notes(preds, predictor)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -603,6 +666,39 @@ def predict(
         for p in failed[:20]:
             err_console.print(f"  {p.path}: {p.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command("fit-input-check")
+@handle_errors
+def fit_input_check_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `braintumor train`."),
+    quantile: float = typer.Option(0.99, "--quantile", min=0.5, max=0.9999,
+                                   help="Quantile of the validation distances (log-normal fit) that becomes the "
+                                        "threshold."),
+    min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
+                                                help="Abstention limit stored with the check (default: the run's, "
+                                                     "else 0.6)."),
+):
+    """Fit (or refit) a run's input check from its own split: for runs made before the check existed.
+
+    Reads the training and validation images listed in RUN_DIR/split.csv, fits the feature distance on the
+    training split and its threshold on the validation split, and writes RUN_DIR/ood.npz and the `input_check`
+    entry of metadata.json (a cached ONNX export is made again on next use, with the `ood_score` output).
+
+    Example: braintumor fit-input-check runs/navoneel
+    """
+    from .ood import fit_run
+
+    def skip(path, reason):
+        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+
+    with console.status("fitting the input check"):
+        check = fit_run(run_dir, quantile=quantile, min_confidence=min_confidence, on_skip=skip)
+    s = check.summary
+    console.print(f"input check of [bold]{run_dir}[/bold]: threshold {check.threshold:.4g} "
+                  f"({check.distance.dim}-d features, {s['n_train']} training / {s['n_val']} validation images); "
+                  f"validation flagged: unfamiliar {s['val_flagged_unfamiliar']:.1%}, not brain MRI "
+                  f"{s.get('val_flagged_not_brain', 0):.1%}, uncertain {s['val_uncertain']:.1%}")
 
 
 @app.command()
@@ -648,6 +744,9 @@ def serve(
                                 help="Engine of plain predictions for a run folder: auto (onnxruntime when "
                                      "installed, via RUN/model.onnx exported on demand; else torch), onnx or "
                                      "torch. Grad-CAM (explain=true) always uses the run's torch model."),
+    ood_check: bool = typer.Option(True, "--ood-check/--no-ood-check",
+                                   help="Apply the run's input check (verdict not_brain_mri / unfamiliar / "
+                                        "uncertain); requests may still turn it off with ood_check=false."),
 ):
     """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
 
@@ -663,7 +762,7 @@ def serve(
     if backend.lower() not in ("auto", "onnx", "onnxruntime", "torch"):
         raise typer.BadParameter(f"--backend must be auto, onnx or torch, not '{backend}'")
     application = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), backend=backend,
-                             notice=_notice)
+                             notice=_notice, ood_check=ood_check)
     service = application.state.service
     engine = service.info["backend"] + (", Grad-CAM on torch" if service.can_explain else ", no Grad-CAM")
     err_console.print(f"serving {model} on http://{host}:{port}/ ({engine}; research use only, not a medical "
@@ -802,6 +901,9 @@ def explain_cmd(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     steps: int = typer.Option(20, "--steps", min=2, help="Deletion/insertion steps (with --masks)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda..."),
+    ood_check: bool = typer.Option(True, "--ood-check/--no-ood-check",
+                                   help="Write no map for inputs the run's input check rejects (not a brain MRI "
+                                        "slice, or unlike the training data)."),
 ):
     """Heatmaps (Grad-CAM, Grad-CAM++, HiResCAM, LayerCAM, occlusion, tumour map): figure, overlay, raw map.
 
@@ -809,7 +911,8 @@ def explain_cmd(
     OUT/<name>_heatmap.npy (float32 in [0, 1] at the model-input size, high = important). With --masks, also
     OUT/explain_metrics.json (overall and per class: pointing game strict and within 15/224 of the side, IoU,
     Dice at 0.5 and at the best threshold, peaks off the head, deletion/insertion AUC against a random map, the
-    randomisation check) and OUT/explain_metrics.csv (one row per image).
+    randomisation check) and OUT/explain_metrics.csv (one row per image). Images the run's input check rejects
+    (`not_brain_mri`, `unfamiliar`) get no map: a heatmap of a photograph explains nothing about a tumour.
 
     Example: braintumor explain runs/navoneel data/brain_mri_yes_no/yes --out explanations --method gradcam++
     """
@@ -833,7 +936,9 @@ def explain_cmd(
     if not files:
         raise UsageError(f"no image files found in {', '.join(images)}")
     predictor = as_predictor(Predictor.from_run(run_dir, device=device))
+    predictor.check_inputs = ood_check and masks is None  # --masks measures maps on labelled brain slices
     stems = dict(zip(files, _unique_stems(files), strict=True))
+    withheld: list[tuple[Path, str, str]] = []
     failed: list[tuple[Path, str]] = []
 
     def skip(path: Path, reason: str) -> None:
@@ -856,15 +961,24 @@ def explain_cmd(
         else:
             for i in range(0, len(files), batch_size):
                 chunk = files[i:i + batch_size]
-                loaded = load_images(chunk, predictor.preprocessor, on_skip=skip)
+                loaded = load_images(chunk, predictor.preprocessor, on_skip=skip, stats=True)
                 ok = [chunk[j] for j in loaded.kept]
                 if ok:
                     for ex, p in zip(explain_prepared(predictor, loaded.images, method, target,
-                                                      [str(p) for p in ok], batch_size), ok, strict=True):
+                                                      [str(p) for p in ok], batch_size, loaded.stats), ok,
+                                     strict=True):
+                        if ex.withheld:  # the input check rejected it: no map is presented as an explanation
+                            withheld.append((p, ex.verdict, "; ".join(ex.ood_reasons)))
+                            continue
                         ex.save(out, stems[p])
                         written += 1
                 bar.advance(task, len(chunk))
     console.print(f"wrote {written} explanation(s) ({method}) to [bold]{out}[/bold]")
+    if withheld:
+        err_console.print(f"{len(withheld)} image(s) not explained: the input check rejected them "
+                          f"(--no-ood-check explains them anyway):", highlight=False)
+        for p, v, why in withheld[:20]:
+            err_console.print(f"  {p}: {v}{f' ({why})' if why else ''}", highlight=False, soft_wrap=True)
     if masks is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "explain_metrics.json").write_text(json.dumps(report.summary, indent=2) + "\n")

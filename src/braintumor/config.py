@@ -71,6 +71,11 @@ class TrainConfig:
     empty mask. The run then predicts a tumour probability map beside the class (``explain --method seg``,
     ``predict --outline``).
 
+    Input check (:mod:`braintumor.ood`): with ``ood_check`` (default) the run fits, after calibration, a check of
+    how typical an input is of its training data (Mahalanobis distance of the pooled features, threshold at the
+    ``ood_quantile`` of a log-normal fitted to the validation distances) and stores the abstention limit
+    ``min_confidence`` (below it a prediction's verdict is ``uncertain``).
+
     Example:
         >>> from braintumor import TrainConfig
         >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=3)
@@ -118,6 +123,9 @@ class TrainConfig:
     mask_weight: float = 1.0
     slices: str | int = "middle"
     device: str = "auto"
+    ood_check: bool = True
+    ood_quantile: float = 0.99
+    min_confidence: float = 0.6
     target_sensitivity: float | None = None
     init_from: str | None = None
     exclude_copies_of: str | None = None
@@ -135,6 +143,10 @@ class TrainConfig:
             raise UsageError(f"mixup must be >= 0 (the Beta distribution's alpha; 0 disables), got {self.mixup}")
         if self.mask_weight < 0:
             raise UsageError(f"mask_weight must be >= 0, got {self.mask_weight}")
+        if not 0.5 <= self.ood_quantile < 1:
+            raise UsageError(f"ood_quantile must be in [0.5, 1), got {self.ood_quantile}")
+        if not 0 <= self.min_confidence <= 1:
+            raise UsageError(f"min_confidence must be in [0, 1] (0: never uncertain), got {self.min_confidence}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         for name in ("epochs", "epochs_frozen", "batch_size", "img_size"):

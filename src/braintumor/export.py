@@ -50,6 +50,8 @@ INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probabilities")
 #: The extra output of a run with a tumour-map decoder.
 MAP_OUTPUT = "tumour_map"
+#: The extra output of a run with a fitted input check (:mod:`braintumor.ood`): feature distance / threshold.
+OOD_OUTPUT = "ood_score"
 OPSET = 17
 
 
@@ -78,30 +80,42 @@ def _require_ort():
 
 
 class _Exportable(torch.nn.Module):
-    """The classifier plus the calibrated softmax, so non-Python consumers get probabilities directly."""
+    """The classifier plus the calibrated softmax, so non-Python consumers get probabilities directly.
 
-    def __init__(self, model: torch.nn.Module, temperature: float):
+    ``with_map``: a third output ``tumour_map`` (sigmoid of the decoder's logits, same backbone pass; what
+    :class:`~braintumor.models.segmentation.ProbabilitiesAndMap` returns). ``distance``: a last output
+    ``ood_score``, the input check's feature distance / threshold (:mod:`braintumor.ood`) on the pooled features of
+    the same pass. ``logits`` stays the first output so every consumer of a plain export works unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module, temperature: float, with_map: bool = False,
+                 distance: torch.nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.with_map = with_map
+        self.distance = distance
         self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature), dtype=torch.float32))
 
     def forward(self, input: torch.Tensor):  # noqa: A002 - the ONNX input name
-        logits = self.model(input)
-        return logits, torch.softmax(logits * self.inv_temperature, dim=1)
+        pooled: list[torch.Tensor] = []
+        handle = (self.model.pool.register_forward_hook(lambda _m, _i, o: pooled.append(o))
+                  if self.distance is not None else None)
+        try:
+            if self.with_map:
+                from .models.segmentation import forward_with_map
 
-
-class _ExportableWithMap(_Exportable):
-    """``logits``, ``probabilities`` and ``tumour_map`` of a model with a tumour-map decoder, in one backbone pass.
-
-    The last two are what :class:`~braintumor.models.segmentation.ProbabilitiesAndMap` returns; ``logits`` stays
-    the first output so every consumer of a plain export (and :meth:`OnnxPredictor.logits`) works unchanged.
-    """
-
-    def forward(self, input: torch.Tensor):  # noqa: A002 - the ONNX input name
-        from .models.segmentation import forward_with_map
-
-        logits, maps = forward_with_map(self.model, input)
-        return logits, torch.softmax(logits * self.inv_temperature, dim=1), torch.sigmoid(maps[:, 0])
+                logits, maps = forward_with_map(self.model, input)
+            else:
+                logits, maps = self.model(input), None
+        finally:
+            if handle is not None:
+                handle.remove()
+        out = [logits, torch.softmax(logits * self.inv_temperature, dim=1)]
+        if maps is not None:
+            out.append(torch.sigmoid(maps[:, 0]))
+        if self.distance is not None:
+            out.append(self.distance(pooled[-1].flatten(1)))
+        return tuple(out)
 
 
 @dataclass
@@ -154,6 +168,9 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
     if predictor.has_tumour_map:
         props["outputs"] += (f"; {MAP_OUTPUT} (batch, {pre.img_size}, {pre.img_size}) = tumour probability map on "
                              f"the prepared image")
+    if predictor.has_input_check:
+        props["outputs"] += (f"; {OOD_OUTPUT} (batch,) = input check: feature distance / threshold (above 1: unlike "
+                             f"the training data)")
     if stamp is not None:
         props["checkpoint_sha256"] = stamp["sha256"]
     return props
@@ -162,11 +179,13 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
 def _export_bytes(predictor: Predictor) -> bytes:
     """The legacy TorchScript-based exporter (opset 17, dynamic batch): robust for every registered model."""
     with_map = predictor.has_tumour_map
+    check = predictor.input_check if predictor.has_input_check else None
     model = predictor.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    wrapper = (_ExportableWithMap if with_map else _Exportable)(model, predictor.temperature).eval()
+    distance = check.distance.torch_module(check.threshold) if check is not None else None
+    wrapper = _Exportable(model, predictor.temperature, with_map, distance).eval()
     s = predictor.preprocessor.img_size
     dummy = torch.zeros(2, 3, s, s)
-    names = list(OUTPUT_NAMES) + ([MAP_OUTPUT] if with_map else [])
+    names = list(OUTPUT_NAMES) + ([MAP_OUTPUT] if with_map else []) + ([OOD_OUTPUT] if check is not None else [])
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -372,6 +391,13 @@ class OnnxPredictor(Predictor):
         self.temperature = float((meta.get("calibration") or {}).get("temperature") or 1.0)
         self.threshold = meta.get("threshold")
         self.metadata = meta
+        from .ood import InputCheck
+
+        try:  # the distance itself is in the graph (output ood_score): only the settings are read here
+            self.input_check = InputCheck.from_metadata(meta, arrays={})
+        except RunError as exc:
+            raise RunError(f"{'ONNX bytes' if isinstance(path, bytes) else path}: {exc}") from None
+        self.check_inputs = True
         self.run_dir = None
         self.checkpoint_file = None
         self._fingerprint = meta.get("weights_fingerprint")
@@ -392,12 +418,21 @@ class OnnxPredictor(Predictor):
         """Whether the file has the ``tumour_map`` output (an export of a run trained with ``--masks``)."""
         return MAP_OUTPUT in {o.name for o in self.session.get_outputs()}
 
-    def _proba_and_maps_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One batch of :meth:`Predictor.proba_and_maps_prepared` on the graph's ``logits`` and ``tumour_map``
-        outputs; the probabilities are computed from ``logits`` exactly as :meth:`proba_prepared` does."""
+    @property
+    def has_input_check(self) -> bool:
+        """Whether the file computes the input check's ``ood_score`` (an export of a run with a fitted check)."""
+        return self.input_check is not None and OOD_OUTPUT in {o.name for o in self.session.get_outputs()}
+
+    def _outputs_batch(self, images: np.ndarray, maps: bool, scores: bool
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One batch of :meth:`Predictor.outputs_prepared` on the graph's ``logits``, ``tumour_map`` and
+        ``ood_score`` outputs; the probabilities are computed from ``logits`` exactly as :meth:`proba_prepared`
+        does."""
         x = np.ascontiguousarray(self.preprocessor.normalise(images).numpy(), dtype=np.float32)
-        z, m = self.session.run(["logits", MAP_OUTPUT], {INPUT_NAME: x})
-        return torch.softmax(torch.from_numpy(z) / self.temperature, dim=1).numpy(), m
+        names = ["logits"] + ([MAP_OUTPUT] if maps else []) + ([OOD_OUTPUT] if scores else [])
+        res = dict(zip(names, self.session.run(names, {INPUT_NAME: x}), strict=True))
+        proba = torch.softmax(torch.from_numpy(res["logits"]) / self.temperature, dim=1).numpy()
+        return proba, res.get(MAP_OUTPUT), res.get(OOD_OUTPUT)
 
 
 # ------------------------------------------------------------------ the run folder's fast path (export on demand)
@@ -430,7 +465,15 @@ def _prediction_settings(meta: dict) -> dict:
     return {"model": meta.get("model"), "classes": list(meta.get("classes") or []),
             "positive_class": meta.get("positive_class"), "threshold": meta.get("threshold"),
             "temperature": float(calib.get("temperature") or 1.0),
+            "input_check": _check_settings(meta.get("input_check")),
             "preprocessing": Preprocessor.from_dict(pre).to_dict() if isinstance(pre, dict) else pre}
+
+
+def _check_settings(entry) -> dict | None:
+    """The parts of ``input_check`` an export bakes in (a refit changes them and makes the export stale)."""
+    if not isinstance(entry, dict):
+        return None
+    return {"threshold": entry.get("threshold"), "fitted": entry.get("fitted")}
 
 
 def _writable(folder: Path) -> bool:
@@ -501,6 +544,8 @@ def onnx_for_run(run_dir: str | Path, *, predictor: Predictor | None = None, cac
             return None
         if isinstance(meta.get("tumour_map"), dict) and not pred.has_tumour_map:
             return None  # exported before the tumour-map output existed
+        if isinstance(meta.get("input_check"), dict) and meta["input_check"].get("file") and not pred.has_input_check:
+            return None  # exported before the input check was fitted
         stamp = m.get("checkpoint")
         if isinstance(stamp, dict):
             st = ckpt.stat()

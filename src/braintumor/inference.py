@@ -31,19 +31,61 @@ NO_TUMOUR_MAP = "this run has no tumour-map decoder: train it with --masks DIR"
 
 @dataclass
 class Prediction:
-    """One file's result: ``label`` and ``probabilities`` (class -> p), or ``error`` when unreadable."""
+    """One file's result: ``label`` and ``probabilities`` (class -> p), or ``error`` when unreadable.
+
+    The input check (:mod:`braintumor.ood`) adds ``verdict`` (the answer to give: the class, ``not_brain_mri``,
+    ``unfamiliar`` or ``uncertain``), ``in_distribution`` (``None`` when the run has no fitted check or it was
+    switched off), ``ood_score`` (feature distance / threshold: above 1 is unfamiliar) and ``ood_reasons`` (the
+    rules that failed). ``label`` stays the model's class whatever the verdict.
+    """
 
     path: str
     label: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    verdict: str | None = None
+    in_distribution: bool | None = None
+    ood_score: float | None = None
+    ood_reasons: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "label": self.label, "probabilities": self.probabilities, "error": self.error}
+        return {"path": self.path, "label": self.label, "probabilities": self.probabilities, "error": self.error,
+                "verdict": self.verdict, "in_distribution": self.in_distribution, "ood_score": self.ood_score,
+                "ood_reasons": list(self.ood_reasons)}
+
+
+@dataclass
+class Assessment:
+    """The input check's answer for one image (see :meth:`Predictor.assess`)."""
+
+    verdict: str | None
+    in_distribution: bool | None
+    ood_score: float | None
+    ood_reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "in_distribution": self.in_distribution, "ood_score": self.ood_score,
+                "ood_reasons": list(self.ood_reasons)}
+
+    def apply(self, pred: Prediction) -> Prediction:
+        pred.verdict, pred.in_distribution = self.verdict, self.in_distribution
+        pred.ood_score, pred.ood_reasons = self.ood_score, list(self.ood_reasons)
+        return pred
+
+
+@dataclass
+class ModelOutputs:
+    """What one model pass gives for a batch of prepared images: ``proba`` ``(N, K)``, tumour ``maps``
+    ``(N, S, S)`` (when asked and available) and ``scores`` (the input check's ``ood_score`` ``(N,)``, when the
+    run has a fitted check and it is on)."""
+
+    proba: np.ndarray
+    maps: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -105,7 +147,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, preprocessor: Preprocessor, classes: Sequence[str],
                  positive_class: str | None = None, temperature: float = 1.0, threshold: float | None = None,
-                 metadata: dict | None = None, device: str = "auto"):
+                 metadata: dict | None = None, device: str = "auto", input_check=None):
         self.device = _torch_device(device)
         # Plain (NCHW) memory format: channels_last was slower for inference on AVX2 CPUs (benchmarks/inference.py);
         # the fast CPU path is onnxruntime (braintumor.export.OnnxPredictor).
@@ -116,6 +158,10 @@ class Predictor:
         self.temperature = float(temperature or 1.0)
         self.threshold = threshold
         self.metadata = metadata or {}
+        #: The run's fitted :class:`~braintumor.ood.InputCheck` (``None``: a run made before the check existed).
+        self.input_check = input_check
+        #: Apply the input check (``False``: ``--no-ood-check``, every verdict is the class).
+        self.check_inputs = True
         self.run_dir: Path | None = None
         #: The checkpoint file the weights were loaded from (run folders), and its (size, mtime, inode) then.
         self.checkpoint_file: Path | None = None
@@ -159,8 +205,11 @@ class Predictor:
                            f"{__version__} (the run was made by braintumor {made_by}; the architecture may have "
                            f"changed): {first[:200]}") from None
         calib = meta.get("calibration") or {}
+        from .ood import InputCheck
+
+        check = InputCheck.from_metadata(meta, run.root)
         p = cls(model, Preprocessor.from_dict(meta["preprocessing"]), meta["classes"], meta.get("positive_class"),
-                calib.get("temperature", 1.0), meta.get("threshold"), meta, device)
+                calib.get("temperature", 1.0), meta.get("threshold"), meta, device, input_check=check)
         p.run_dir = run.root
         p.checkpoint_file, p._checkpoint_stat = ckpt_file, stat
         return p
@@ -208,7 +257,52 @@ class Predictor:
         return {"name": meta.get("model"), "version": version, "fingerprint": self.fingerprint,
                 "data_fingerprint": (meta.get("data") or {}).get("fingerprint"), "backend": self.backend,
                 "classes": self.classes, "positive_class": self.positive_class, "img_size": self.preprocessor.img_size,
-                "temperature": self.temperature, "threshold": self.threshold}
+                "temperature": self.temperature, "threshold": self.threshold,
+                "input_check": self.input_check_info()}
+
+    # ------------------------------------------------------------------------------------------- the input check
+
+    @property
+    def has_input_check(self) -> bool:
+        """Whether the run has a fitted input check (feature distance + threshold, :mod:`braintumor.ood`)."""
+        return self.input_check is not None and self.input_check.has_distance
+
+    @property
+    def _scoring(self) -> bool:
+        return self.check_inputs and self.has_input_check
+
+    def input_check_info(self) -> dict:
+        """``{available, enabled, threshold, min_confidence, rules}`` of the input check (for ``/v1/model``)."""
+        c = self.input_check
+        if c is None:
+            return {"available": False, "enabled": False,
+                    "note": "this run has no input check (made before it existed): every input gets a class; "
+                            "fit one with `braintumor fit-input-check RUN`"}
+        return {"available": self.has_input_check, "enabled": bool(self.check_inputs),
+                "threshold": c.threshold, "min_confidence": c.min_confidence, "rules": c.rules.to_dict()}
+
+    def assess(self, proba: np.ndarray, labels: Sequence[str], stats: Sequence | None = None,
+               scores: np.ndarray | None = None) -> list[Assessment]:
+        """The verdict of each image from its probabilities, predicted label, :class:`~braintumor.ood.ImageStats`
+        (the rules; ``None`` skips them) and ``ood_score`` (``None``: no feature check).
+
+        Without a fitted check, or with :attr:`check_inputs` off, every verdict is the label and
+        ``in_distribution`` is ``None``.
+        """
+        from .ood import verdict
+
+        out = []
+        c = self.input_check
+        for i, lab in enumerate(labels):
+            if c is None or not self.check_inputs:
+                out.append(Assessment(lab, None, None))
+                continue
+            reasons = c.rules.reasons(stats[i]) if stats is not None and stats[i] is not None else []
+            score = None if scores is None else float(scores[i])
+            conf = float(proba[i][self.classes.index(lab)]) if lab in self.classes else None
+            ind = not reasons and (score is None or score <= 1.0)
+            out.append(Assessment(verdict(lab, conf, reasons, score, c.min_confidence), ind, score, reasons))
+        return out
 
     @property
     def positive_index(self) -> int:
@@ -234,21 +328,49 @@ class Predictor:
         Raises:
             UsageError: the model has no tumour-map decoder.
         """
-        if not self.has_tumour_map:
+        out = self.outputs_prepared(images, maps=True, scores=False, batch_size=batch_size)
+        return out.proba, out.maps
+
+    def outputs_prepared(self, images: np.ndarray, *, maps: bool = False, scores: bool = True,
+                         batch_size: int = 32) -> ModelOutputs:
+        """Probabilities, and in the same model pass tumour maps (``maps=True``) and the input check's scores
+        (``scores=True``, when the run has a fitted check and :attr:`check_inputs` is on), of prepared ``uint8``
+        images ``(N, S, S, 3)``.
+
+        Raises:
+            UsageError: ``maps=True`` and the model has no tumour-map decoder.
+        """
+        if maps and not self.has_tumour_map:
             raise UsageError(NO_TUMOUR_MAP)
+        scores = scores and self._scoring
         s = self.preprocessor.img_size
         if len(images) == 0:
-            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, s, s), np.float32)
-        parts = [self._proba_and_maps_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        return np.concatenate([p for p, _ in parts]), np.concatenate([m for _, m in parts]).astype(np.float32)
+            return ModelOutputs(np.zeros((0, len(self.classes)), np.float32),
+                                np.zeros((0, s, s), np.float32) if maps else None,
+                                np.zeros(0, np.float64) if scores else None)
+        parts = [self._outputs_batch(images[i:i + batch_size], maps, scores) for i in range(0, len(images), batch_size)]
+        return ModelOutputs(np.concatenate([p[0] for p in parts]),
+                            np.concatenate([p[1] for p in parts]).astype(np.float32) if maps else None,
+                            np.concatenate([p[2] for p in parts]).astype(np.float64) if scores else None)
 
     @torch.inference_mode()
-    def _proba_and_maps_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One batch of :meth:`proba_and_maps_prepared` (the ONNX predictor runs its graph here instead)."""
+    def _outputs_batch(self, images: np.ndarray, maps: bool, scores: bool
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One batch of :meth:`outputs_prepared` (the ONNX predictor runs its graph here instead)."""
         x = self.preprocessor.normalise(images).to(self.device).contiguous()
-        logits, m = self.model.forward_with_map(x)
-        return (torch.softmax(logits.float().cpu() / self.temperature, dim=1).numpy(),
-                torch.sigmoid(m.float()[:, 0]).cpu().numpy())
+        got: list[torch.Tensor] = []
+        handle = self.model.pool.register_forward_hook(lambda _m, _i, o: got.append(o)) if scores else None
+        try:
+            if maps:
+                logits, m = self.model.forward_with_map(x)
+            else:
+                logits, m = self.model(x), None
+        finally:
+            if handle is not None:
+                handle.remove()
+        proba = torch.softmax(logits.float().cpu() / self.temperature, dim=1).numpy()
+        score = self.input_check.scores(got[-1].flatten(1).float().cpu().numpy()) if scores else None
+        return proba, (torch.sigmoid(m.float()[:, 0]).cpu().numpy() if maps else None), score
 
     def tumour_maps_prepared(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Tumour probability maps ``float32`` ``(N, S, S)`` in ``[0, 1]`` for prepared ``uint8`` images."""
@@ -276,12 +398,13 @@ class Predictor:
         """
         chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
         results: list[Prediction] = []
+        stats = self.input_check is not None and self.check_inputs
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="braintumor-read-ahead") as ahead:
-            pending = ahead.submit(load_images, chunks[0], self.preprocessor) if chunks else None
+            pending = ahead.submit(load_images, chunks[0], self.preprocessor, stats=stats) if chunks else None
             for k, chunk in enumerate(chunks):
                 loaded = pending.result()
                 if k + 1 < len(chunks):
-                    pending = ahead.submit(load_images, chunks[k + 1], self.preprocessor)
+                    pending = ahead.submit(load_images, chunks[k + 1], self.preprocessor, stats=stats)
                 results.extend(self._rows(chunk, loaded, batch_size))
                 if progress is not None:
                     progress(len(chunk))
@@ -294,11 +417,13 @@ class Predictor:
         for j, (_, reason) in zip(failed, loaded.skipped, strict=True):
             rows[j].error = reason
         if loaded.kept:
-            proba = self.proba_prepared(loaded.images, batch_size)
-            labels = self.labels_from_proba(proba)
-            for j, pr, lab in zip(loaded.kept, proba, labels, strict=True):
+            out = self.outputs_prepared(loaded.images, batch_size=batch_size)
+            labels = self.labels_from_proba(out.proba)
+            checks = self.assess(out.proba, labels, loaded.stats, out.scores)
+            for j, pr, lab, a in zip(loaded.kept, out.proba, labels, checks, strict=True):
                 rows[j].label = lab
                 rows[j].probabilities = {c: float(v) for c, v in zip(self.classes, pr, strict=True)}
+                a.apply(rows[j])
         return rows
 
 

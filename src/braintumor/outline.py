@@ -445,16 +445,19 @@ class OutlinedPrediction(Prediction):
 def _read_one(path, pre):
     from .data.read import read_image, split_ref
     from .errors import UnreadableImageError
+    from .ood import image_stats
 
     p = Path(path)
     try:
-        prepared, geo = prepare_with_geometry(pre, read_image(p))
+        img = read_image(p)
+        stats = image_stats(img)
+        prepared, geo = prepare_with_geometry(pre, img)
     except UnreadableImageError as exc:
         src = split_ref(p)[0]
         return exc.reason if exc.path in (p, src) else f"{exc.path.name}: {exc.reason}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure is "this file is unreadable"
         return f"{type(exc).__name__}: {exc}"
-    return prepared, geo, pixel_spacing(p)
+    return prepared, geo, pixel_spacing(p), stats
 
 
 def require_tumour_map(predictor) -> None:
@@ -506,13 +509,19 @@ def predict_outlines(predictor, paths: Sequence[str | Path], *, batch_size: int 
                 if isinstance(r, str):
                     out[j].error = r
             if ok:
-                proba, maps = predictor.proba_and_maps_prepared(np.stack([loaded[j][0] for j in ok]), batch_size)
-                labels = predictor.labels_from_proba(proba)
-                for j, pr, lab, m in zip(ok, proba, labels, maps, strict=True):
-                    _, geo, spacing = loaded[j]
+                res = predictor.outputs_prepared(np.stack([loaded[j][0] for j in ok]), maps=True,
+                                                 batch_size=batch_size)
+                labels = predictor.labels_from_proba(res.proba)
+                checks = predictor.assess(res.proba, labels, [loaded[j][3] for j in ok], res.scores)
+                for j, pr, lab, m, a in zip(ok, res.proba, labels, res.maps, checks, strict=True):
+                    _, geo, spacing, _ = loaded[j]
                     out[j].label = lab
                     out[j].probabilities = {c: float(v) for c, v in zip(predictor.classes, pr, strict=True)}
-                    out[j].outline = outline(m, geo, threshold=threshold, min_area=min_area, spacing=spacing)
+                    a.apply(out[j])
+                    if a.verdict in ("not_brain_mri", "unfamiliar"):
+                        out[j].outline = None  # a tumour outline on a rejected input would be meaningless
+                    else:
+                        out[j].outline = outline(m, geo, threshold=threshold, min_area=min_area, spacing=spacing)
             rows.extend(out)
             if progress is not None:
                 progress(len(chunk))

@@ -282,6 +282,8 @@ class PreparedData:
     #: tumour masks (``cfg.masks``): :class:`~braintumor.data.masks.PreparedMasks` of each side, else ``None``
     train_masks: PreparedMasks | None = None
     val_masks: PreparedMasks | None = None
+    #: :class:`~braintumor.ood.ImageStats` of each decoded validation image (the input check's rules)
+    val_stats: list | None = None
 
 
 def _skip_reporter(out: _Console):
@@ -365,7 +367,8 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     with out.progress("reading images", total) as bar:
         tick = (lambda: bar.advance()) if bar is not None else None
         tr_l = load_images(train_ds.paths, pre, strict=cfg.strict, on_skip=report, progress=tick)
-        va_l = load_images(val_ds.paths, pre, strict=cfg.strict, on_skip=report, progress=tick)
+        va_l = load_images(val_ds.paths, pre, strict=cfg.strict, on_skip=report, progress=tick,
+                           stats=cfg.ood_check)
     tr_y = np.asarray(train_ds.labels)[tr_l.kept]
     va_y = np.asarray(val_ds.labels)[va_l.kept]
     for name, y in (("training", tr_y), ("validation", va_y)):
@@ -383,6 +386,7 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
         fingerprint(fp_paths, _fingerprint_root(cfg)), len(set(groups)) if groups else None, excluded,
         [tr_src[i] for i in tr_l.kept], [va_src[i] for i in va_l.kept], roots,
     )
+    data.val_stats = va_l.stats
     if cfg.masks:
         attach_masks(data, cfg.masks, pre, out)
     return data
@@ -442,6 +446,17 @@ def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dic
     except ImportError:
         return {}
     return calibrate_run(predictor, data.val_x, data.val_y, cfg)
+
+
+def fit_check(predictor: Predictor, data: PreparedData, cfg: TrainConfig):
+    """Fit the input check (:mod:`braintumor.ood`) on the training split, its threshold on the validation split,
+    and write its arrays into the run folder; returns the :class:`~braintumor.ood.InputCheck`."""
+    from .ood import fit_input_check
+
+    check = fit_input_check(predictor, data.train_x, data.train_y, data.val_x, data.val_y,
+                            quantile=cfg.ood_quantile, min_confidence=cfg.min_confidence, val_stats=data.val_stats)
+    check.save(predictor.run_dir)
+    return check
 
 
 def counts_for_patience(phase: Phase, epoch_in_phase: int) -> bool:
@@ -946,6 +961,14 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     if post:
         meta.update(post)
         run.write_json(run.metadata, meta)
+        predictor = Predictor.from_run(run.root, device=str(device))
+    if cfg.ood_check:
+        check = fit_check(predictor, data, cfg)
+        meta["input_check"] = check.to_metadata()
+        run.write_json(run.metadata, meta)
+        outc.print(f"input check: threshold {check.threshold:.3g} on the pooled features "
+                   f"({check.distance.dim}-d); validation flagged unfamiliar "
+                   f"{check.summary['val_flagged_unfamiliar']:.1%}, uncertain {check.summary['val_uncertain']:.1%}")
         predictor = Predictor.from_run(run.root, device=str(device))
     proba = predictor.proba_prepared(data.val_x)
     ev = report_predictions(data.val_y, proba, classes, run.root, data.val_paths, meta["positive_class"],

@@ -28,11 +28,13 @@ from .read import frame_ref, read_image, split_ref
 
 @dataclass
 class LoadedImages:
-    """``images[i]`` is the prepared image of ``paths[kept[i]]``; ``skipped`` lists ``(path, reason)``."""
+    """``images[i]`` is the prepared image of ``paths[kept[i]]``; ``skipped`` lists ``(path, reason)``; ``stats[i]``
+    the :class:`~braintumor.ood.ImageStats` of the decoded image (with ``stats=True``)."""
 
     images: np.ndarray
     kept: list[int]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    stats: list | None = None
 
 
 def _as_ref(item) -> Path:
@@ -45,9 +47,14 @@ def _as_ref(item) -> Path:
     return Path(item)
 
 
-def _load_one(path: Path, pre: Preprocessor) -> np.ndarray | UnreadableImageError:
+def _load_one(path: Path, pre: Preprocessor, stats: bool = False):
     try:
-        return pre.prepare(read_image(path))
+        img = read_image(path)
+        if stats:
+            from ..ood import image_stats
+
+            return pre.prepare(img), image_stats(img)
+        return pre.prepare(img)
     except UnreadableImageError as exc:
         if exc.path == path:
             return exc
@@ -60,8 +67,11 @@ def _load_one(path: Path, pre: Preprocessor) -> np.ndarray | UnreadableImageErro
 
 def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
                 on_skip: Callable[[Path, str], None] | None = None,
-                progress: Callable[[], None] | None = None, workers: int | None = None) -> LoadedImages:
+                progress: Callable[[], None] | None = None, workers: int | None = None,
+                stats: bool = False) -> LoadedImages:
     """Read and prepare every file (threads: PIL and NumPy release the GIL while decoding).
+
+    ``stats=True`` also keeps each decoded image's :class:`~braintumor.ood.ImageStats` (the input check's rules).
 
     Raises:
         UnreadableImageError: with ``strict=True``, at the first unreadable file.
@@ -71,8 +81,9 @@ def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
     out = np.empty((len(paths), pre.img_size, pre.img_size, 3), np.uint8)
     kept: list[int] = []
     skipped: list[tuple[Path, str]] = []
+    found: list = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, res in enumerate(pool.map(lambda p: _load_one(p, pre), paths)):
+        for i, res in enumerate(pool.map(lambda p: _load_one(p, pre, stats), paths)):
             if progress is not None:
                 progress()
             if isinstance(res, UnreadableImageError):
@@ -82,6 +93,9 @@ def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
                 if on_skip is not None:
                     on_skip(res.path, res.reason)
                 continue
+            if stats:
+                res, st = res
+                found.append(st)
             out[len(kept)] = res
             kept.append(i)
-    return LoadedImages(out[: len(kept)], kept, skipped)
+    return LoadedImages(out[: len(kept)], kept, skipped, found if stats else None)

@@ -43,6 +43,11 @@ class Explanation:
         method: one of :data:`~braintumor.explain.saliency.METHODS` (``gradcam``, ``gradcam++``, ``hirescam``,
             ``layercam``, ``layercam-last``, ``occlusion``, ``seg``).
         source: the file the image came from (``None`` for arrays).
+        verdict: the input check's verdict (:mod:`braintumor.ood`): the label, ``not_brain_mri``, ``unfamiliar``
+            or ``uncertain`` (``None``: not checked). For a rejected input (:attr:`withheld`) the map explains
+            nothing about a tumour: :meth:`figure` shows the refusal instead of the map, and ``braintumor
+            explain`` writes no map for it.
+        ood_reasons: the rules the input failed.
 
     In Jupyter it displays as its :meth:`figure` (original | heatmap | overlay).
 
@@ -62,6 +67,15 @@ class Explanation:
     target: str = ""
     method: str = DEFAULT_METHOD
     source: str | None = None
+    verdict: str | None = None
+    ood_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def withheld(self) -> bool:
+        """Whether the input check rejected the image (``not_brain_mri`` or ``unfamiliar``): no explanation."""
+        from ..ood import NOT_BRAIN, UNFAMILIAR
+
+        return self.verdict in (NOT_BRAIN, UNFAMILIAR)
 
     def __repr__(self) -> str:
         return (f"Explanation(label={self.label!r}, probability={self.probability:.3f}, target={self.target!r}, "
@@ -93,9 +107,23 @@ class Explanation:
         return t
 
     def figure(self, alpha: float = 0.45):
-        """A 3-panel matplotlib ``Figure``: original | heatmap | overlay, titled with the prediction."""
+        """A 3-panel matplotlib ``Figure``: original | heatmap | overlay, titled with the prediction.
+
+        For an input the check rejected (:attr:`withheld`): the prepared image and the reason, no map.
+        """
         from matplotlib.figure import Figure
 
+        if self.withheld:
+            from ..ood import VERDICT_TEXT
+
+            fig = Figure(figsize=(5.5, 4.2), layout="constrained")
+            ax = fig.subplots(1, 1)
+            ax.imshow(self.image)
+            ax.set_axis_off()
+            why = "; ".join(self.ood_reasons) or VERDICT_TEXT[self.verdict]
+            name = f"{Path(self.source).name}: " if self.source else ""
+            fig.suptitle(f"{name}{self.verdict}: no explanation\n{why}", fontsize=10)
+            return fig
         fig = Figure(figsize=(10.5, 3.9), layout="constrained")
         axes = fig.subplots(1, 3)
         names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
@@ -228,12 +256,18 @@ def heatmaps(predictor: Predictor, prepared: np.ndarray, class_idx: Sequence[int
 
 def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = DEFAULT_METHOD,
                      target: str | int | None = None, sources: Sequence[str | None] | None = None,
-                     batch_size: int = 16) -> list[Explanation]:
-    """Explanations for already prepared ``uint8`` images ``(N, S, S, 3)``."""
+                     batch_size: int = 16, stats: Sequence | None = None) -> list[Explanation]:
+    """Explanations for already prepared ``uint8`` images ``(N, S, S, 3)``.
+
+    Each carries the input check's verdict (``stats``: the decoded images' :class:`~braintumor.ood.ImageStats`
+    for the rules; without them only the feature distance is checked).
+    """
     method = check_method(method)
     prepared = np.asarray(prepared)
-    proba = predictor.proba_prepared(prepared)
+    outputs = predictor.outputs_prepared(prepared, batch_size=batch_size)
+    proba = outputs.proba
     labels = predictor.labels_from_proba(proba)
+    checks = predictor.assess(proba, labels, stats, outputs.scores)
     idx = resolve_targets(predictor, proba, target)
     maps = heatmaps(predictor, prepared, idx, method, batch_size)
     sources = list(sources) if sources is not None else [None] * len(prepared)
@@ -242,7 +276,8 @@ def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = D
         probs = {c: float(v) for c, v in zip(predictor.classes, proba[i], strict=True)}
         out.append(Explanation(heatmap=maps[i], image=prepared[i], label=labels[i], probability=probs[labels[i]],
                                probabilities=probs, target=predictor.classes[idx[i]], method=method,
-                               source=sources[i]))
+                               source=sources[i], verdict=checks[i].verdict,
+                               ood_reasons=list(checks[i].ood_reasons)))
     return out
 
 
@@ -258,7 +293,9 @@ def explain_batch(predictor, images: Sequence[ImageLike], method: str = DEFAULT_
     prepared = (np.stack([predictor.preprocessor.prepare(r) for r in raw]) if raw else
                 np.zeros((0, predictor.preprocessor.img_size, predictor.preprocessor.img_size, 3), np.uint8))
     sources = [str(im) if isinstance(im, (str, Path)) else None for im in images]
-    return explain_prepared(predictor, prepared, method, target, sources, batch_size)
+    from ..ood import image_stats
+
+    return explain_prepared(predictor, prepared, method, target, sources, batch_size, [image_stats(r) for r in raw])
 
 
 def explain(model_or_run, image: ImageLike, method: str = DEFAULT_METHOD, target: str | int | None = None
