@@ -225,6 +225,14 @@ def evaluate(
     with console.status("evaluating"):
         res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip)
     console.print(metrics_table(res.metrics, f"{data} ({res.metrics['n']} images)"))
+    chk = res.metrics.get("input_check")
+    if chk:
+        ans = chk.get("answered") or {}
+        acc = f"; accuracy on the {ans['n']} answered: {ans['accuracy']:.3f}" if ans.get("accuracy") is not None \
+            else ""
+        console.print(f"input check: flagged {chk['flagged']:.1%} (not_brain_mri {chk['not_brain_mri']:.1%}, "
+                      f"unfamiliar {chk['unfamiliar']:.1%}), uncertain {chk['uncertain']:.1%}{acc} "
+                      f"(metrics above: all images)")
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
     console.print(f"written to [bold]{res.out_dir}[/bold]")

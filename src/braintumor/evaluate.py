@@ -47,6 +47,8 @@ class EvaluationResult:
     y_true: np.ndarray | None = None
     proba: np.ndarray | None = None
     skipped: list = field(default_factory=list)
+    #: The input check's :class:`~braintumor.inference.Assessment` of each image (``None``: the run has no check).
+    assessments: list | None = None
 
     def headline(self) -> dict:
         return {k: self.metrics[k] for k in HEADLINE if self.metrics.get(k) is not None}
@@ -64,19 +66,48 @@ class EvaluationResult:
         return metrics_html(self.metrics, "EvaluationResult", info)
 
 
+#: The input check's columns of an evaluation's ``predictions.csv`` (empty for a run without a check).
+CHECK_COLUMNS = ("verdict", "in_distribution", "ood_score", "ood_reasons")
+
+
+def _check_cells(a) -> list[str]:
+    if a is None or a.in_distribution is None:
+        return ["", "", "", ""]
+    return [a.verdict or "", str(int(a.in_distribution)), "" if a.ood_score is None else f"{a.ood_score:.4f}",
+            "; ".join(a.ood_reasons)]
+
+
 def write_predictions(path: Path, paths: Sequence[str], y_true: Sequence[int], proba: np.ndarray,
-                      classes: Sequence[str], y_pred: Sequence[int]) -> None:
+                      classes: Sequence[str], y_pred: Sequence[int], checks: Sequence | None = None) -> None:
+    """``predictions.csv``: path, label, predicted, ``p_<class>``; with ``checks`` (one
+    :class:`~braintumor.inference.Assessment` or ``None`` per row) also :data:`CHECK_COLUMNS`."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "predicted", *[f"p_{c}" for c in classes]])
-        for p, t, pr, yp in zip(paths, y_true, proba, y_pred, strict=True):
-            w.writerow([p, classes[t], classes[yp], *[f"{v:.6f}" for v in pr]])
+        w.writerow(["path", "label", "predicted", *[f"p_{c}" for c in classes],
+                    *(CHECK_COLUMNS if checks is not None else ())])
+        rows = zip(paths, y_true, proba, y_pred, checks if checks is not None else [None] * len(paths), strict=True)
+        for p, t, pr, yp, a in rows:
+            w.writerow([p, classes[t], classes[yp], *[f"{v:.6f}" for v in pr],
+                        *(_check_cells(a) if checks is not None else ())])
+
+
+def _predicted(m: dict, proba: np.ndarray, classes: Sequence[str], threshold: float | None) -> np.ndarray:
+    """The predicted class of each row, as :func:`~braintumor.metrics.classification_metrics` counts it."""
+    from .metrics import predict_labels
+
+    pos = list(classes).index(m["positive_class"]) if m.get("positive_class") else 1
+    return predict_labels(proba, threshold, pos)
 
 
 def report_predictions(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], out_dir: Path | None,
                        paths: Sequence[str] = (), positive: str | None = None,
-                       threshold: float | None = None, title: str = "") -> EvaluationResult:
-    """Metrics from probabilities, and (with ``out_dir``) ``metrics.json``, ``predictions.csv`` and plots."""
+                       threshold: float | None = None, title: str = "", checks: Sequence | None = None
+                       ) -> EvaluationResult:
+    """Metrics from probabilities, and (with ``out_dir``) ``metrics.json``, ``predictions.csv`` and plots.
+
+    ``checks`` (one :class:`~braintumor.inference.Assessment` or ``None`` per image) adds the input check's
+    columns to ``predictions.csv``; the metrics are always computed on every image.
+    """
     y = np.asarray(y_true, dtype=int)
     m = classification_metrics(y, proba, list(classes), positive, threshold)
     res = EvaluationResult(m, out_dir, list(map(str, paths)), y, proba)
@@ -85,11 +116,8 @@ def report_predictions(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
         out_dir.mkdir(parents=True, exist_ok=True)
         RunDir(out_dir).write_json(out_dir / "metrics.json", m)
         if paths:
-            from .metrics import predict_labels
-
-            pos = list(classes).index(m["positive_class"]) if m.get("positive_class") else 1
             write_predictions(out_dir / "predictions.csv", [str(p) for p in paths], y, proba, classes,
-                              predict_labels(proba, threshold, pos))
+                              _predicted(m, proba, classes, threshold), checks)
         plot_confusion(m["confusion_matrix"], classes, out_dir / "confusion_matrix.png", title)
         plot_roc(y, proba, list(classes), out_dir / "roc.png", m.get("positive_class"))
     return res
@@ -161,19 +189,39 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         from .errors import UsageError
 
         raise UsageError(f"--out {out} is the run folder itself: its own validation files would be overwritten")
-    loaded = load_images(ds.paths, pred.preprocessor, strict=strict, on_skip=on_skip, progress=progress)
+    checked = getattr(pred, "input_check", None) is not None and getattr(pred, "check_inputs", True)
+    loaded = load_images(ds.paths, pred.preprocessor, strict=strict, on_skip=on_skip, progress=progress,
+                         stats=checked)
     y = np.asarray(ds.labels)[loaded.kept]
-    proba = pred.proba_prepared(loaded.images, batch_size)
+    checks: list | None = None
+    scores = None
+    if checked:  # one model pass gives the probabilities and the input check's scores
+        outputs = pred.outputs_prepared(loaded.images, scores=True, batch_size=batch_size)
+        proba, scores = outputs.proba, outputs.scores
+        checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, scores)
+    else:
+        proba = pred.proba_prepared(loaded.images, batch_size)
     if classes:
         proba, _ = collapse_classes(proba, pred.classes, cmap)
     if out is None and pred.run_dir is not None:
         out = RunDir(pred.run_dir).evaluation(Path(data_dir).resolve().name)
     paths = [str(ds.paths[i]) for i in loaded.kept]
     res = report_predictions(y, proba, classes_out, Path(out) if out else None, paths, positive,
-                             threshold, title=f"{Path(data_dir).name}")
+                             threshold, title=f"{Path(data_dir).name}",
+                             checks=checks if checks is not None else [None] * len(paths))
     if classes:
         res.metrics["class_map"] = cmap
     res.skipped = loaded.skipped
+    if checks is not None:
+        res.assessments = checks
+        y_pred = _predicted(res.metrics, proba, classes_out, threshold)
+        res.metrics["input_check"] = input_check_metrics(y, y_pred, checks, pred.input_check)
+        if res.out_dir is not None and scores is not None and len(scores):
+            from .ood import NOT_BRAIN
+
+            plot_ood_scores(scores, pred.input_check.summary, Path(res.out_dir) / "ood_scores.png",
+                            title=f"{Path(data_dir).name}: input check",
+                            not_brain=[a.verdict == NOT_BRAIN for a in checks])
     if ci and len(y):  # percentile-bootstrap 95% intervals (braintumor.stats), saved with the metrics
         from .stats import bootstrap_ci
 
@@ -181,6 +229,123 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     if res.out_dir is not None:
         RunDir(res.out_dir).write_json(Path(res.out_dir) / "metrics.json", res.metrics)
     return res
+
+
+def _subset_metrics(y: np.ndarray, y_pred: np.ndarray, mask: np.ndarray) -> dict:
+    """``n``, ``share`` (of all images), ``accuracy`` and ``balanced_accuracy`` (mean recall over the classes
+    present; ``None`` with fewer than two) of the images in ``mask``."""
+    n = int(mask.sum())
+    yt, yp = y[mask], y_pred[mask]
+    present = np.unique(yt)
+    bal = float(np.mean([(yp[yt == c] == c).mean() for c in present])) if len(present) > 1 else None
+    return {"n": n, "share": round(float(mask.mean()), 4) if len(mask) else None,
+            "accuracy": float((yt == yp).mean()) if n else None, "balanced_accuracy": bal}
+
+
+def input_check_metrics(y_true: Sequence[int], y_pred: Sequence[int], assessments: Sequence,
+                        check=None) -> dict:
+    """The ``input_check`` block of an evaluation's ``metrics.json``: what the run's input check
+    (:mod:`braintumor.ood`) said about a labelled folder, and how the model did on what it let through.
+
+    Keys: ``n``; the shares of the verdicts ``not_brain_mri``, ``unfamiliar``, ``uncertain`` and ``flagged``
+    (``not_brain_mri`` or ``unfamiliar``), with ``counts`` of each (and of ``answered``); ``ood_score`` (quantiles
+    ``p1``...``p99``, ``max`` of the folder's scores, ``None`` without a feature check); ``threshold`` and
+    ``min_confidence`` of the check; ``all``, ``in_distribution`` (not flagged) and ``answered`` (not flagged and
+    not uncertain: the images that get a class), each ``{n, share, accuracy, balanced_accuracy}``; ``errors``: the
+    model's errors (``total``) and how many of them fall among the ``flagged``, ``uncertain`` and ``answered``
+    images. Shares are rounded to 4 digits; every image is counted, whatever its verdict, in ``all``.
+
+    Example:
+        >>> from braintumor.inference import Assessment
+        >>> a = [Assessment("yes", True, 0.5), Assessment("unfamiliar", False, 3.0), Assessment("no", True, 0.8)]
+        >>> m = input_check_metrics([1, 0, 0], [1, 1, 0], a)
+        >>> m["flagged"], m["answered"]["accuracy"], m["errors"]
+        (0.3333, 1.0, {'total': 1, 'flagged': 1, 'uncertain': 0, 'answered': 0})
+    """
+    from .ood import NOT_BRAIN, UNCERTAIN, UNFAMILIAR, _quantiles
+
+    y, yp = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    verdicts = [a.verdict for a in assessments]
+    n = len(verdicts)
+    not_brain = np.array([v == NOT_BRAIN for v in verdicts], dtype=bool)
+    unfamiliar = np.array([v == UNFAMILIAR for v in verdicts], dtype=bool)
+    uncertain = np.array([v == UNCERTAIN for v in verdicts], dtype=bool)
+    flagged = not_brain | unfamiliar
+    answered = ~(flagged | uncertain)
+    wrong = y != yp
+    scores = np.asarray([a.ood_score for a in assessments if a.ood_score is not None], dtype=np.float64)
+
+    def share(mask: np.ndarray) -> float | None:
+        return round(float(mask.mean()), 4) if n else None
+
+    return {
+        "n": n,
+        NOT_BRAIN: share(not_brain), UNFAMILIAR: share(unfamiliar), UNCERTAIN: share(uncertain),
+        "flagged": share(flagged),
+        "counts": {NOT_BRAIN: int(not_brain.sum()), UNFAMILIAR: int(unfamiliar.sum()),
+                   UNCERTAIN: int(uncertain.sum()), "flagged": int(flagged.sum()), "answered": int(answered.sum())},
+        "ood_score": _quantiles(scores) if len(scores) else None,
+        "threshold": getattr(check, "threshold", None),
+        "min_confidence": getattr(check, "min_confidence", None),
+        "all": _subset_metrics(y, yp, np.ones(n, dtype=bool)),
+        "in_distribution": _subset_metrics(y, yp, ~flagged),
+        "answered": _subset_metrics(y, yp, answered),
+        "errors": {"total": int(wrong.sum()), "flagged": int((wrong & flagged).sum()),
+                   "uncertain": int((wrong & uncertain).sum()), "answered": int((wrong & answered).sum())},
+    }
+
+
+def plot_ood_scores(scores: Sequence[float], summary: dict | None, path: Path, title: str = "",
+                    not_brain: Sequence[bool] | None = None) -> Path:
+    """Histogram of a folder's ``ood_score`` (stacked: images that pass the rules / fail them), with the run's
+    validation and training score distributions above it (boxes from the quantiles in the check's ``summary``:
+    25-75% box, median, 5-95% whiskers, 99% and max marked) and the threshold at 1.0."""
+    from matplotlib.patches import Rectangle
+
+    from .plots import _save, plt
+
+    s = np.asarray(scores, dtype=np.float64)
+    nb = np.asarray(not_brain if not_brain is not None else np.zeros(len(s)), dtype=bool)
+    keep = np.isfinite(s)
+    s, nb = s[keep], nb[keep]
+    refs = [(name, (summary or {}).get(key) or {}) for key, name in (("val_score", "validation"),
+                                                                        ("train_score", "training"))]
+    refs = [(name, q) for name, q in refs if all(k in q for k in ("p5", "p25", "p50", "p75", "p95"))]
+    values = [*s.tolist(), 1.0, *[v for _, q in refs for v in q.values()]]
+    lo, hi = max(min(values), 1e-3), max(values)
+    log = hi / lo > 20
+    fig, (ax_ref, ax) = plt.subplots(2, 1, figsize=(7, 4.4), sharex=True, gridspec_kw={"height_ratios": [1, 3]})
+    for row, (_, q) in enumerate(refs):
+        colour = f"C{row + 2}"
+        ax_ref.hlines(row, q["p5"], q["p95"], color=colour, lw=1.2)
+        ax_ref.add_patch(Rectangle((q["p25"], row - 0.25), q["p75"] - q["p25"], 0.5, fc=colour, ec=colour, alpha=0.35))
+        ax_ref.vlines(q["p50"], row - 0.25, row + 0.25, color=colour, lw=2)
+        marks = [q[k] for k in ("p99", "max") if k in q]
+        ax_ref.plot(marks, [row] * len(marks), "x", color=colour, ms=5)
+    ax_ref.set_yticks(range(len(refs)), [name for name, _ in refs])
+    ax_ref.set_ylim(-0.6, max(len(refs), 1) - 0.4)
+    ax_ref.axvline(1.0, color="C3", ls="--", lw=1)
+    ax_ref.set_title(title or "Input check: ood_score", fontsize=10)
+    ax_ref.grid(alpha=0.3, axis="x")
+    if not refs:
+        ax_ref.text(0.5, 0.5, "no validation quantiles in metadata.json", transform=ax_ref.transAxes, ha="center",
+                    va="center", fontsize=8, color="grey")
+    bins = np.geomspace(lo * 0.9, hi * 1.1, 40) if log else np.linspace(0, hi * 1.05, 40)
+    first = "pass the rules" if nb.any() else "this folder"
+    data, labels, colours = [s[~nb]], [f"{first} ({int((~nb).sum())})"], ["C0"]
+    if nb.any():
+        data.append(s[nb])
+        labels.append(f"not_brain_mri by the rules ({int(nb.sum())})")
+        colours.append("C7")
+    ax.hist(data, bins=bins, stacked=True, label=labels, color=colours)
+    ax.axvline(1.0, color="C3", ls="--", lw=1, label="threshold (1.0): above is unfamiliar")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("ood_score (feature distance / threshold)")
+    ax.set_ylabel("images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def _mapped_threshold(pred: Predictor, class_map, positive: str | None) -> float | None:

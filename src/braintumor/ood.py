@@ -455,8 +455,10 @@ def fit_input_check(predictor, train_x: np.ndarray, train_y: Sequence[int], val_
     d_train, d_val = distance.distance(f_train), distance.distance(f_val)
     threshold = threshold_from(d_val, quantile)
     rules = rules or InputRules()
-    conf = proba_val.max(axis=1)
-    correct = proba_val.argmax(axis=1) == np.asarray(val_y)
+    # the probability of the class the predictor answers (its decision threshold included), as assess() uses it
+    pick = np.array([predictor.classes.index(lab) for lab in predictor.labels_from_proba(proba_val)], dtype=int)
+    conf = proba_val[np.arange(len(pick)), pick] if len(pick) else np.zeros(0)
+    correct = pick == np.asarray(val_y)
     summary = {
         "n_train": int(len(f_train)), "n_val": int(len(f_val)),
         "train_score": _quantiles(d_train / threshold), "val_score": _quantiles(d_val / threshold),

@@ -1,9 +1,10 @@
 """One self-contained HTML page per run (``report.html``): every figure embedded, no network, no CDN.
 
 :func:`write_report` documents a training run (data and audit, curves, metrics with bootstrap CIs, confusion
-matrix, ROC, calibration, per-class metrics, sample predictions, Grad-CAM, caveats); :func:`write_cv_report`
-documents a cross-validation folder written by :func:`braintumor.cv.cv`. Each section is built on its own: a
-section that fails says so in the page instead of losing the report (or the training run that called it).
+matrix, ROC, calibration, per-class metrics, sample predictions, Grad-CAM, input check, caveats);
+:func:`write_cv_report` documents a cross-validation folder written by :func:`braintumor.cv.cv`. Each section is
+built on its own: a section that fails says so in the page instead of losing the report (or the training run that
+called it).
 
 Example:
     >>> from braintumor.report import write_report
@@ -34,6 +35,10 @@ CV_SECTIONS = ("summary", "data", "audit", "metrics", "folds", "pooled", "confus
                "caveats")
 #: The extra section of runs trained with tumour masks (``metadata.json`` ``tumour_map``).
 MAP_SECTION = "tumour-map"
+#: The section on the input check (:mod:`braintumor.ood`): its settings and scores, or how to fit one.
+CHECK_SECTION = "input-check"
+#: The figure of the abstention limit's coverage / accuracy trade-off on the validation split (in the run folder).
+COVERAGE_FILE = "coverage.png"
 AUDIT_MAX_IMAGES = 3000  # run the duplicate audit from the report only when the data set is this small
 
 CSS = """
@@ -187,6 +192,162 @@ def _audit_html(doc: dict | None) -> str:
     return _render_value(doc)
 
 
+# --------------------------------------------------------------------------------------- input check section
+
+
+def abstention_curve(proba: np.ndarray, labels: list[str], predicted: list[str], classes: list[str],
+                     limits) -> dict:
+    """Coverage (share answered) and accuracy on the answered images for each abstention limit, as predictions
+    apply it: an image is answered when the calibrated probability of its *predicted* class (after any decision
+    threshold) reaches the limit. Same output as :func:`braintumor.ood.coverage_curve`, which ranks by the
+    highest probability and scores the argmax class: the two agree for runs without a decision threshold.
+
+    Example:
+        >>> import numpy as np
+        >>> c = abstention_curve(np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8]]), ["no", "yes", "yes"],
+        ...                      ["no", "no", "yes"], ["no", "yes"], [0.5, 0.6])
+        >>> c["coverage"], c["accuracy"]
+        ([1.0, 0.6667], [0.6667, 1.0])
+    """
+    idx = np.asarray([classes.index(c) for c in predicted], dtype=int)
+    proba = np.asarray(proba, dtype=np.float64).reshape(len(idx), len(classes))
+    conf = proba[np.arange(len(idx)), idx]
+    correct = np.asarray([a == b for a, b in zip(labels, predicted, strict=True)], dtype=bool)
+    cov, acc = [], []
+    for t in limits:
+        m = conf >= t
+        cov.append(round(float(m.mean()), 4) if len(m) else 0.0)
+        acc.append(round(float(correct[m].mean()), 4) if m.any() else None)
+    return {"limit": [float(t) for t in limits], "coverage": cov, "accuracy": acc}
+
+
+def _coverage_plot(curve: dict, min_confidence: float | None, path: Path) -> Path:
+    from .plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(curve["limit"], curve["coverage"], "-", label="coverage (share answered)")
+    acc = [(t, a) for t, a in zip(curve["limit"], curve["accuracy"], strict=True) if a is not None]
+    if acc:
+        ax.plot(*zip(*acc, strict=True), "-", label="accuracy on the answered images")
+    if min_confidence is not None:
+        ax.axvline(min_confidence, color="C3", ls="--", lw=1, label=f"min_confidence {min_confidence:g}")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("abstention limit (probability of the predicted class)")
+    ax.set_title("Validation split: coverage and accuracy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, path)
+
+
+def _quantile_rows(summary: dict) -> list[list]:
+    keys = ("p1", "p5", "p25", "p50", "p75", "p95", "p99", "max")
+    rows = []
+    for name, key, n in (("training", "train_score", "n_train"), ("validation", "val_score", "n_val")):
+        q = summary.get(key)
+        if isinstance(q, dict) and q:
+            rows.append([name, summary.get(n, "-"), *[_fmt(q.get(k)) for k in keys]])
+    return rows
+
+
+def _share(v) -> str:
+    return "-" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _input_check_html(run: RunDir, meta: dict) -> str:
+    """The "Input check" section of a run report (see :func:`write_report`)."""
+    entry = meta.get("input_check")
+    fit = f"<code>braintumor fit-input-check {_esc(run.root)}</code>"
+    if not isinstance(entry, dict):
+        return ('<p class="warn">This run has no input check: it was made before the check existed, or trained '
+                "without it. Every input gets a class, a photograph, a CT slice or a blank image included, and "
+                f"predictions have no <code>verdict</code>. Fit one from the run's own split with {fit}.</p>")
+    summary = entry.get("summary") if isinstance(entry.get("summary"), dict) else {}
+    threshold, min_conf = entry.get("threshold"), entry.get("min_confidence")
+    out = ("<p>Before the model's class is given, the input check asks whether the model should answer at all. "
+           "Rules on the decoded image turn away what is not a brain-MRI slice (colour, odd aspect ratio, no "
+           "contrast, no dark background around a head): <code>not_brain_mri</code>. Then the distance of the "
+           "image's pooled backbone features to the nearest class mean (Mahalanobis, fitted on the training split) "
+           "is divided by a threshold fitted on the validation split: this <code>ood_score</code> above 1 means "
+           "the model never saw anything like the image (<code>unfamiliar</code>). An image that passes both but "
+           "whose predicted class has a calibrated probability below <code>min_confidence</code> is "
+           "<code>uncertain</code>. Only the rest get a class as their verdict.</p>")
+    rules = entry.get("rules") or {}
+    rows = [["method", entry.get("method", "-")],
+            ["threshold (feature distance)", _fmt(threshold, 4) if threshold is not None else
+             "none (rules and abstention only)"],
+            ["threshold quantile of the validation distances", _fmt(entry.get("quantile"))],
+            ["abstention limit (min_confidence)", _fmt(min_conf)],
+            ["feature dimension", entry.get("feature_dim") or "-"],
+            ["rules", ", ".join(f"{k} {_fmt(v, 2)}" for k, v in rules.items()) or "-"]]
+    out += _table(["", ""], rows)
+    qrows = _quantile_rows(summary)
+    if qrows:
+        out += ("<h3>ood_score on the run's own splits</h3>"
+                + _table(["split", "images", "1%", "5%", "25%", "median", "75%", "95%", "99%", "max"], qrows)
+                + '<p class="muted">Scores are distances divided by the threshold: the validation split is at or '
+                  "below 1 by construction (the threshold is never below its largest distance); the training split "
+                  "usually sits lower, since the class means and covariance were fitted on it.</p>")
+    vrows = [["flagged unfamiliar (ood_score > 1)", _share(summary.get("val_flagged_unfamiliar"))]]
+    if summary.get("val_flagged_not_brain") is not None:
+        vrows.append(["flagged not_brain_mri (rules)", _share(summary["val_flagged_not_brain"])])
+    out += "<h3>Validation split</h3>" + _table(["", ""], vrows)
+    out += _coverage_html(run, meta, min_conf)
+    out += _evaluations_html(run)
+    return out
+
+
+def _coverage_html(run: RunDir, meta: dict, min_conf) -> str:
+    if not run.predictions.is_file():
+        return '<p class="muted">No predictions.csv: the abstention trade-off cannot be shown.</p>'
+    _, labels, preds, proba, pcls = read_predictions(run.predictions)
+    if not labels:
+        return '<p class="muted">No validation predictions.</p>'
+    classes = pcls or list(meta["classes"])
+    floor = min(0.5, 1.0 / max(len(classes), 1), float(min_conf) if min_conf is not None else 1.0)
+    start = np.floor(floor * 20) / 20
+    dense = np.round(np.arange(start, 0.995, 0.01), 3)
+    curve = abstention_curve(proba, labels, preds, classes, dense)
+    _coverage_plot(curve, None if min_conf is None else float(min_conf), run.root / COVERAGE_FILE)
+    limits = sorted({*np.round(np.arange(max(start, 0.5), 0.96, 0.05), 2).tolist(),
+                     *([round(float(min_conf), 4)] if min_conf is not None else [])})
+    table = abstention_curve(proba, labels, preds, classes, limits)
+    rows = []
+    for t, c, a in zip(table["limit"], table["coverage"], table["accuracy"], strict=True):
+        mark = min_conf is not None and abs(t - float(min_conf)) < 1e-9
+        rows.append([f"{t:g}" + (" (this run's min_confidence)" if mark else ""), _share(c), _fmt(a)])
+    return ("<h3>Abstention: coverage and accuracy on the validation split</h3>"
+            + _img_file(run.root / COVERAGE_FILE, "coverage and accuracy by abstention limit")
+            + _table(["limit", "coverage (answered)", "accuracy on the answered"], rows)
+            + '<p class="muted">An image is answered when the calibrated probability of its predicted class '
+              "reaches the limit; the others are <code>uncertain</code>. The validation split also chose the "
+              "temperature, so this trade-off is optimistic; <code>braintumor predict --min-confidence</code> "
+              "changes the limit at prediction time. Images the feature check flags are not removed here.</p>")
+
+
+def _evaluations_html(run: RunDir) -> str:
+    rows = []
+    for path in sorted((run.root / "evaluations").glob("*/metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        ic = m.get("input_check") if isinstance(m, dict) else None
+        if not isinstance(ic, dict):
+            continue
+        rows.append([path.parent.name, ic.get("n"), _share(ic.get("not_brain_mri")), _share(ic.get("unfamiliar")),
+                     _share(ic.get("uncertain")), _fmt((ic.get("all") or {}).get("accuracy")),
+                     _fmt((ic.get("answered") or {}).get("accuracy")),
+                     f"{(ic.get('errors') or {}).get('flagged', '-')} of {(ic.get('errors') or {}).get('total', '-')}"])
+    if not rows:
+        return ""
+    return ("<h3>Evaluated folders</h3>"
+            + _table(["folder", "images", "not_brain_mri", "unfamiliar", "uncertain", "accuracy (all)",
+                      "accuracy (answered)", "errors among the flagged"], rows)
+            + '<p class="muted">From <code>braintumor evaluate</code> (<code>evaluations/*/metrics.json</code>, '
+              "block <code>input_check</code>).</p>")
+
+
+
 # ------------------------------------------------------------------------------------------------ run report
 
 
@@ -302,6 +463,10 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
     audit is available). The audit is read from ``RUN/audit.json`` or run on small data sets and saved there.
     A run trained with tumour masks gets a "Tumour map" section: the mask summary, the validation Dice per epoch
     and ``n_maps`` validation images with the predicted and the true outline (when the mask folder is still there).
+    Every run gets an "Input check" section (:mod:`braintumor.ood`): the check's settings, its score quantiles on
+    the training and validation splits, the coverage / accuracy trade-off of the abstention limit on the validation
+    split (also saved as ``coverage.png``) and the input-check figures of the run's evaluations; for a run without
+    a check, how to fit one.
     """
     run = RunDir(run_dir)
     meta = run.read_metadata()
@@ -517,6 +682,7 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
                 ("caveats", "Caveats", caveats)]
     if isinstance(meta.get("tumour_map"), dict):
         sections.insert(-1, (MAP_SECTION, "Tumour map", tumour_map))
+    sections.insert(-1, (CHECK_SECTION, "Input check", lambda: _input_check_html(run, meta)))
     page = _page(f"braintumor run report: {run.root.name}",
                  f"{meta['model']} on {meta.get('data', {}).get('data_dir')}", sections)
     atomic_write_text(run.report, page)
