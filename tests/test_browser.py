@@ -122,3 +122,37 @@ def test_load_test_script_against_real_server(server, capsys):
     assert out["with_explain"]["ok"] == 4 and out["with_explain"]["p50_ms"] > 0
     with pytest.raises(SystemExit):
         mod.main(["--url", "http://example.com:8000"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_colour_photo_is_refused_on_the_page(server, tmp_path):
+    """The input check on the page: a colour photograph gets the refusal, not a class, and no Grad-CAM overlay."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(photo)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            console_errors: list[str] = []
+            page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(server + "/")
+            page.locator("#model", has_text="input check on").wait_for(timeout=30_000)
+            with page.expect_response(lambda r: "/v1/predict" in r.url, timeout=60_000) as answer:
+                page.set_input_files("#file", str(photo))
+            served = answer.value.json()
+            assert served["verdict"] == "not_brain_mri" and served["overlay"] is None
+            page.locator("#label", has_text="Not a brain MRI slice").wait_for(timeout=30_000)
+            page.locator("#status", has_text="done").wait_for(timeout=30_000)
+            shown = page.locator("#label").inner_text().strip()
+            assert shown not in ("yes", "no") and "model gives no class" in shown
+            assert "colour image" in page.locator("#verdict-note").inner_text()
+            assert f'would have said "{served["label"]}"' in page.locator("#raw-label").inner_text()
+            assert page.locator("#bars .bar").count() == 0
+            assert page.locator("#overlay-fig").is_hidden() and page.locator("#outline-svg").is_hidden()
+        finally:
+            browser.close()
+    assert not console_errors, console_errors

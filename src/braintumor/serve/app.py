@@ -10,6 +10,13 @@
   NIfTI uploads, mm², bounding box and contour in the uploaded image's coordinates, see :mod:`braintumor.outline`),
   from the same model pass as the probabilities. ``GET /v1/model`` says whether the model has a tumour map
   (``tumour_map``); ``outline=true`` on a model without one is a 400.
+* Every prediction says whether the input is trustworthy (the run's input check, :mod:`braintumor.ood`, from the
+  same model pass): ``verdict`` (the class, ``not_brain_mri``, ``unfamiliar`` or ``uncertain``), ``in_distribution``,
+  ``ood_score`` and ``ood_reasons``, beside ``label`` (the model's class, always given). A valid file is a 200
+  whatever its verdict. For ``not_brain_mri`` and ``unfamiliar`` no Grad-CAM overlay or outline is presented as an
+  explanation (``overlay``/``outline`` null, ``overlay_withheld``/``outline_withheld`` say why). ``ood_check=false``
+  (per request) or ``create_app(..., ood_check=False)`` turns the check off: every verdict is the class. Runs made
+  before the check existed answer the same way (``in_distribution`` null; ``GET /v1/model`` ``input_check``).
 * Bad input never gives a 500: an oversized upload is a 413 (checked on ``Content-Length`` and while streaming),
   an image whose header announces more than ``max_pixels`` pixels is a 413 before any pixel is decoded, a
   non-image is a 415, a corrupt/truncated/too small image or a missing ``file`` field is a 422.
@@ -42,7 +49,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UnreadableImageError, UsageError
-from ..inference import BACKENDS, Predictor, load_predictor
+from ..inference import BACKENDS, Assessment, Predictor, load_predictor
+from ..ood import NOT_BRAIN, UNCERTAIN, UNFAMILIAR, VERDICT_TEXT, image_stats
 
 #: Largest accepted upload (bytes).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -57,6 +65,15 @@ PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-i
             "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'")
 DOCS_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
+#: Verdicts for which no Grad-CAM overlay or tumour outline is given: there is no trustworthy class to explain.
+WITHHOLD = (NOT_BRAIN, UNFAMILIAR)
+
+
+def withheld_reason(verdict: str | None, what: str) -> str | None:
+    """Why ``what`` (``"Grad-CAM overlay"``, ``"tumour outline"``) is not given for ``verdict`` (``None``: it is)."""
+    if verdict not in WITHHOLD:
+        return None
+    return f"no {what}: the input check's verdict is {verdict} ({VERDICT_TEXT[verdict]})"
 
 
 class RejectedInput(Exception):
@@ -75,6 +92,8 @@ class ModelService:
         predictor: a torch :class:`~braintumor.inference.Predictor` or an ``OnnxPredictor``.
         explainer: the torch predictor of the same run for Grad-CAM, when ``predictor`` is an ``OnnxPredictor``
             (default: ``predictor`` itself when it has a torch model).
+        ood_check: apply the run's input check (``False``: every verdict is the class). The predictors are not
+            changed; a request can also turn the check off for itself (``ood_check=False`` of :meth:`predict`).
 
     Example:
         >>> from braintumor.inference import load_predictor
@@ -84,8 +103,9 @@ class ModelService:
         'yes'
     """
 
-    def __init__(self, predictor: Predictor, explainer: Predictor | None = None):
+    def __init__(self, predictor: Predictor, explainer: Predictor | None = None, ood_check: bool = True):
         self.predictor = predictor
+        self.ood_check = bool(ood_check)
         # Torch: one forward at a time (Grad-CAM patches the module). onnxruntime sessions are thread-safe.
         self._lock = threading.Lock() if predictor.backend == "torch" else contextlib.nullcontext()
         if explainer is None and getattr(predictor, "model", None) is not None:
@@ -93,6 +113,9 @@ class ModelService:
         self.explainer = explainer
         self._explain_lock = self._lock if explainer is predictor else threading.Lock()
         info = predictor.model_info()
+        check = dict(info.get("input_check") or {"available": False, "enabled": False})
+        check["enabled"] = bool(check.get("enabled")) and self.ood_check
+        info["input_check"] = check
         self.model = {"name": info["name"], "version": info["version"], "fingerprint": info["fingerprint"]}
         self.info = info
         # The engine of outlines: the served predictor when it has the tumour-map output, else the torch model.
@@ -105,10 +128,27 @@ class ModelService:
         """Whether outlines are available (a run trained with tumour masks)."""
         return self.mapper is not None
 
-    def predict_outline(self, image: np.ndarray, spacing=None, threshold: float = 0.5
-                        ) -> tuple[dict, dict, np.ndarray]:
+    def _checking(self, predictor, ood_check: bool) -> bool:
+        return (bool(ood_check) and self.ood_check and getattr(predictor, "input_check", None) is not None
+                and bool(getattr(predictor, "check_inputs", True)))
+
+    def _answer(self, predictor, image: np.ndarray, proba: np.ndarray, scores, check: bool) -> dict:
+        """The response fields of one image: label, probabilities and the input check's verdict."""
+        label = predictor.labels_from_proba(proba)[0]
+        if check:
+            a = predictor.assess(proba, [label], [image_stats(image)], scores)[0]
+        else:
+            a = Assessment(label, None, None)
+        return {"label": label,
+                "probabilities": {c: float(v) for c, v in zip(predictor.classes, proba[0], strict=True)},
+                **a.to_dict()}
+
+    def predict_outline(self, image: np.ndarray, spacing=None, threshold: float = 0.5, ood_check: bool = True
+                        ) -> tuple[dict, dict | None, np.ndarray]:
         """:meth:`predict`'s result, the tumour outline (:func:`braintumor.outline.outline`, in ``image``'s
-        coordinates; ``spacing``: ``(row, col)`` mm) and the prepared image ``(1, S, S, 3)``, from one model pass."""
+        coordinates; ``spacing``: ``(row, col)`` mm) and the prepared image ``(1, S, S, 3)``, from one model pass.
+
+        The outline is ``None`` when the verdict is ``not_brain_mri`` or ``unfamiliar`` (:func:`withheld_reason`)."""
         from ..outline import NO_DECODER, outline, prepare_with_geometry
 
         m = self.mapper
@@ -116,25 +156,32 @@ class ModelService:
             raise RejectedInput(400, f"outline=true: {NO_DECODER}")
         prepared, geo = prepare_with_geometry(m.preprocessor, image)
         prepared = prepared[None]
+        check = self._checking(m, ood_check)
         with self._map_lock:
-            proba, maps = m.proba_and_maps_prepared(prepared)
-        label = m.labels_from_proba(proba)[0]
-        out = {"label": label, "probabilities": {c: float(v) for c, v in zip(m.classes, proba[0], strict=True)}}
-        return out, outline(maps[0], geo, threshold=threshold, spacing=spacing), prepared
+            res = m.outputs_prepared(prepared, maps=True, scores=check)
+        out = self._answer(m, image, res.proba, res.scores, check)
+        if withheld_reason(out["verdict"], "tumour outline"):
+            return out, None, prepared
+        return out, outline(res.maps[0], geo, threshold=threshold, spacing=spacing), prepared
 
     @property
     def can_explain(self) -> bool:
         return self.explainer is not None
 
-    def predict(self, image: np.ndarray, prepared: np.ndarray | None = None) -> dict:
-        """Label and probabilities of one ``(H, W, 3)`` ``uint8`` image (or of its ``prepared`` ``(1, S, S, 3)``)."""
+    def predict(self, image: np.ndarray, prepared: np.ndarray | None = None, ood_check: bool = True) -> dict:
+        """Label, probabilities and the input check's ``verdict``, ``in_distribution``, ``ood_score`` and
+        ``ood_reasons`` of one decoded ``(H, W, 3)`` ``uint8`` image (the model runs on its ``prepared``
+        ``(1, S, S, 3)`` when given; the rules always look at ``image``), from one model pass.
+
+        ``ood_check=False`` (or a service or run without the check): every verdict is the label,
+        ``in_distribution`` is ``None``."""
         p = self.predictor
         if prepared is None:
             prepared = p.preprocessor.prepare(image)[None]
+        check = self._checking(p, ood_check)
         with self._lock:
-            proba = p.proba_prepared(prepared)
-        label = p.labels_from_proba(proba)[0]
-        return {"label": label, "probabilities": {c: float(v) for c, v in zip(p.classes, proba[0], strict=True)}}
+            res = p.outputs_prepared(prepared, scores=check)
+        return self._answer(p, image, res.proba, res.scores, check)
 
     def _require_explainer(self):
         if not self.can_explain:
@@ -164,16 +211,21 @@ class ModelService:
             ex = module.explain_prepared(self.explainer, prepared, method="gradcam", target=target)[0]
         return self._overlay(ex)
 
-    def predict_explain(self, image: np.ndarray, prepared: np.ndarray | None = None, out: dict | None = None
-                        ) -> tuple[dict, dict]:
+    def predict_explain(self, image: np.ndarray, prepared: np.ndarray | None = None, out: dict | None = None,
+                        ood_check: bool = True) -> tuple[dict, dict | None]:
         """:meth:`predict` plus the Grad-CAM overlay of the predicted label: the image is prepared once, and the
         torch model runs only the Grad-CAM pass (the probabilities are the prediction's; give ``prepared`` and
-        ``out`` when they are known already)."""
+        ``out`` when they are known already).
+
+        The overlay is ``None`` (no Grad-CAM pass) when the verdict is ``not_brain_mri`` or ``unfamiliar``: a heat
+        map of a class the model should not give would read as an explanation (:func:`withheld_reason`)."""
         module = self._require_explainer()
         if prepared is None:
             prepared = self.predictor.preprocessor.prepare(image)[None]
         if out is None:
-            out = self.predict(image, prepared)
+            out = self.predict(image, prepared, ood_check)
+        if withheld_reason(out.get("verdict"), "Grad-CAM overlay"):
+            return out, None
         label = out["label"]
         with self._explain_lock:
             cam = module.heatmaps(self.explainer, prepared, [self.explainer.classes.index(label)], "gradcam")
@@ -246,6 +298,48 @@ def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pix
             os.unlink(tmp)
 
 
+def _predict_response_model():
+    """The pydantic model that documents ``POST /v1/predict``'s answer in the OpenAPI schema (documentation only:
+    the endpoint returns its dict as it is)."""
+    from pydantic import BaseModel, Field
+
+    class ModelRef(BaseModel):
+        name: str | None = None
+        version: str | None = None
+        fingerprint: str | None = None
+
+    class Overlay(BaseModel):
+        method: str = Field(examples=["gradcam"])
+        target: str
+        png_base64: str
+
+    class PredictResponse(BaseModel):
+        label: str = Field(description="the model's class (always given, whatever the verdict)", examples=["yes"])
+        probabilities: dict[str, float] = Field(description="class -> calibrated probability",
+                                                examples=[{"no": 0.03, "yes": 0.97}])
+        verdict: str = Field(description="the answer to give: the class, or " + ", ".join(
+            f"'{v}' ({t})" for v, t in VERDICT_TEXT.items()), examples=["yes", NOT_BRAIN, UNFAMILIAR, UNCERTAIN])
+        in_distribution: bool | None = Field(description="the input passed the input check; null when the check is "
+                                                         "off or the run has none")
+        ood_score: float | None = Field(description="feature distance to the training data / threshold (above 1: "
+                                                    "unfamiliar); null without the feature check")
+        ood_reasons: list[str] = Field(description="the rules the image failed (verdict not_brain_mri)",
+                                       examples=[["colour image (brain MRI is greyscale)"]])
+        threshold: float | None = Field(None, description="binary decision threshold, or null for argmax")
+        positive_class: str | None = None
+        model: ModelRef
+        image: dict[str, int] = Field(description="the uploaded image's width and height in pixels")
+        overlay: Overlay | None = Field(None, description="explain=true: the Grad-CAM overlay, or null when withheld")
+        overlay_withheld: str | None = Field(None, description="why the overlay is null (verdict not_brain_mri or "
+                                                               "unfamiliar)")
+        outline: dict | None = Field(None, description="outline=true: the tumour outline, or null when withheld")
+        outline_withheld: str | None = Field(None, description="why the outline is null (verdict not_brain_mri "
+                                                               "or unfamiliar)")
+        elapsed_ms: float
+
+    return PredictResponse
+
+
 def _page() -> str:
     text = resources.files("braintumor.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     return text.replace("{{NOTICE}}", html.escape(NOTICE))
@@ -286,7 +380,7 @@ def docs_html(schema: dict) -> str:
 
 
 def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, backend: str = "auto", notice=None):
+               max_pixels: int = DEFAULT_MAX_PIXELS, backend: str = "auto", notice=None, ood_check: bool = True):
     """The FastAPI app serving ``model`` (a run folder, an ``.onnx`` file or a loaded predictor).
 
     Args:
@@ -296,6 +390,8 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
             installed, the export made on demand and cached; else torch), ``onnx`` or ``torch`` (see
             :func:`~braintumor.inference.load_predictor`). Grad-CAM always runs on the run's torch model.
         notice: called with one line when ``auto`` falls back to torch or an export is made.
+        ood_check: apply the run's input check (:mod:`braintumor.ood`); ``False``: every ``verdict`` is the class
+            and ``in_distribution`` is null, whatever a request asks (``--no-ood-check``).
 
     Raises:
         UsageError: FastAPI is not installed (``pip install 'braintumor[serve]'``).
@@ -327,7 +423,7 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         predictor = load_predictor(model, backend=backend, notice=notice, torch_predictor=explainer)
     else:
         predictor = load_predictor(model, backend=backend, notice=notice)
-    service = ModelService(predictor, explainer)
+    service = ModelService(predictor, explainer, ood_check=ood_check)
     limit_mb = max_upload_bytes / (1024 * 1024)
 
     app = FastAPI(
@@ -408,14 +504,18 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
                                            "properties": {FIELD: {"type": "string", "format": "binary"}}}},
         "image/*": {"schema": {"type": "string", "format": "binary"}}}}
+    verdicts = ", ".join(f"``{v}`` ({t})" for v, t in VERDICT_TEXT.items())
+    responses = {200: {"model": _predict_response_model(),
+                       "description": f"the prediction: ``label`` (the model's class), ``probabilities`` and the "
+                                      f"input check's ``verdict``: the class, or {verdicts}"}}
     errors = {400: {"description": "malformed request, explain=true on an ONNX model, or outline=true on a model "
                                    "without a tumour map"},
               413: {"description": f"upload over {limit_mb:g} MB, or image over {max_pixels} pixels"},
               415: {"description": "not an image"},
               422: {"description": "corrupt, truncated or too small image; missing 'file' field"}}
 
-    @app.post("/v1/predict", summary="Classify one image", responses=errors, openapi_extra={"requestBody":
-              predict_body})
+    @app.post("/v1/predict", summary="Classify one image", responses={**responses, **errors},
+              openapi_extra={"requestBody": predict_body})
     async def predict(request: Request,
                       explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64); run folders "
                                                                "only"),
@@ -423,13 +523,33 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                                                                "contour); models trained with tumour masks only"),
                       outline_threshold: float = Query(0.5, ge=0.0, le=1.0,
                                                        description="tumour-map probability at and above which a "
-                                                                   "pixel is tumour (with outline=true)")):
+                                                                   "pixel is tumour (with outline=true)"),
+                      ood_check: bool = Query(True, description="apply the run's input check (is this a brain MRI "
+                                                                "slice like the training data?); false: every "
+                                                                "verdict is the class")):
         """Upload one image (multipart field ``file``). Returns ``label``, ``probabilities`` (class -> p, after the
         run's temperature), ``threshold`` (binary decision threshold, or null for argmax) and ``model``
         ``{name, version, fingerprint}``. With ``explain=true``: ``overlay`` ``{method, target, png_base64}``.
         With ``outline=true``: ``outline`` ``{found, area_px, area_mm2, bbox, components: [{contours}]...}`` in the
         uploaded image's pixel coordinates (x right, y down; mm² only for DICOM/NIfTI, whose headers give the
-        pixel spacing)."""
+        pixel spacing).
+
+        Whether the answer can be trusted (the run's input check, from the same model pass):
+
+        - ``verdict``: the answer to give. The class when the input passes; ``not_brain_mri`` when the image is
+          not a brain MRI slice (colour, blank, no dark background around a head, odd shape: the model gives no
+          class); ``unfamiliar`` when it is unlike anything the model was trained on (another scanner, sequence,
+          body part or modality: its class is not to be trusted); ``uncertain`` when the probability of the class
+          is below the run's limit (``GET /v1/model`` ``input_check.min_confidence``).
+        - ``in_distribution``: true/false, or null when the check is off (``ood_check=false``) or the run has none.
+        - ``ood_score``: distance to the training data in the model's feature space divided by the threshold
+          (above 1: unfamiliar), or null.
+        - ``ood_reasons``: the rules the image failed (``not_brain_mri``), else empty.
+
+        ``label`` and ``probabilities`` stay the model's class whatever the verdict. The status is 200 for every
+        valid image file whatever its verdict. With ``not_brain_mri`` or ``unfamiliar`` no explanation is given:
+        ``overlay`` (explain=true) and ``outline`` (outline=true) are null, and ``overlay_withheld`` /
+        ``outline_withheld`` say why."""
         t0 = time.perf_counter()
         if explain and not service.can_explain:
             raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
@@ -443,26 +563,33 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         img, spacing = await run_in_threadpool(decode_upload_with_spacing, data, filename, max_pixels)
         shape = None
         if outline:
-            out, shape, prepared = await run_in_threadpool(service.predict_outline, img, spacing, outline_threshold)
+            out, shape, prepared = await run_in_threadpool(service.predict_outline, img, spacing, outline_threshold,
+                                                           ood_check)
             if explain:
                 _, overlay = await run_in_threadpool(service.predict_explain, img, prepared, out)
         elif explain:
-            out, overlay = await run_in_threadpool(service.predict_explain, img)
+            out, overlay = await run_in_threadpool(service.predict_explain, img, None, None, ood_check)
         else:
-            out = await run_in_threadpool(service.predict, img)
+            out = await run_in_threadpool(service.predict, img, None, ood_check)
         out.update({"threshold": predictor.threshold, "positive_class": predictor.positive_class,
                     "model": service.model, "image": {"width": int(img.shape[1]), "height": int(img.shape[0])}})
         if explain:
             out["overlay"] = overlay
+            if overlay is None:
+                out["overlay_withheld"] = withheld_reason(out["verdict"], "Grad-CAM overlay")
         if outline:
             out["outline"] = shape
+            if shape is None:
+                out["outline_withheld"] = withheld_reason(out["verdict"], "tumour outline")
         out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
     @app.get("/v1/model", summary="The served model")
     async def model_info():
-        """Name, version (run), weights fingerprint, classes, input size, temperature, threshold, limits, and
-        whether Grad-CAM (``explain_available``) and outlines (``tumour_map``) are available."""
+        """Name, version (run), weights fingerprint, classes, input size, temperature, threshold, limits, whether
+        Grad-CAM (``explain_available``) and outlines (``tumour_map``) are available, and the input check
+        (``input_check``: ``available``, ``enabled``, ``threshold``, ``min_confidence``, ``rules``; a run made
+        before the check existed says ``available: false`` with a ``note``)."""
         return dict(service.info, explain_available=service.can_explain, tumour_map=service.has_tumour_map,
                     notice=NOTICE,
                     limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "field": FIELD})
