@@ -52,10 +52,11 @@ def test_predict_csv_error_rows_and_exit_1(trained_run, phantoms_test, tmp_path)
     assert r.exit_code == 1, r.output
     assert "2 of 18 file(s) could not be read" in r.output and "Traceback" not in r.output
     rows = _csv(out.read_text())
-    assert len(rows) == 18 and list(rows[0]) == ["path", "label", "p_no", "p_yes", "error"]
+    assert len(rows) == 18 and list(rows[0]) == ["path", "label", "p_no", "p_yes", "error", "verdict",
+                                                 "in_distribution", "ood_score", "ood_reasons"]
     bad = {r["path"].split("/")[-1]: r for r in rows if r["error"]}
     assert set(bad) == {"corrupt.jpg", "notes.png"} and "text" in bad["notes.png"]["error"]
-    assert all(r["label"] == "" and r["p_yes"] == "" for r in bad.values())
+    assert all(r["label"] == "" and r["p_yes"] == "" and r["verdict"] == "" for r in bad.values())
     good = [r for r in rows if not r["error"]]
     assert all(r["label"] in ("yes", "no") for r in good)
     assert all(abs(float(r["p_no"]) + float(r["p_yes"]) - 1) < 1e-5 for r in good)

@@ -316,7 +316,8 @@ def test_onnx_export_has_the_tumour_map_with_parity(masked_run, plain_run, map_p
     assert res.max_abs_diff <= 1e-4 and res.map_max_abs_diff is not None and res.map_max_abs_diff <= 1e-3
     onnx_pred = OnnxPredictor(res.path)
     names = [o.name for o in onnx_pred.session.get_outputs()]
-    assert names == ["logits", "probabilities", "tumour_map"] and onnx_pred.has_tumour_map
+    # the input check's score comes last (runs fit one at training)
+    assert names == ["logits", "probabilities", "tumour_map", "ood_score"] and onnx_pred.has_tumour_map
     torch_pred = Predictor.from_run(masked_run, device="cpu")
     pre = torch_pred.preprocessor
     from braintumor.data.read import read_image
@@ -336,11 +337,12 @@ def test_onnx_export_has_the_tumour_map_with_parity(masked_run, plain_run, map_p
     # A run folder's on-demand export (backend auto) carries the map too.
     fast = load_predictor(masked_run, backend="onnx")
     assert fast.backend == "onnxruntime" and fast.has_tumour_map
-    # Without a decoder: exactly the outputs of before, and no map.
+    # Without a decoder: the outputs of before (and the input check's score), no map.
     plain = export_onnx(plain_run, tmp_path / "p.onnx")
     assert plain.map_max_abs_diff is None
     p = OnnxPredictor(plain.path)
-    assert [o.name for o in p.session.get_outputs()] == ["logits", "probabilities"] and not p.has_tumour_map
+    names = [o.name for o in p.session.get_outputs()]
+    assert names == ["logits", "probabilities", "ood_score"] and not p.has_tumour_map
     r = runner.invoke(app, ["predict", str(plain.path), str(_first(map_phantoms / "yes", 1)[0]), "--outline"])
     assert r.exit_code == 2 and NO_DECODER in r.output and "Traceback" not in r.output
 
