@@ -245,34 +245,44 @@ class FeatureDistance:
     def dim(self) -> int:
         return 0 if self.means is None else int(self.means.shape[1])
 
+    def _whitened_means(self) -> np.ndarray:
+        """``means @ whiten`` ``(K, D)``, cached: the distance is ``|| f W - mu_c W ||``, one product per input
+        whatever the number of classes."""
+        cached = self.__dict__.get("_mw")
+        if cached is None or cached[0] is not self.means or cached[1] is not self.whiten:
+            mw = (self.means.astype(np.float64) @ self.whiten.astype(np.float64)).astype(np.float32)
+            cached = (self.means, self.whiten, mw)
+            self.__dict__["_mw"] = cached
+        return cached[2]
+
     def distance(self, features: np.ndarray) -> np.ndarray:
-        """Distances ``(N,)`` (``float64``)."""
-        f = _unit(np.asarray(features, np.float64))
-        w = self.whiten.astype(np.float64)
-        d2 = np.stack([(((f - m) @ w) ** 2).sum(axis=1) for m in self.means.astype(np.float64)], axis=1)
+        """Distances ``(N,)`` (``float64``; the product in ``float32``, as in the ONNX graph)."""
+        z = _unit(np.asarray(features, np.float32)) @ self.whiten
+        mw = self._whitened_means()
+        d2 = ((z[:, None, :] - mw[None, :, :]) ** 2).sum(axis=2, dtype=np.float64)
         return np.sqrt(d2.min(axis=1))
 
     def torch_module(self, threshold: float) -> torch.nn.Module:
         """A module ``features (N, D) -> distance / threshold (N,)`` (the ONNX export's ``ood_score``)."""
-        return _DistanceModule(self.means, self.whiten, threshold)
+        return _DistanceModule(self._whitened_means(), self.whiten, threshold)
 
 
 def _unit(f: np.ndarray) -> np.ndarray:
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), np.float32(1e-12)).astype(f.dtype)
 
 
 class _DistanceModule(torch.nn.Module):
-    def __init__(self, means: np.ndarray, whiten: np.ndarray, threshold: float):
+    def __init__(self, whitened_means: np.ndarray, whiten: np.ndarray, threshold: float):
         super().__init__()
-        self.register_buffer("means", torch.from_numpy(np.asarray(means, np.float32)))
+        self.register_buffer("mw", torch.from_numpy(np.asarray(whitened_means, np.float32)))
         self.register_buffer("whiten", torch.from_numpy(np.asarray(whiten, np.float32)))
         self.scale = 1.0 / float(threshold)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         f = f.float()
         f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        d2 = torch.stack([((f - self.means[k]) @ self.whiten).pow(2).sum(dim=1) for k in range(self.means.shape[0])],
-                         dim=1)
+        z = f @ self.whiten
+        d2 = (z.unsqueeze(1) - self.mw.unsqueeze(0)).pow(2).sum(dim=2)
         return torch.sqrt(d2.min(dim=1).values) * self.scale
 
 
@@ -333,6 +343,18 @@ class InputCheck:
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``ood_score`` of pooled features: distance / threshold (above 1: unfamiliar)."""
         return self.distance.distance(features) / self.threshold
+
+    @torch.no_grad()
+    def torch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` of a torch ``(N, D)`` tensor, computed by the module the ONNX export embeds."""
+        cached = self.__dict__.get("_module")
+        if cached is None or cached[0] is not self.distance or cached[1] != self.threshold:
+            cached = (self.distance, self.threshold, self.distance.torch_module(self.threshold).eval())
+            self.__dict__["_module"] = cached
+        module = cached[2]
+        if module.whiten.device != features.device:
+            module.to(features.device)
+        return module(features)
 
     def to_metadata(self) -> dict:
         """The ``input_check`` entry of ``metadata.json`` (the arrays go to :data:`OOD_FILE`)."""
