@@ -216,9 +216,9 @@ class FeatureDistance:
         >>> import numpy as np
         >>> from braintumor.ood import FeatureDistance
         >>> rng = np.random.default_rng(0)
-        >>> f = rng.normal(size=(200, 8)); y = np.arange(200) % 2
+        >>> f = rng.normal(size=(200, 8)) + 5; y = np.arange(200) % 2
         >>> d = FeatureDistance().fit(f, y)
-        >>> bool(d.distance(f + 10).min() > d.distance(f).max())
+        >>> bool(d.distance(-f).min() > d.distance(f).max())     # features pointing the other way
         True
     """
 
@@ -503,8 +503,12 @@ def _quantiles(x: np.ndarray) -> dict:
         "max": round(float(np.max(x)), 4)}
 
 
-def coverage_curve(proba: np.ndarray, y: Sequence[int], limits: Sequence[float] | None = None) -> dict:
+def coverage_curve(proba: np.ndarray, y: Sequence[int], limits: Sequence[float] | None = None,
+                   predicted: Sequence[int] | None = None) -> dict:
     """Coverage (share answered) and accuracy on the answered part for each abstention limit.
+
+    An image is answered when the probability of its predicted class reaches the limit. ``predicted``: the class
+    index each image is given (a run's decision threshold included, as predictions apply it); default the argmax.
 
     Example:
         >>> import numpy as np
@@ -516,7 +520,8 @@ def coverage_curve(proba: np.ndarray, y: Sequence[int], limits: Sequence[float] 
     proba = np.asarray(proba, np.float64)
     y = np.asarray(y)
     limits = list(limits) if limits is not None else [round(v, 2) for v in np.arange(0.5, 1.0, 0.025)]
-    conf, correct = proba.max(axis=1), proba.argmax(axis=1) == y
+    pick = proba.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=int)
+    conf, correct = proba[np.arange(len(pick)), pick], pick == y
     cov, acc = [], []
     for t in limits:
         m = conf >= t

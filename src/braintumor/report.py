@@ -199,8 +199,7 @@ def abstention_curve(proba: np.ndarray, labels: list[str], predicted: list[str],
                      limits) -> dict:
     """Coverage (share answered) and accuracy on the answered images for each abstention limit, as predictions
     apply it: an image is answered when the calibrated probability of its *predicted* class (after any decision
-    threshold) reaches the limit. Same output as :func:`braintumor.ood.coverage_curve`, which ranks by the
-    highest probability and scores the argmax class: the two agree for runs without a decision threshold.
+    threshold) reaches the limit (:func:`braintumor.ood.coverage_curve` on class names).
 
     Example:
         >>> import numpy as np
@@ -209,16 +208,12 @@ def abstention_curve(proba: np.ndarray, labels: list[str], predicted: list[str],
         >>> c["coverage"], c["accuracy"]
         ([1.0, 0.6667], [0.6667, 1.0])
     """
-    idx = np.asarray([classes.index(c) for c in predicted], dtype=int)
+    from .ood import coverage_curve
+
+    idx = [classes.index(c) for c in predicted]
     proba = np.asarray(proba, dtype=np.float64).reshape(len(idx), len(classes))
-    conf = proba[np.arange(len(idx)), idx]
-    correct = np.asarray([a == b for a, b in zip(labels, predicted, strict=True)], dtype=bool)
-    cov, acc = [], []
-    for t in limits:
-        m = conf >= t
-        cov.append(round(float(m.mean()), 4) if len(m) else 0.0)
-        acc.append(round(float(correct[m].mean()), 4) if m.any() else None)
-    return {"limit": [float(t) for t in limits], "coverage": cov, "accuracy": acc}
+    truth = [classes.index(c) if c in classes else -1 for c in labels]
+    return coverage_curve(proba, truth, limits, predicted=idx)
 
 
 def _coverage_plot(curve: dict, min_confidence: float | None, path: Path) -> Path:
