@@ -23,6 +23,18 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+def old_run_copy(src: Path, dst: Path) -> Path:
+    """:func:`copy_run` of a run as made before the input check existed (no ``input_check``, no ``ood.npz``)."""
+    import json
+
+    run = copy_run(src, dst)
+    meta = json.loads((run / "metadata.json").read_text())
+    meta.pop("input_check", None)
+    (run / "metadata.json").write_text(json.dumps(meta))
+    (run / "ood.npz").unlink(missing_ok=True)
+    return run
+
+
 def needs_data(path: Path):
     """Skip cleanly when ../shared/data (or the given folder in it) is not there."""
     return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not available")

@@ -26,7 +26,7 @@ from braintumor.ood import (
     threshold_from,
     verdict,
 )
-from conftest import copy_run
+from conftest import copy_run, old_run_copy
 
 runner = CliRunner()
 
@@ -162,19 +162,11 @@ def test_check_persists_reloads_and_exports_to_onnx(trained_run, phantoms_test, 
     assert [r.verdict for r in rows_t] == [r.verdict for r in rows_o]
 
 
-def _strip_check(run: Path) -> Path:
-    meta = json.loads((run / "metadata.json").read_text())
-    meta.pop("input_check", None)
-    (run / "metadata.json").write_text(json.dumps(meta))
-    (run / "ood.npz").unlink(missing_ok=True)
-    return run
-
-
 def test_old_run_without_a_check_predicts_as_before_and_can_be_fitted(trained_run, phantoms_test, corpus_dir,
                                                                      tmp_path):
     from braintumor.inference import load_run
 
-    old = _strip_check(copy_run(trained_run.run_dir, tmp_path / "old"))
+    old = old_run_copy(trained_run.run_dir, tmp_path / "old")
     pred = load_run(old)
     assert pred.input_check is None and not pred.has_input_check
     assert pred.input_check_info()["available"] is False

@@ -15,7 +15,7 @@ from braintumor.evaluate import CHECK_COLUMNS, evaluate, input_check_metrics
 from braintumor.inference import Assessment, Predictor
 from braintumor.ood import NOT_BRAIN, UNFAMILIAR, InputRules, image_stats
 from braintumor.report import CHECK_SECTION, abstention_curve, write_report
-from conftest import copy_run
+from conftest import copy_run, old_run_copy
 
 MAIN = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "pr_auc", "sensitivity", "specificity", "mcc", "n")
 
@@ -161,22 +161,14 @@ def test_report_lists_evaluations_and_old_runs_say_how_to_fit(trained_run, phant
     sec = _section(write_report(run, n_samples=1, n_gradcam=0, n_boot=20, n_maps=0).read_text(), CHECK_SECTION)
     assert "Evaluated folders" in sec and phantoms_test.name in sec
 
-    old = copy_run(trained_run.run_dir, tmp_path / "old")
+    old = old_run_copy(trained_run.run_dir, tmp_path / "old")
     shutil.copy2(trained_run.run_dir / "predictions.csv", old / "predictions.csv")
-    meta = json.loads((old / "metadata.json").read_text())
-    del meta["input_check"]
-    (old / "metadata.json").write_text(json.dumps(meta))
-    (old / "ood.npz").unlink()
     sec = _section(write_report(old, n_samples=1, n_gradcam=0, n_boot=20, n_maps=0).read_text(), CHECK_SECTION)
     assert "no input check" in sec and "braintumor fit-input-check" in sec and "could not be built" not in sec
 
 
 def test_old_run_evaluates_as_before_without_the_block(phantom_eval, trained_run, phantoms_test, tmp_path):
-    old = copy_run(trained_run.run_dir, tmp_path / "old")
-    meta = json.loads((old / "metadata.json").read_text())
-    meta.pop("input_check")
-    (old / "metadata.json").write_text(json.dumps(meta))
-    (old / "ood.npz").unlink()
+    old = old_run_copy(trained_run.run_dir, tmp_path / "old")
     res = evaluate(old, phantoms_test, tmp_path / "out", n_boot=50)
     assert "input_check" not in res.metrics and res.assessments is None
     assert "input_check" not in json.loads((res.out_dir / "metrics.json").read_text())

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from braintumor.ood import NOT_BRAIN, UNFAMILIAR, VERDICTS  # noqa: E402
 from braintumor.serve import create_app  # noqa: E402
-from conftest import copy_run  # noqa: E402
+from conftest import old_run_copy  # noqa: E402
 
 CHECK_FIELDS = {"verdict", "in_distribution", "ood_score", "ood_reasons"}
 
@@ -141,11 +141,7 @@ def test_torch_backend_gives_the_same_verdicts(client, trained_run, photo, phant
 
 
 def test_old_run_without_a_check(trained_run, tmp_path, photo, phantoms):
-    run = copy_run(trained_run.run_dir, tmp_path / "old")
-    meta = json.loads((run / "metadata.json").read_text())
-    meta.pop("input_check")
-    (run / "metadata.json").write_text(json.dumps(meta))
-    (run / "ood.npz").unlink()
+    run = old_run_copy(trained_run.run_dir, tmp_path / "old")
     with TestClient(create_app(run)) as c:
         check = c.get("/v1/model").json()["input_check"]
         assert check["available"] is False and check["enabled"] is False and "fit-input-check" in check["note"]
