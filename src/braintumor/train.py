@@ -969,7 +969,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         outc.print(f"input check: threshold {check.threshold:.3g} on the pooled features "
                    f"({check.distance.dim}-d); validation flagged unfamiliar "
                    f"{check.summary['val_flagged_unfamiliar']:.1%}, uncertain {check.summary['val_uncertain']:.1%}")
-        predictor = Predictor.from_run(run.root, device=str(device))
+        predictor.input_check, predictor.metadata = check, meta  # the fitted check, without reloading the weights
     proba = predictor.proba_prepared(data.val_x)
     ev = report_predictions(data.val_y, proba, classes, run.root, data.val_paths, meta["positive_class"],
                             meta.get("threshold"), title="validation")
