@@ -31,8 +31,48 @@ class UnreadableImageError(BrainTumorError):
 
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.reason = _printable(reason)
+        super().__init__(f"{_printable(self.path)}: {self.reason}")
+
+
+class ImageTooLargeError(UnreadableImageError):
+    """A file over one of the size caps of :mod:`braintumor.data.limits`, found from its header (nothing decoded).
+
+    The service answers it with HTTP 413 and its message.
+
+    Attributes:
+        limit: the cap that was exceeded (a number of ``what``).
+        what: ``"pixels"``, ``"voxels"`` or ``"decompressed bytes"``.
+
+    Example:
+        >>> from braintumor.errors import ImageTooLargeError
+        >>> err = ImageTooLargeError("scan.dcm", "image too large: 9000x9000 pixels (limit 40,000,000 pixels)",
+        ...                          40_000_000, "pixels")
+        >>> str(err), err.limit, err.what
+        ('scan.dcm: image too large: 9000x9000 pixels (limit 40,000,000 pixels)', 40000000, 'pixels')
+    """
+
+    def __init__(self, path: str | Path, reason: str, limit: int, what: str):
+        self.limit = int(limit)
+        self.what = what
+        super().__init__(path, reason)
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.limit, self.what)
+
+
+def _printable(text) -> str:
+    """``text`` with bytes that are not UTF-8 (surrogate escapes of Linux file names) written as ``\\xNN`` and
+    control characters as ``\\x0a``...; ordinary text is unchanged. Messages must print on any terminal."""
+    s = str(text)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in s)
 
 
 class RunError(UsageError):

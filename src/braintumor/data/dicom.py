@@ -25,6 +25,11 @@ Compressed transfer syntaxes are decoded where a pydicom pixel-data handler is i
 baseline and JPEG 2000, pydicom itself RLE); otherwise the error names the handler to install. Files without pixel
 data (structured reports, DICOMDIR...) raise :class:`UnreadableImageError` saying so, and are skipped by training.
 
+**Size caps** (:mod:`braintumor.data.limits`) are checked from the header before any pixel is decoded:
+``Rows x Columns`` against the pixel cap, ``Rows x Columns x NumberOfFrames`` against the voxel cap. A file with
+the Deflated Explicit VR Little Endian transfer syntax is inflated here, never past the decompressed-byte cap
+(pydicom alone would inflate it whole, whatever its size), then read like any other.
+
 Example:
     >>> from braintumor.data.dicom import read_dicom
     >>> img = read_dicom("scan.dcm", window="40,80")     # doctest: +SKIP
@@ -40,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnreadableImageError, UsageError
+from ..errors import ImageTooLargeError, UnreadableImageError, UsageError
+from . import limits as _limits
 from .read import register_reader, register_sniffer, register_suffixes, to_uint8
 
 #: Suffixes always treated as DICOM (compared lower-case).
@@ -164,6 +170,51 @@ def _pydicom():
     return pydicom
 
 
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _read_deflated(path: Path, force: bool, stop_before_pixels: bool):
+    """The dataset of a Deflated Explicit VR Little Endian file, inflated under the decompressed-byte cap; ``None``
+    when the file has another transfer syntax (the usual case, told from its first 4 KB)."""
+    with open(path, "rb") as fh:
+        if _DEFLATED.encode() not in fh.read(4096):
+            return None
+        fh.seek(0)
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
+
+        preamble = read_preamble(fh, force)
+        meta = _read_file_meta_info(fh)
+        if str(meta.get("TransferSyntaxUID", "")).strip("\0 ") != _DEFLATED:
+            return None
+        data = _limits.inflate(fh, path, on_prefix=lambda head: _check_prefix(path, head))
+    from pydicom.dataset import FileDataset
+
+    dataset = read_dataset(DicomBytesIO(data), False, True, stop_when=_at_pixel_data if stop_before_pixels else None)
+    ds = FileDataset(str(path), dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+def _check_prefix(path: Path, head: bytes) -> None:
+    """The size caps checked on the first inflated bytes of a deflated dataset, before inflating the rest."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _at_pixel_data, read_dataset
+
+    try:
+        ds = read_dataset(DicomBytesIO(head), False, True, stop_when=_at_pixel_data)
+        ok = "Rows" in ds and "Columns" in ds
+    except Exception:  # noqa: BLE001 - a header longer than the prefix, or damaged: checked after inflating
+        return
+    if ok:
+        _check_size(path, ds)
+
+
+def _inflated(ds) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and str(meta.get("TransferSyntaxUID", "")).strip("\0 ") == _DEFLATED
+
+
 def _read_header(path: Path, *, stop_before_pixels: bool = False):
     """The dataset with the pixel data deferred (or skipped), or :class:`UnreadableImageError`."""
     pydicom = _pydicom()
@@ -171,24 +222,67 @@ def _read_header(path: Path, *, stop_before_pixels: bool = False):
         raise UnreadableImageError(path, f"DICOM file, but pydicom is not installed ({_INSTALL})")
     force = not has_dicom_magic(path)
     try:
-        return pydicom.dcmread(path, defer_size=None if stop_before_pixels else "4 KB",
-                               stop_before_pixels=stop_before_pixels, force=force)
+        ds = _read_deflated(path, force, stop_before_pixels)
+        if ds is None:
+            ds = pydicom.dcmread(path, defer_size=None if stop_before_pixels else "4 KB",
+                                 stop_before_pixels=stop_before_pixels, force=force)
+        if stop_before_pixels:  # nothing deferred: convert every tag now, so a damaged one fails here, not later
+            for _ in ds.iterall():
+                pass
+        return ds
+    except ImageTooLargeError:
+        raise
     except pydicom.errors.InvalidDicomError as exc:
-        raise UnreadableImageError(path, f"not a valid DICOM file ({exc})") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UnreadableImageError(path, f"truncated or corrupt DICOM file ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImageError(path, f"not a valid DICOM file ({_line(exc)})") from None
+    except MemoryError:
+        raise UnreadableImageError(path, "DICOM header too large for memory") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom and zlib raise many types for damaged files
+        raise UnreadableImageError(path, f"truncated or corrupt DICOM file ({type(exc).__name__}: {_line(exc)})"
+                                   ) from None
+
+
+def _short(value, n: int = 64) -> str:
+    """A tag value as a short one-line text for a message."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _line(exc: BaseException) -> str:
+    """The first line of an exception's message, shortened (pydicom's can be long)."""
+    text = str(exc)
+    return (text.splitlines()[0] if text.strip() else type(exc).__name__)[:200]
 
 
 def _n_frames(ds) -> int:
     try:
         return max(1, int(ds.get("NumberOfFrames", 1) or 1))
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - a damaged tag (wrong VR, not a number): read as one frame
         return 1
 
 
 def dicom_frames(path: str | Path) -> int:
     """Number of frames of a DICOM file (header only)."""
     return _n_frames(_read_header(Path(path), stop_before_pixels=True))
+
+
+def _int_tag(ds, name: str, default=None):
+    value = ds.get(name, default)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else default
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _check_size(path: Path, ds) -> None:
+    """Rows x Columns against the pixel cap, Rows x Columns x NumberOfFrames against the voxel cap."""
+    rows, cols = _int_tag(ds, "Rows"), _int_tag(ds, "Columns")
+    if not rows or not cols or rows < 0 or cols < 0:
+        raise UnreadableImageError(path, f"DICOM pixel data with Rows x Columns {rows}x{cols}")
+    lim = _limits.current_limits()
+    _limits.check_pixels(path, cols, rows, lim)
+    _limits.check_voxels(path, (cols, rows, _n_frames(ds)), lim)
 
 
 def _check_pixels(path: Path, ds) -> None:
@@ -198,9 +292,19 @@ def _check_pixels(path: Path, ds) -> None:
         raise UnreadableImageError(path, f"DICOM file without pixel data ({kind}); not an image")
     if "Rows" not in ds or "Columns" not in ds:
         raise UnreadableImageError(path, "DICOM pixel data without Rows/Columns")
+    _check_size(path, ds)
+    samples, bits = _int_tag(ds, "SamplesPerPixel", 1), _int_tag(ds, "BitsAllocated", 8)
+    if samples not in (1, 3, 4):
+        raise UnreadableImageError(path, f"DICOM Samples per Pixel {samples} (1, 3 or 4 allowed)")
+    if bits not in (1, 8, 16, 32, 64):
+        raise UnreadableImageError(path, f"DICOM Bits Allocated {bits} (1, 8, 16, 32 or 64 allowed)")
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if ts is None or not ts.is_compressed:
+    try:
+        compressed = ts is not None and ts.is_compressed
+    except (ValueError, TypeError, AttributeError):  # pydicom: "UID is not a transfer syntax"
+        raise UnreadableImageError(path, f"DICOM transfer syntax '{_short(ts)}' is not a known one") from None
+    if not compressed:
         return
     from pydicom.pixels import get_decoder
 
@@ -276,7 +380,7 @@ def _decode(path: Path, ds, index: int | None):
     from pydicom.pixels import pixel_array
 
     try:
-        if index is not None and has_dicom_magic(path):
+        if index is not None and has_dicom_magic(path) and not _inflated(ds):
             return pixel_array(str(path), index=index)
         arr = pixel_array(ds) if index is None else pixel_array(ds, index=index)
         return arr
@@ -303,6 +407,17 @@ def read_dicom(path: str | Path, frame: int | None = None, window=None) -> np.nd
     path = Path(path)
     window = parse_window(window)
     ds = _read_header(path)
+    try:
+        return _read_frame(path, ds, frame, window)
+    except UnreadableImageError:
+        raise
+    except MemoryError:
+        raise UnreadableImageError(path, "DICOM data too large for memory") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom converts tags lazily: a damaged tag fails where it is used
+        raise UnreadableImageError(path, f"corrupt DICOM tags ({type(exc).__name__}: {_line(exc)})") from None
+
+
+def _read_frame(path: Path, ds, frame: int | None, window) -> np.ndarray:
     _check_pixels(path, ds)
     n = _n_frames(ds)
     if frame is None:
@@ -312,6 +427,11 @@ def read_dicom(path: str | Path, frame: int | None = None, window=None) -> np.nd
     arr = _decode(path, ds, frame if n > 1 else None)
     if n > 1 and arr.ndim >= 3 and arr.shape[0] == n and int(ds.get("SamplesPerPixel", 1)) == 1:
         arr = arr[frame]  # a decoder that returned every frame
+    return _to_display(path, arr, ds, frame, window)
+
+
+def _to_display(path: Path, arr: np.ndarray, ds, frame: int, window) -> np.ndarray:
+    """Palette, modality LUT, VOI LUT and MONOCHROME1 inversion: decoded pixels -> ``uint8``."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
@@ -360,10 +480,15 @@ def _scan_series(folder: Path) -> list[Path] | None:
             if "Rows" in ds:
                 return None  # a multi-frame file among them: files are read one by one
             continue  # no image (report, DICOMDIR...): not a slice
+        try:
+            uid, shape = str(ds.get("SeriesInstanceUID", "")), (int(ds.Rows), int(ds.Columns))
+            key = _slice_key(ds, f.name)
+        except Exception:  # noqa: BLE001 - damaged tags (wrong types): not a slice of a series
+            continue
         members.append(f)
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
-        shapes.add((int(ds.Rows), int(ds.Columns)))
-        keys.append(_slice_key(ds, f.name))
+        uids.add(uid)
+        shapes.add(shape)
+        keys.append(key)
     if len(members) < 2 or len(uids) != 1 or "" in uids or len(shapes) != 1:
         return None
     if all(k[0] is not None for k in keys):

@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +27,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import UnreadableImageError
+from ..errors import ImageTooLargeError, UnreadableImageError
+from . import limits as _limits
+from .limits import Limits, use_limits
 
 #: Suffixes discovered as 2-D raster images (compared lower-case).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
-#: Largest image accepted, in pixels (decompression-bomb guard).
-MAX_PIXELS = 64_000_000
+#: The default cap on an image's pixels (decompression-bomb guard). The cap in force is
+#: :func:`braintumor.data.limits.current_limits` ``.max_pixels`` (``BRAINTUMOR_MAX_PIXELS``, ``use_limits``).
+MAX_PIXELS = _limits.DEFAULT_MAX_PIXELS
 #: Smallest side accepted, in pixels.
 MIN_SIDE = 8
 
@@ -148,6 +153,11 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale any numeric 2-D/3-D array to ``uint8``: 8-bit data untouched, wider data min-max stretched."""
     if arr.dtype == np.uint8:
         return arr
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, then 0 below
+        return _to_uint8(arr)
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
     a = arr.astype(np.float32)
     finite = np.isfinite(a)
     if not finite.all():
@@ -174,13 +184,14 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def _read_raster(path: Path) -> np.ndarray:
+    lim = _limits.current_limits()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's own guard warns above 89 Mpixel and refuses above 179 Mpixel; ours is checked right below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise UnreadableImageError(path, f"image too large ({w}x{h} pixels)")
+                _limits.check_pixels(path, w, h, lim)
                 img.load()
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
@@ -189,28 +200,50 @@ def _read_raster(path: Path) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise UnreadableImageError(path, _sniff(path)) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableImageError(path, "image too large (decompression bomb guard)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL refuses > 179 Mpixel itself
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL accepts"
+        raise ImageTooLargeError(path, f"image too large: {size} (limit {lim.max_pixels:,} pixels)", lim.max_pixels,
+                                 "pixels") from None
     except OSError as exc:
         msg = str(exc)
-        reason = "truncated or corrupt image data" if "truncated" in msg or "broken" in msg else msg
+        reason = "truncated or corrupt image data" if "truncated" in msg.lower() or "broken" in msg else msg
         raise UnreadableImageError(path, reason or "corrupt image") from None
-    except (ValueError, SyntaxError, IndexError, EOFError) as exc:
-        raise UnreadableImageError(path, f"corrupt image ({exc})") from None
+    except (ValueError, SyntaxError, IndexError, EOFError, TypeError, KeyError, struct.error, ZeroDivisionError,
+            OverflowError, RecursionError) as exc:
+        raise UnreadableImageError(path, f"corrupt image ({type(exc).__name__}: {_first_line(exc)})") from None
+    except MemoryError:
+        raise UnreadableImageError(path, "image data too large for memory") from None
     return np.ascontiguousarray(arr)
 
 
-def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
+def _exists(path: Path) -> bool:
+    """``path.exists()``, or :class:`UnreadableImageError` for a name no file can have (a NUL byte, too long)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UnreadableImageError(path, f"invalid file name ({reason})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return (text.splitlines()[0] if text.strip() else type(exc).__name__)[:200]
+
+
+def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | None = None) -> np.ndarray:
     """Read one file (or one slice of a volume) as an ``(H, W, 3)`` ``uint8`` RGB array.
 
     Args:
         path: an image file, a volume (NIfTI, multi-frame DICOM), a folder holding one DICOM series, or a
             slice reference ``"vol.nii.gz#12"``.
         frame: the slice of a multi-slice source (default: the reference's, else the middle slice).
+        limits: the size caps for this call (default: those in force, see :mod:`braintumor.data.limits`);
+            checked from the header before anything is decoded or decompressed.
 
     Raises:
         UnreadableImageError: the file is missing, not an image, truncated, too small or too large, or the frame
-            is out of range.
+            is out of range. :class:`~braintumor.errors.ImageTooLargeError` (a subclass) for a file over a cap.
 
     Example:
         >>> from braintumor import read_image
@@ -219,10 +252,13 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
         >>> read_image("scans/t1.nii.gz#80").dtype                    # doctest: +SKIP
         dtype('uint8')
     """
+    if limits is not None:
+        with use_limits(limits):
+            return read_image(path, frame)
     path = Path(path)
-    if frame is None and not path.exists():
+    if frame is None and not _exists(path):
         path, frame = split_ref(path)
-    if not path.exists():
+    if not _exists(path):
         raise UnreadableImageError(path, "no such file")
     reader, frames = _match(path)
     if reader is not None and frames is not None:
