@@ -6,12 +6,15 @@ download: the system chromium is launched).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,14 +34,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+API_KEY = "page-test-key-0123456789"
+
+
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
     """``braintumor serve RUN`` on a random free port of 127.0.0.1; stopped after the module."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
+    with _serve(trained_run.run_dir, log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_server(trained_run, tmp_path_factory):
+    """``braintumor serve RUN --api-key KEY --log-format json``; yields its URL and its log file."""
+    log = tmp_path_factory.mktemp("keyed") / "server.log"
+    with _serve(trained_run.run_dir, log, "--api-key", API_KEY, "--log-format", "json") as url:
+        yield url, log
+
+
+@contextlib.contextmanager
+def _serve(run_dir, log: Path, *extra: str):
+    port = _free_port()
     fh = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "braintumor", "serve", str(trained_run.run_dir), "--host",
-                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "braintumor", "serve", str(run_dir), "--host",
+                             "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra],
                             stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,3 +176,57 @@ def test_colour_photo_is_refused_on_the_page(server, tmp_path):
         finally:
             browser.close()
     assert not console_errors, console_errors
+
+
+def _status(url: str, headers: dict | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_page_asks_for_the_api_key_and_sends_it(keyed_server, phantoms_test, tmp_path):
+    """``serve --api-key``: 401 without the key, 200 with it; the page asks for the key, keeps it for the tab and
+    sends it as a Bearer token; the JSON access log has one line per request and never the key."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    url, log = keyed_server
+    assert _status(url + "/v1/model") == 401
+    assert _status(url + "/v1/model", {"Authorization": f"Bearer {API_KEY}"}) == 200
+    assert _status(url + "/healthz") == 200
+    image = sorted((phantoms_test / "yes").glob("*.png"))[0]
+    sent_auth: list[str | None] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("request", lambda req: sent_auth.append(req.headers.get("authorization"))
+                    if "/v1/predict" in req.url else None)
+            console_errors: list[str] = []
+            page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(url + "/")
+            page.locator("#model", has_text="needs an API key").wait_for(timeout=30_000)
+            assert page.locator("#key-form").is_visible()
+            page.fill("#api-key", "wrong-key-000000000")
+            page.click("#key-use")
+            page.locator("#key-note", has_text="not accepted").wait_for(timeout=30_000)
+            page.fill("#api-key", API_KEY)
+            page.click("#key-use")
+            page.locator("#model", has_text="cnn").wait_for(timeout=30_000)
+            assert page.locator("#key-form").is_hidden()
+            page.set_input_files("#file", str(image))
+            page.locator("#status", has_text="done").wait_for(timeout=60_000)
+            assert page.locator("#label").inner_text().strip() in ("yes", "no")
+            assert sent_auth == [f"Bearer {API_KEY}"]
+            page.reload()  # the key is kept for the tab (sessionStorage), not asked again
+            page.locator("#model", has_text="cnn").wait_for(timeout=30_000)
+            assert page.locator("#key-form").is_hidden()
+        finally:
+            browser.close()
+    assert all("401" in e for e in console_errors), console_errors
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [r for r in lines if "path" in r]
+    assert [r["status"] for r in access if r["path"] == "/v1/predict"] == [200]
+    assert {401, 200} <= {r["status"] for r in access if r["path"] == "/v1/model"}
+    assert API_KEY not in log.read_text()

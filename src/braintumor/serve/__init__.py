@@ -4,6 +4,8 @@ Example:
     >>> from braintumor.serve import create_app
     >>> app = create_app("runs/navoneel")           # doctest: +SKIP
     >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+    >>> from braintumor.serve.server import server_config           # with read timeouts, as `braintumor serve`
+    >>> # uvicorn.Server(server_config(app, port=8000)).run()
 """
 
 from __future__ import annotations

@@ -20,6 +20,14 @@
 * Bad input never gives a 500: an oversized upload is a 413 (checked on ``Content-Length`` and while streaming),
   an image whose header announces more than ``max_pixels`` pixels is a 413 before any pixel is decoded, a
   non-image is a 415, a corrupt/truncated/too small image or a missing ``file`` field is a 422.
+* Service controls: decoding + inference run in at most ``max_concurrent`` slots (503 with ``Retry-After`` when
+  none frees up within ``queue_timeout``, 504 past ``request_timeout``), uploads must arrive within
+  ``body_timeout`` (408), volumes and compressed streams are capped from their headers (413, see
+  :func:`service_limits`). ``api_keys`` (or ``$BRAINTUMOR_API_KEYS``) make every ``/v1/*`` request need a key
+  (401), ``rate_limit`` limits each client (429), ``GET /metrics`` is in Prometheus format, ``access_log`` logs one
+  JSON line per request, and ``cors_origins`` opens the API to other origins (off by default); see
+  :mod:`braintumor.serve.controls`, :mod:`~braintumor.serve.security`, :mod:`~braintumor.serve.metrics`.
+  Header and body read timeouts against slow clients live in the server (:mod:`braintumor.serve.server`).
 * The page (``GET /``) is one self-contained HTML file with inline CSS/JS: no CDN, no external asset (enforced by
   its Content-Security-Policy). ``/docs`` is an offline, server-rendered API reference built from the OpenAPI
   schema (FastAPI's Swagger UI would load its scripts from a CDN); the schema itself is at ``/openapi.json``.
@@ -37,6 +45,7 @@ import base64
 import contextlib
 import html
 import io
+import logging
 import os
 import tempfile
 import threading
@@ -51,11 +60,25 @@ from .. import __version__
 from ..errors import UnreadableImageError, UsageError
 from ..inference import BACKENDS, Assessment, Predictor, load_predictor
 from ..ood import NOT_BRAIN, UNCERTAIN, UNFAMILIAR, VERDICT_TEXT, image_stats
+from .controls import DecodeGate, Rejected, ServiceControls
+from .metrics import ServiceMetrics
+from .security import RateLimiter, api_keys_from
 
 #: Largest accepted upload (bytes).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Largest accepted image, in pixels, read from the header before decoding (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Largest accepted volume (DICOM rows x columns x frames, NIfTI dimensions), read from the header.
+DEFAULT_MAX_VOXELS = 40_000_000
+#: Largest size a gzip/deflate stream of an upload (``.nii.gz``, deflated DICOM) may expand to.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
+#: Seconds a client has to send the whole body of ``POST /v1/predict`` (from the start of reading it).
+DEFAULT_BODY_TIMEOUT = 60.0
+#: Seconds ``POST /v1/predict`` waits at most for a free decoding slot (then 503 with ``Retry-After``).
+DEFAULT_QUEUE_TIMEOUT = 10.0
+#: Seconds within which decoding + inference of one upload must be done, queueing included (then 504).
+DEFAULT_REQUEST_TIMEOUT = 30.0
+_log = logging.getLogger("braintumor.serve")
 #: Room for the multipart envelope around the file.
 _MULTIPART_SLACK = 64 * 1024
 FIELD = "file"
@@ -76,13 +99,9 @@ def withheld_reason(verdict: str | None, what: str) -> str | None:
     return f"no {what}: the input check's verdict is {verdict} ({VERDICT_TEXT[verdict]})"
 
 
-class RejectedInput(Exception):
-    """A request the API refuses with a 4xx status and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        self.message = message
-        super().__init__(message)
+class RejectedInput(Rejected):
+    """A request the API refuses with a 4xx status (503/504 when busy), a one-line message and extra response
+    ``headers`` (``Retry-After``...)."""
 
 
 class ModelService:
@@ -234,27 +253,65 @@ class ModelService:
         return out, self._overlay(ex)
 
 
+def service_limits(max_pixels: int = DEFAULT_MAX_PIXELS, max_voxels: int = DEFAULT_MAX_VOXELS,
+                   max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES):
+    """The size caps uploads are decoded under: the service's own, never looser than the operator's
+    (``BRAINTUMOR_MAX_*``, see :mod:`braintumor.data.limits`); ``None`` where that module is not there.
+
+    Example:
+        >>> from braintumor.serve.app import service_limits
+        >>> service_limits(max_pixels=1_000_000).max_pixels
+        1000000
+    """
+    try:
+        from ..data.limits import Limits, current_limits
+    except ImportError:  # pragma: no cover - the limits module ships with the package
+        return None
+    return current_limits().tighter(Limits(max_pixels=max_pixels, max_voxels=max_voxels,
+                                           max_decompressed_bytes=max_decompressed_bytes))
+
+
+def _too_large_error():
+    from .. import errors
+
+    return getattr(errors, "ImageTooLargeError", ())
+
+
 def _status_for(reason: str, identified: bool) -> int:
     if "too large" in reason:
         return 413
     return 422 if identified else 415
 
 
-def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  limits=None) -> np.ndarray:
     """Upload bytes -> ``(H, W, 3)`` ``uint8`` through the package's one reader (:func:`read_image`).
 
-    The header is read first: more than ``max_pixels`` pixels is refused before any pixel is decoded.
+    The header is read first: more than ``max_pixels`` pixels (or, with ``limits``, a
+    :class:`braintumor.data.limits.Limits`: pixels, voxels of a volume, decompressed bytes of a gzip/deflate
+    stream) is refused before any pixel is decoded or any stream decompressed.
 
     Raises:
         RejectedInput: 413 too large, 415 not an image, 422 corrupt/truncated/too small.
     """
-    return decode_upload_with_spacing(data, filename, max_pixels)[0]
+    return decode_upload_with_spacing(data, filename, max_pixels, limits)[0]
 
 
-def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-                               ) -> tuple[np.ndarray, tuple[float, float] | None]:
+def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                               limits=None) -> tuple[np.ndarray, tuple[float, float] | None]:
     """:func:`decode_upload` and the upload's pixel spacing in mm (DICOM/NIfTI headers; ``None`` for rasters),
     see :func:`braintumor.outline.pixel_spacing`."""
+    if limits is None:
+        limits = service_limits(max_pixels=max_pixels)
+    if limits is None:  # pragma: no cover - without the limits module
+        return _decode(data, filename, max_pixels)
+    from ..data.limits import use_limits
+
+    with use_limits(limits):
+        return _decode(data, filename, min(max_pixels, limits.max_pixels))
+
+
+def _decode(data: bytes, filename: str | None, max_pixels: int) -> tuple[np.ndarray, tuple[float, float] | None]:
     from PIL import Image
 
     from ..data.read import read_image
@@ -283,6 +340,8 @@ def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pix
             fh.write(data)
         try:
             img = read_image(tmp)
+        except _too_large_error() as exc:
+            raise RejectedInput(413, f"{exc.reason}") from None
         except UnreadableImageError as exc:
             raise RejectedInput(_status_for(exc.reason, identified), f"unreadable image: {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault, never a 500
@@ -291,11 +350,25 @@ def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pix
         if not identified:  # raster images carry no physical size
             from ..outline import pixel_spacing
 
-            spacing = pixel_spacing(tmp)
+            try:
+                spacing = pixel_spacing(tmp)
+            except Exception:  # noqa: BLE001 - an odd spacing field costs the mm², never the answer
+                spacing = None
         return img, spacing
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _forget_volume(tmp)
+
+
+def _forget_volume(path: str) -> None:
+    """Drop a request's temporary file from the NIfTI volume cache (it is gone: nothing may keep its pixels)."""
+    try:
+        from ..data.nifti import drop_cached
+    except ImportError:  # pragma: no cover - older reader without the hook, or nibabel missing
+        return
+    with contextlib.suppress(Exception):
+        drop_cached(path)
 
 
 def _predict_response_model():
@@ -380,21 +453,43 @@ def docs_html(schema: dict) -> str:
 
 
 def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, backend: str = "auto", notice=None, ood_check: bool = True):
+               max_pixels: int = DEFAULT_MAX_PIXELS, backend: str = "auto", notice=None, ood_check: bool = True,
+               api_keys: list[str] | None = None, rate_limit: str | RateLimiter | None = None,
+               cors_origins: list[str] | None = None, max_concurrent: int | None = None,
+               queue_timeout: float = DEFAULT_QUEUE_TIMEOUT, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT, max_voxels: int = DEFAULT_MAX_VOXELS,
+               max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES, access_log: bool = False,
+               metrics: bool = True):
     """The FastAPI app serving ``model`` (a run folder, an ``.onnx`` file or a loaded predictor).
 
     Args:
         model: a run folder, an ``.onnx`` file or a loaded predictor.
-        max_upload_bytes, max_pixels: the input limits.
+        max_upload_bytes, max_pixels: the input limits: bytes of one upload, pixels of one image or slice.
+        max_voxels, max_decompressed_bytes: voxels of one volume (DICOM, NIfTI) and bytes a gzip/deflate stream
+            may expand to. All size caps are read from headers before decoding (413 past them) and are never looser
+            than the operator's ``BRAINTUMOR_MAX_*`` (:mod:`braintumor.data.limits`).
         backend: for a run folder, the engine of plain predictions: ``auto`` (onnxruntime on the CPU when it is
             installed, the export made on demand and cached; else torch), ``onnx`` or ``torch`` (see
             :func:`~braintumor.inference.load_predictor`). Grad-CAM always runs on the run's torch model.
         notice: called with one line when ``auto`` falls back to torch or an export is made.
         ood_check: apply the run's input check (:mod:`braintumor.ood`); ``False``: every ``verdict`` is the class
             and ``in_distribution`` is null, whatever a request asks (``--no-ood-check``).
+        api_keys: keys of which one must come with every ``/v1/*`` request (``Authorization: Bearer KEY`` or
+            ``X-API-Key: KEY``; 401 otherwise); ``None``: those of ``$BRAINTUMOR_API_KEYS``; ``[]``: no key.
+        rate_limit: per-client limit on ``/v1/*`` (``"60/minute"`` or a
+            :class:`~braintumor.serve.security.RateLimiter`; 429 with ``Retry-After`` past it); ``None``: none.
+        cors_origins: origins allowed to call the API from a browser (``https://viewer.example.org``, or ``*``);
+            ``None``: CORS off (same-origin only).
+        max_concurrent: uploads decoded and predicted at once (default: the CPU count, at most 4); others wait
+            up to ``queue_timeout`` seconds, then get a 503 with ``Retry-After``.
+        request_timeout: seconds within which decoding + inference must be done, queueing included (then 504).
+        body_timeout: seconds a client has to send the whole upload (then 408).
+        access_log: log one JSON line per request on the ``braintumor.access`` logger (``--log-format json``).
+        metrics: serve ``GET /metrics`` (Prometheus text format; needs ``prometheus-client``).
 
     Raises:
-        UsageError: FastAPI is not installed (``pip install 'braintumor[serve]'``).
+        UsageError: FastAPI is not installed (``pip install 'braintumor[serve]'``); a bad API key, rate limit,
+            CORS origin or limit (the message names the option, the value and what is allowed).
         RunError: ``model`` is not a run folder or an exported ONNX file.
 
     Example:
@@ -402,15 +497,31 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         >>> app = create_app("runs/demo", backend="auto")               # doctest: +SKIP
         >>> app.state.service.info["backend"], app.state.service.can_explain  # doctest: +SKIP
         ('onnxruntime', True)
+        >>> app = create_app("runs/demo", api_keys=["k3y-for-the-pacs"], rate_limit="120/minute",
+        ...                  cors_origins=["https://viewer.example.org"])  # doctest: +SKIP
     """
     try:
+        import anyio
         from fastapi import FastAPI, Query, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, JSONResponse, Response
-        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import ClientDisconnect
     except ImportError as exc:
         raise UsageError(f"serving needs the 'serve' extra ({exc.name} is missing): "
                          f"pip install 'braintumor[serve]'") from None
+
+    keys = api_keys_from([]) if api_keys is None else api_keys_from(api_keys, env={})
+    limiter = RateLimiter.parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
+    origins = _cors_origins(cors_origins)
+    slots = max_concurrent if max_concurrent is not None else max(1, min(4, os.cpu_count() or 1))
+    _check_number("max_concurrent", slots, whole=True)
+    _check_number("max_upload_bytes", max_upload_bytes, whole=True)
+    for name, value in (("queue_timeout", queue_timeout), ("request_timeout", request_timeout),
+                        ("body_timeout", body_timeout)):
+        _check_number(name, value)
+    limits = service_limits(max_pixels, max_voxels, max_decompressed_bytes)
+    if limits is not None:
+        max_pixels = limits.max_pixels
 
     backend = {"onnxruntime": "onnx"}.get(str(backend).lower(), str(backend).lower())
     if backend not in BACKENDS:
@@ -425,16 +536,27 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         predictor = load_predictor(model, backend=backend, notice=notice)
     service = ModelService(predictor, explainer, ood_check=ood_check)
     limit_mb = max_upload_bytes / (1024 * 1024)
+    stats = ServiceMetrics({**service.model, "backend": service.info.get("backend")}) if metrics else None
+    gate = DecodeGate(int(slots), queue_timeout, request_timeout, metrics=stats)
 
     app = FastAPI(
         title="braintumor", version=__version__, docs_url=None, redoc_url=None,
         description=f"Brain-MRI tumour classifier. {NOTICE}",
     )
     app.state.service = service
+    app.state.gate = gate
+    app.state.metrics = stats
+    app.state.limits = limits
 
-    @app.exception_handler(RejectedInput)
-    async def _rejected(request, exc: RejectedInput):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    @app.exception_handler(Rejected)
+    async def _rejected(request, exc: Rejected):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc: ClientDisconnect):
+        peer = request.client.host if request.client else "client"
+        _log.warning("%s went away before its upload to %s was complete; nothing done", peer, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -456,10 +578,15 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
             if int(declared) > cap:
                 raise RejectedInput(413, f"upload too large: {int(declared)} bytes (limit {limit_mb:g} MB)")
         buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > cap:
-                raise RejectedInput(413, f"upload too large (limit {limit_mb:g} MB)")
+        try:
+            with anyio.fail_after(body_timeout):
+                async for chunk in request.stream():
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise RejectedInput(413, f"upload too large (limit {limit_mb:g} MB)")
+        except TimeoutError:
+            raise RejectedInput(408, f"upload too slow: {len(buf)} bytes received in {body_timeout:g} s, the time "
+                                     f"allowed for the whole request body", {"Connection": "close"}) from None
         return bytes(buf)
 
     async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str | None]:
@@ -510,9 +637,15 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                                       f"input check's ``verdict``: the class, or {verdicts}"}}
     errors = {400: {"description": "malformed request, explain=true on an ONNX model, or outline=true on a model "
                                    "without a tumour map"},
-              413: {"description": f"upload over {limit_mb:g} MB, or image over {max_pixels} pixels"},
+              401: {"description": "no valid API key (when the server requires one)"},
+              408: {"description": "the upload did not arrive in time"},
+              413: {"description": f"upload over {limit_mb:g} MB, or image over {max_pixels} pixels (or a volume or "
+                                   f"compressed stream over the server's limits)"},
               415: {"description": "not an image"},
-              422: {"description": "corrupt, truncated or too small image; missing 'file' field"}}
+              422: {"description": "corrupt, truncated or too small image; missing 'file' field"},
+              429: {"description": "rate limit exceeded (see Retry-After)"},
+              503: {"description": "server busy: no decoding slot free in time (see Retry-After)"},
+              504: {"description": "decoding and prediction took longer than the server's time limit"}}
 
     @app.post("/v1/predict", summary="Classify one image", responses={**responses, **errors},
               openapi_extra={"requestBody": predict_body})
@@ -560,19 +693,25 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
             raise RejectedInput(400, f"outline=true: {NO_DECODER}")
         body = await read_body(request)
         data, filename = await image_bytes(request, body)
-        img, spacing = await run_in_threadpool(decode_upload_with_spacing, data, filename, max_pixels)
-        shape = None
-        if outline:
-            out, shape, prepared = await run_in_threadpool(service.predict_outline, img, spacing, outline_threshold,
-                                                           ood_check)
-            if explain:
-                _, overlay = await run_in_threadpool(service.predict_explain, img, prepared, out)
-        elif explain:
-            out, overlay = await run_in_threadpool(service.predict_explain, img, None, None, ood_check)
-        else:
-            out = await run_in_threadpool(service.predict, img, None, ood_check)
+        del body
+
+        def work():
+            """Decoding and inference of this upload, in one of the gate's slots."""
+            img, spacing = decode_upload_with_spacing(data, filename, max_pixels, limits)
+            shape = overlay = None
+            if outline:
+                out, shape, prepared = service.predict_outline(img, spacing, outline_threshold, ood_check)
+                if explain:
+                    _, overlay = service.predict_explain(img, prepared, out)
+            elif explain:
+                out, overlay = service.predict_explain(img, None, None, ood_check)
+            else:
+                out = service.predict(img, None, ood_check)
+            return img.shape, out, shape, overlay
+
+        (height, width, _), out, shape, overlay = await gate.run(work)
         out.update({"threshold": predictor.threshold, "positive_class": predictor.positive_class,
-                    "model": service.model, "image": {"width": int(img.shape[1]), "height": int(img.shape[0])}})
+                    "model": service.model, "image": {"width": int(width), "height": int(height)}})
         if explain:
             out["overlay"] = overlay
             if overlay is None:
@@ -590,9 +729,14 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         Grad-CAM (``explain_available``) and outlines (``tumour_map``) are available, and the input check
         (``input_check``: ``available``, ``enabled``, ``threshold``, ``min_confidence``, ``rules``; a run made
         before the check existed says ``available: false`` with a ``note``)."""
+        caps = {"max_voxels": limits.max_voxels, "max_decompressed_bytes": limits.max_decompressed_bytes} \
+            if limits is not None else {}
         return dict(service.info, explain_available=service.can_explain, tumour_map=service.has_tumour_map,
                     notice=NOTICE,
-                    limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "field": FIELD})
+                    limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, **caps, "field": FIELD,
+                            "max_concurrent": gate.slots, "request_timeout_s": gate.request_timeout,
+                            "rate_limit": None if limiter is None else limiter.describe(),
+                            "api_key_required": bool(keys)})
 
     @app.get("/healthz", summary="Liveness")
     async def healthz():
@@ -612,4 +756,45 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
     async def favicon():
         return Response(status_code=204)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text():
+        if stats is None or not stats.available:
+            raise RejectedInput(404, "metrics are off on this server" if stats is None else
+                                "metrics need prometheus-client: pip install 'braintumor[serve]'")
+        text, ctype = stats.render()
+        return Response(text, media_type=ctype)
+
+    app.add_middleware(ServiceControls, keys=keys, limiter=limiter, metrics=stats, model=service.model,
+                       access_log=access_log)
+    if origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
     return app
+
+
+def _check_number(name: str, value, whole: bool = False) -> None:
+    """A positive finite number (a whole one with ``whole``), else UsageError naming ``name`` and the value."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if ok and whole:
+        ok = value == int(value) and value >= 1
+    if not ok:
+        raise UsageError(f"{name}={value!r} is not allowed: need a positive {'whole ' if whole else ''}number")
+
+
+def _cors_origins(origins) -> list[str]:
+    """Validated ``--cors-origin`` values: ``*`` or ``scheme://host[:port]`` (no path), without duplicates."""
+    import re
+
+    out: list[str] = []
+    for o in origins or []:
+        o = str(o).strip().rstrip("/")
+        if o != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", o):
+            raise UsageError(f"--cors-origin '{o}' is not allowed: give an origin like https://viewer.example.org or "
+                             f"http://localhost:3000 (scheme, host and port, no path), or *")
+        if o not in out:
+            out.append(o)
+    return out
