@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -131,29 +131,12 @@ class TrainConfig:
     exclude_copies_of: str | None = None
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
-        if self.scheduler not in ("onecycle", "constant", "cosine"):
-            raise UsageError(f"scheduler must be onecycle, constant or cosine, got '{self.scheduler}'")
-        from .preprocess import INTENSITY_MODES
+        # Every value through the one schema (braintumor.schema): types, bounds, choices; one line naming the
+        # field, the value and what is allowed.
+        from .schema import validate_config
 
-        if self.intensity not in INTENSITY_MODES:
-            raise UsageError(f"intensity must be {' or '.join(INTENSITY_MODES)}, got '{self.intensity}'")
-        if self.mixup < 0:
-            raise UsageError(f"mixup must be >= 0 (the Beta distribution's alpha; 0 disables), got {self.mixup}")
-        if self.mask_weight < 0:
-            raise UsageError(f"mask_weight must be >= 0, got {self.mask_weight}")
-        if not 0.5 <= self.ood_quantile < 1:
-            raise UsageError(f"ood_quantile must be in [0.5, 1), got {self.ood_quantile}")
-        if not 0 <= self.min_confidence <= 1:
-            raise UsageError(f"min_confidence must be in [0, 1] (0: never uncertain), got {self.min_confidence}")
-        if not 0 < self.val_fraction < 1:
-            raise UsageError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        for name in ("epochs", "epochs_frozen", "batch_size", "img_size"):
-            if getattr(self, name) < (1 if name in ("batch_size", "img_size") else 0):
-                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.img_size < 32:
-            raise UsageError(f"img_size must be at least 32, got {self.img_size}")
+        for name, value in validate_config(self.__dict__).items():
+            setattr(self, name, value)
         from .data.slices import parse_slices
 
         self.slices = parse_slices(self.slices)  # volumes: "middle", "all" or K slices (see data.slices)
@@ -176,25 +159,39 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "") -> TrainConfig:
+        """A config from a mapping of its fields, checked (see :func:`braintumor.schema.validate_config`).
+
+        Raises:
+            UsageError: an unknown key, or a value of the wrong type or out of bounds (one line; ``where``, e.g.
+                the file, names its source).
+        """
+        from .schema import validate_config
+
+        validate_config(d, where)  # the same check __post_init__ makes, with the source named in the message
+        try:
+            return cls(**d)
+        except UsageError as exc:  # the class map and slice checks of __post_init__
+            if not where or str(exc).startswith(f"{where}: "):
+                raise
+            raise UsageError(f"{where}: {exc}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"{path}: expected a mapping of config keys")
-        return cls.from_dict(data)
+        """Read a YAML config file (safely: ``yaml.safe_load``, size-capped, checked).
+
+        Example:
+            >>> from braintumor import TrainConfig
+            >>> TrainConfig.load("my.yaml").img_size                     # doctest: +SKIP
+            224
+
+        Raises:
+            UsageError: no such file, a folder, not UTF-8 text, not YAML, not a mapping, an unknown key, or a
+                value of the wrong type or out of bounds: one line naming the file.
+        """
+        from .schema import read_config_file
+
+        return cls.from_dict(read_config_file(path), str(path))
 
     @classmethod
     def recipe(cls, name: str, **overrides) -> TrainConfig:
@@ -216,7 +213,7 @@ class TrainConfig:
             raise UsageError(f"unknown recipe '{name}'; known: {', '.join(known)}")
         data = yaml.safe_load((folder / f"{name}.yaml").read_text()) or {}
         data.update(overrides)
-        return cls.from_dict(data)
+        return cls.from_dict(data, f"recipe '{name}'" if not overrides else "")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

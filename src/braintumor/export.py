@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -218,12 +217,11 @@ def _with_metadata(onnx_bytes: bytes, props: dict[str, str]) -> bytes:
 def _validation_images(run_dir: Path, pre: Preprocessor, limit: int) -> list[np.ndarray]:
     """Prepared images of the run's validation split (``split.csv``), unreadable ones skipped."""
     from .data.read import read_image
+    from .data.split import read_split_file
 
-    split = run_dir / "split.csv"
-    if not split.is_file():
+    if not (run_dir / "split.csv").is_file():
         return []
-    with open(split, newline="") as fh:
-        paths = [r["path"] for r in csv.DictReader(fh) if r.get("subset") == "val"]
+    paths = [r["path"] for r in read_split_file(run_dir) if r["subset"] == "val"]
     out = []
     for p in paths:
         if len(out) >= limit:
@@ -345,6 +343,11 @@ class OnnxPredictor(Predictor):
     tumour-map decoder). The preprocessing is the run's :class:`Preprocessor`, rebuilt from the file's
     metadata. ``model`` is ``None``: Grad-CAM needs the torch model of a run folder.
 
+    A file from outside is data, not code: it is read into memory (at most :data:`MAX_ONNX_BYTES`) and handed to
+    onnxruntime as bytes with default session options, so no custom-op library is registered and no external-data
+    file beside it is read (an operator onnxruntime does not ship makes the file unloadable); its embedded metadata
+    is checked by :func:`read_onnx_metadata` (schema, graph shapes) before anything is taken from it.
+
     Args:
         path: the ``.onnx`` file (or its bytes).
         threads: onnxruntime intra-op threads (``None``: its default, one per physical core).
@@ -369,19 +372,18 @@ class OnnxPredictor(Predictor):
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
-        source = path if isinstance(path, bytes) else str(path)
-        if not isinstance(path, bytes) and not Path(path).is_file():
-            raise RunError(f"{path}: no such ONNX file")
-        try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        name = "ONNX bytes" if isinstance(path, bytes) else str(path)
+        if isinstance(path, bytes):
+            data = path
+        else:
+            if not Path(path).is_file():
+                raise RunError(f"{path}: no such ONNX file")
+            data = _read_onnx_file(Path(path))
+        try:  # from bytes: nothing but the file itself is read (no external-data files beside it)
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise RunError(f"{'ONNX bytes' if isinstance(path, bytes) else path}: not a loadable ONNX model "
-                           f"({str(exc).splitlines()[0][:200]})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
-            raise RunError(f"{'ONNX bytes' if isinstance(path, bytes) else path}: not exported by braintumor "
-                           f"(no '{METADATA_KEY}' metadata)")
-        meta = json.loads(props[METADATA_KEY])
+            raise RunError(f"{name}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        meta = read_onnx_metadata(self.session, name)
         self.path = None if isinstance(path, bytes) else Path(path)
         self.device = torch.device("cpu")
         self.model = None
@@ -396,7 +398,7 @@ class OnnxPredictor(Predictor):
         try:  # the distance itself is in the graph (output ood_score): only the settings are read here
             self.input_check = InputCheck.from_metadata(meta, arrays={})
         except RunError as exc:
-            raise RunError(f"{'ONNX bytes' if isinstance(path, bytes) else path}: {exc}") from None
+            raise RunError(f"{name}: {exc}") from None
         self.check_inputs = True
         self.run_dir = None
         self.checkpoint_file = None
@@ -433,6 +435,81 @@ class OnnxPredictor(Predictor):
         res = dict(zip(names, self.session.run(names, {INPUT_NAME: x}), strict=True))
         proba = torch.softmax(torch.from_numpy(res["logits"]) / self.temperature, dim=1).numpy()
         return proba, res.get(MAP_OUTPUT), res.get(OOD_OUTPUT)
+
+
+#: An ``.onnx`` file larger than this is refused unread (protobuf's own limit; exports are a few MiB to ~100 MiB).
+MAX_ONNX_BYTES = 2 << 30
+
+
+def _read_onnx_file(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_ONNX_BYTES:
+            raise RunError(f"{path}: {size / 2**30:.1f} GiB, larger than an ONNX model can be (2 GiB)")
+        return path.read_bytes()
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read the ONNX file ({exc.strerror or exc})") from None
+
+
+def _shape_text(shape) -> str:
+    """``('batch', 3, 64, 64)``: an ONNX shape with its symbolic dimensions by name."""
+    return "(" + ", ".join(str(d) if isinstance(d, int) else repr(str(d or "?")) for d in shape) + ")"
+
+
+def read_onnx_metadata(session, name: str) -> dict:
+    """The run metadata embedded in an exported model, checked against the schema and against the graph.
+
+    The JSON under :data:`METADATA_KEY` goes through :func:`braintumor.schema.validate_metadata` (the same checks
+    as a run's ``metadata.json``: a string or non-positive temperature, a threshold outside ``[0, 1]``... are
+    refused, never obeyed), then must agree with the graph: the input ``(batch, 3, S, S)`` with ``S`` the
+    metadata's ``img_size`` (where the graph fixes it) and a ``logits`` output with one column per class, and with
+    the flat ``classes``/``img_size``/``temperature``/``threshold`` entries written beside it.
+
+    Raises:
+        RunError: one line naming the file, the field and the disagreement.
+    """
+    from .schema import parse_json, validate_metadata
+
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise RunError(f"{name}: not exported by braintumor (no '{METADATA_KEY}' metadata)")
+    where = f"{name} (metadata '{METADATA_KEY}')"
+    meta = validate_metadata(parse_json(props[METADATA_KEY], where), where)
+    where = f"{name}: the embedded metadata"
+    classes, size = meta["classes"], meta["img_size"]
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or len(inputs) != 1:
+        raise RunError(f"{name}: the graph's inputs are {sorted(inputs)}, not one '{INPUT_NAME}'")
+    shape = list(inputs[INPUT_NAME].shape)
+    static = [d if isinstance(d, int) else None for d in shape]
+    if len(shape) != 4 or static[1] not in (None, 3) or any(d not in (None, size) for d in static[2:]):
+        raise RunError(f"{where} says img_size {size} (input (batch, 3, {size}, {size})), but the graph's input is "
+                       f"{_shape_text(shape)}")
+    if "logits" not in outputs:
+        raise RunError(f"{name}: the graph has no 'logits' output (outputs: {', '.join(sorted(outputs))[:200]})")
+    out_shape = list(outputs["logits"].shape)
+    width = out_shape[1] if len(out_shape) == 2 and isinstance(out_shape[1], int) else None
+    if len(out_shape) != 2 or (width is not None and width != len(classes)):
+        raise RunError(f"{where} lists {len(classes)} classes, but the graph's logits have shape "
+                       f"{_shape_text(out_shape)}")
+    temperature = float((meta.get("calibration") or {}).get("temperature") or 1.0)
+    flat = {"classes": classes, "img_size": size, "temperature": temperature, "threshold": meta.get("threshold")}
+    for key, want in flat.items():
+        if key not in props:
+            continue
+        try:
+            got = json.loads(props[key])
+        except ValueError:
+            got = props[key]
+        if isinstance(want, float):
+            same = isinstance(got, (int, float)) and not isinstance(got, bool) and abs(got - want) <= 1e-9 * want
+        else:
+            same = got == want
+        if not same:
+            raise RunError(f"{name}: metadata entry '{key}' is {str(props[key])[:60]!r} but the embedded metadata "
+                           f"says {json.dumps(want)[:60]}: the file was altered")
+    return meta
 
 
 # ------------------------------------------------------------------ the run folder's fast path (export on demand)
@@ -515,6 +592,9 @@ def onnx_for_run(run_dir: str | Path, *, predictor: Predictor | None = None, cac
     _require_ort()
     run = RunDir(run_dir)
     meta = run.read_metadata()
+    from .inference import require_complete
+
+    require_complete(run.root, meta)
     ckpt = run.best
     if not ckpt.is_file():
         raise RunError(f"{run.root}: no checkpoint {ckpt.relative_to(run.root)}")

@@ -173,18 +173,47 @@ class Predictor:
                 f"threshold={self.threshold})")
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
-        """Load a run folder's model and preprocessing."""
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", *,
+                 allow_incomplete: bool = False) -> Predictor:
+        """Load a run folder's model and preprocessing.
+
+        ``metadata.json`` is checked against the schema (:mod:`braintumor.schema`) before anything is built, and
+        the checkpoint's head against its classes before the weights are loaded.
+
+        Args:
+            run_dir: a run folder written by ``braintumor train``.
+            checkpoint: ``best`` or ``last``.
+            device: torch device (``auto``: CUDA when available).
+            allow_incomplete: load a run whose training has not finished (``status`` other than ``complete``);
+                only training's own final stage does.
+
+        Raises:
+            RunError: not a run folder, metadata that breaks the schema, a run that did not finish, a checkpoint
+                that cannot be loaded or whose head does not match the classes: one line.
+
+        Example:
+            >>> from braintumor.inference import Predictor
+            >>> Predictor.from_run("runs/cut")                            # doctest: +SKIP
+            Traceback (most recent call last):
+            ...
+            braintumor.errors.RunError: runs/cut: the run did not finish (status: running); finish it with ...
+        """
         run = RunDir(run_dir)
         meta = run.read_metadata()
+        if not allow_incomplete:
+            require_complete(run.root, meta)
         ckpt_file = run.best if checkpoint == "best" else run.last
         try:
             stat = _stat_key(ckpt_file)
         except OSError:
             stat = None
         ckpt = run.load_checkpoint(checkpoint)
+        state = ckpt.get("model") if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict):
+            raise RunError(f"{ckpt_file}: not a braintumor checkpoint (no 'model' weights)")
         _adopt_dicom_window(meta, run.root)
         model = build_model(meta["model"], len(meta["classes"]), pretrained=False, img_size=meta["img_size"])
+        check_head(model, state, meta["classes"], f"{ckpt_file}", run.metadata, ckpt.get("classes"))
         tm = meta.get("tumour_map")
         if isinstance(tm, dict):
             from .models.segmentation import attach_decoder
@@ -192,10 +221,10 @@ class Predictor:
             try:
                 attach_decoder(model, meta["model"], meta["img_size"], width=int(tm.get("width", 32)),
                                layers=[str(n) for n in tm.get("layers") or []] or None)
-            except (TypeError, ValueError) as exc:
-                raise RunError(f"{run.root}: metadata.json tumour_map is not valid ({exc})") from None
+            except (TypeError, ValueError, UsageError) as exc:
+                raise RunError(f"{run.metadata}: tumour_map is not valid ({exc})") from None
         try:
-            model.load_state_dict(ckpt["model"])
+            model.load_state_dict(state)
         except RuntimeError as exc:
             from . import __version__
 
@@ -429,6 +458,51 @@ class Predictor:
         return rows
 
 
+def head_key(model: torch.nn.Module) -> str | None:
+    """The state-dict key of the classification head's last weight (its rows are the classes)."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return None
+    last = None
+    for name, mod in head.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            last = name
+    return None if last is None else f"head.{last}.weight" if last else "head.weight"
+
+
+def check_head(model: torch.nn.Module, state: dict, classes: Sequence[str], ckpt_name: str, meta_name,
+               ckpt_classes=None) -> None:
+    """Refuse a checkpoint whose head does not give one output per class of the metadata (before loading it).
+
+    Raises:
+        RunError: the head's output count differs from ``len(classes)``, or the checkpoint names other classes.
+    """
+    key = head_key(model)
+    weight = state.get(key) if key is not None else None
+    n_out = int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else None
+    if n_out is not None and n_out != len(classes):
+        raise RunError(f"{ckpt_name}: the model's head has {n_out} outputs but {meta_name} lists {len(classes)} "
+                       f"classes ({', '.join(map(str, classes))[:200]}): the checkpoint and the metadata do not "
+                       f"belong together")
+    if isinstance(ckpt_classes, list) and all(isinstance(c, str) for c in ckpt_classes) \
+            and list(ckpt_classes) != list(classes):
+        raise RunError(f"{ckpt_name}: trained for classes {', '.join(ckpt_classes)[:200]} but {meta_name} lists "
+                       f"{', '.join(map(str, classes))[:200]}: the checkpoint and the metadata do not belong together")
+
+
+def require_complete(run_root: str | Path, meta: dict) -> None:
+    """Refuse a run whose training did not finish (``status`` present and not ``"complete"``; absent: an older
+    run, complete).
+
+    Raises:
+        RunError: one line naming the run and its status, with the way to finish it.
+    """
+    status = meta.get("status")
+    if status is not None and status != "complete":
+        raise RunError(f"{run_root}: the run did not finish (status: {status}); finish it with "
+                       f"`braintumor train --resume {run_root}`")
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
     """Load a run folder for prediction: shorthand for :meth:`Predictor.from_run`.
 
@@ -487,7 +561,9 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
         _adopt_dicom_window(pred.metadata, p, notice)
         return pred
     if p.is_dir():
-        _adopt_dicom_window(RunDir(p).read_metadata(), p, notice)
+        meta = RunDir(p).read_metadata()
+        require_complete(p, meta)
+        _adopt_dicom_window(meta, p, notice)
         return _run_predictor(p, device, backend, notice, torch_predictor, cache_dir)
     if p.suffix.lower() == ".onnx":
         raise RunError(f"{p}: no such ONNX file")

@@ -553,19 +553,14 @@ def fit_run(run_dir: str | Path, *, quantile: float = DEFAULT_QUANTILE, min_conf
     Raises:
         RunError: not a run folder, no ``split.csv``, or a split side with no readable image.
     """
-    import csv
-
     from .data.cache import load_images
+    from .data.split import read_split_file
     from .inference import Predictor
     from .rundir import RunDir
 
     run = RunDir(run_dir)
     meta = run.read_metadata()
-    split = run.root / "split.csv"
-    if not split.is_file():
-        raise RunError(f"{run.root}: no split.csv (the training and validation images the check is fitted on)")
-    with split.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_split_file(run.root)
     classes = list(meta["classes"])
     pred = Predictor.from_run(run.root, device="cpu")
     sides = {}

@@ -83,9 +83,22 @@ class RunDir:
         return self
 
     def read_metadata(self) -> dict:
+        """The run's ``metadata.json``, checked against the schema (:func:`braintumor.schema.read_metadata_file`).
+
+        Any status is accepted (training reads its own running run); the loaders that predict refuse a run that
+        did not finish (:func:`braintumor.inference.require_complete`).
+
+        Raises:
+            RunError: no ``metadata.json`` (not a run folder), or one that is empty, not JSON, not an object, or
+                breaks the schema (a missing or malformed field): one line naming the file and the field.
+        """
         if not self.metadata.is_file():
+            if self.metadata.exists() or self.metadata.is_symlink():
+                raise RunError(f"{self.metadata}: not a regular file")
             raise RunError(f"{self.root}: not a run folder (no metadata.json)")
-        return json.loads(self.metadata.read_text())
+        from .schema import read_metadata_file
+
+        return read_metadata_file(self.metadata)
 
     def write_json(self, path: Path, data: dict) -> None:
         atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")

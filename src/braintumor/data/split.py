@@ -80,3 +80,26 @@ def assert_disjoint_groups(groups: Sequence, a: Sequence[int], b: Sequence[int])
     both = ga & gb
     if both:
         raise AssertionError(f"{len(both)} groups on both sides of a split, e.g. {sorted(both)[:3]}")
+
+
+def read_split_file(run_root) -> list[dict]:
+    """The rows of a run's ``split.csv`` (``path``, ``label``, ``subset`` = ``train``/``val``, ``source``).
+
+    ``path`` is the exact file name (a name that is not UTF-8 is read back from its ``path_bytes`` column, see
+    :func:`braintumor.display.csv_text`), ready to open.
+
+    Raises:
+        RunError: the run has no ``split.csv``.
+    """
+    import csv
+    from pathlib import Path
+
+    from ..display import name_from_row
+    from ..errors import RunError
+
+    path = Path(run_root) / "split.csv"
+    if not path.is_file():
+        raise RunError(f"{Path(run_root)}: no split.csv (the training and validation images of the run)")
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        return [{"path": name_from_row(r), "label": r.get("label") or "", "subset": r.get("subset") or "",
+                 "source": r.get("source") or ""} for r in csv.DictReader(fh)]
