@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .display import markup
 from .errors import BrainTumorError
 
 app = typer.Typer(
@@ -33,7 +34,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except BrainTumorError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {markup(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -76,17 +77,30 @@ def synth(
 
     if n < 4 or size < 32:
         raise typer.BadParameter("need --n >= 4 and --size >= 32")
+    from .errors import UsageError
+    from .evaluate import check_out_folder
+
+    check_out_folder(out, what="phantoms go into a new folder", flag="OUT")  # a file, a run folder: refused
+    if out.is_dir() and any(out.glob("*/phantom_*.png")):
+        raise UsageError(f"OUT {markup(out)} already holds phantoms; pick a new folder (nothing is overwritten)")
     with console.status(f"writing {n} phantoms to {out}"):
         counts = write_phantoms(out, n=n, size=size, seed=seed, tumour_fraction=tumour_fraction)
-    console.print(f"wrote {sum(counts.values())} phantoms to {out} ({counts}); masks in {out}/_masks/yes")
+    console.print(f"wrote {sum(counts.values())} phantoms to {markup(out)} ({counts}); masks in "
+                  f"{markup(out)}/_masks/yes", highlight=False)
 
 
 def _base_config(config: Path | None, recipe: str | None):
-    """The config options start from: a YAML file, a shipped recipe, or the defaults."""
+    """The config options start from: a YAML file, a shipped recipe, or the defaults.
+
+    The file is read safely and checked through the schema (:func:`braintumor.schema.read_config_file`,
+    :func:`~braintumor.schema.validate_config`): a folder, a binary file, a non-mapping or a bad value is one line
+    (exit 2) before any work starts.
+    """
     from .config import TrainConfig
+    from .errors import UsageError
 
     if config and recipe:
-        raise typer.BadParameter("give --config or --recipe, not both")
+        raise UsageError("give --config or --recipe, not both")
     return TrainConfig.load(config) if config else TrainConfig.recipe(recipe) if recipe else TrainConfig()
 
 
@@ -197,7 +211,7 @@ def train(
         console.print(f"threshold {th['threshold']:.4f} reaches sensitivity {th['sensitivity']:.3f} (target "
                       f"{th['target_sensitivity']}) at specificity {th['specificity'] or 0:.3f} on validation "
                       f"(argmax: {th['argmax_sensitivity']:.3f} / {th['argmax_specificity'] or 0:.3f})")
-    console.print(f"run folder: [bold]{result.run_dir}[/bold]")
+    console.print(f"run folder: [bold]{markup(result.run_dir)}[/bold]", highlight=False)
 
 
 @app.command()
@@ -220,11 +234,11 @@ def evaluate(
     from .evaluate import evaluate as run_eval
 
     def skip(path, reason):
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+        err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
 
     with console.status("evaluating"):
         res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip)
-    console.print(metrics_table(res.metrics, f"{data} ({res.metrics['n']} images)"))
+    console.print(metrics_table(res.metrics, f"{markup(data)} ({res.metrics['n']} images)"))
     chk = res.metrics.get("input_check")
     if chk:
         ans = chk.get("answered") or {}
@@ -235,7 +249,7 @@ def evaluate(
                       f"(metrics above: all images)")
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
-    console.print(f"written to [bold]{res.out_dir}[/bold]")
+    console.print(f"written to [bold]{markup(res.out_dir)}[/bold]", highlight=False)
 
 
 @app.command()
@@ -344,8 +358,10 @@ def cv(
         console.print(f"{len(check)} image(s) whose out-of-fold model gives their own label p < "
                       f"{LABEL_CHECK_BELOW}: check these labels first (all in cv.json and report.html)")
         for d in check[:10]:
-            console.print(f"  {d['path']}  label {d['label']}, p = {d['p_label']:.2f}, predicted {d['predicted']}")
-    console.print(f"results: [bold]{res.out_dir}[/bold] (cv.json, folds.csv, oof_predictions.csv, report.html)")
+            console.print(f"  {markup(d['path'])}  label {markup(d['label'])}, p = {d['p_label']:.2f}, predicted "
+                          f"{markup(d['predicted'])}", highlight=False)
+    console.print(f"results: [bold]{markup(res.out_dir)}[/bold] (cv.json, folds.csv, oof_predictions.csv, "
+                  "report.html)", highlight=False)
 
 
 def _print_by_source(res) -> None:
@@ -360,10 +376,11 @@ def _print_by_source(res) -> None:
         t.add_row(" + ".join(r["trained_on"]), r["tested_on"], r["kind"], str(r["n"]), *cells)
     console.print(t)
     for s in res.skipped:
-        console.print(f"[yellow]not left out[/yellow] {s['held_out']}: {s['reason']}")
+        console.print(f"[yellow]not left out[/yellow] {markup(s['held_out'])}: {markup(s['reason'])}")
     for f in res.findings:
-        console.print(f"- {f}")
-    console.print(f"results: [bold]{res.out_dir}[/bold] (cv.json, by_source.csv, report.html, folds/)")
+        console.print(f"- {markup(f)}")
+    console.print(f"results: [bold]{markup(res.out_dir)}[/bold] (cv.json, by_source.csv, report.html, folds/)",
+                  highlight=False)
 
 
 # ------------------------------------------------------------------------ predict / export / serve
@@ -389,6 +406,39 @@ def _expand_paths(paths: list[str], slices=None) -> tuple[list[Path], list[str]]
     return files, empty
 
 
+def _check_out_file(out: Path, model: Path, inputs: list[Path]) -> None:
+    """``--out FILE`` of predict, checked before any work: not a folder, in a folder that can be written, and none
+    of the files that matter (an input image, the model, an existing file of the run folder).
+
+    Raises:
+        UsageError: one line naming --out and why.
+    """
+    import os
+
+    from .display import printable
+    from .errors import UsageError
+
+    shown = printable(out)
+    if out.is_dir():
+        raise UsageError(f"--out {shown}: is a folder; give a file name (e.g. predictions.csv)")
+    p = out.absolute().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UsageError(f"--out {shown}: {printable(p)} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {shown}: cannot write in {printable(p)} (permission denied)")
+    if not out.exists():
+        return
+    target = out.resolve()
+    if target == model.resolve() or (model.is_dir() and target.is_relative_to(model.resolve())):
+        raise UsageError(f"--out {shown} is a file of the model {printable(model)}: it would be overwritten; "
+                         "write the predictions elsewhere")
+    if any(f.exists() and target == f.resolve() for f in inputs):
+        raise UsageError(f"--out {shown} is one of the input images: it would be overwritten; write the "
+                         "predictions elsewhere")
+
+
 def _prediction_rows(preds, classes: list[str]) -> list[list[str]]:
     return [[p.path, p.label or "", *[f"{p.probabilities[c]:.6f}" if p.ok else "" for c in classes], p.error or ""]
             for p in preds]
@@ -404,21 +454,22 @@ def _check_cells(p) -> list[str]:
 
 
 def _format_predictions(preds, predictor, fmt: str) -> str:
-    import csv
+    """The predictions as text (any file name: :func:`~braintumor.display.printable`, exact bytes in
+    ``path_bytes`` where it had to change the name)."""
     import io
     import json
 
+    from .display import csv_text, json_names
+
     classes = predictor.classes
     if fmt == "json":
-        return json.dumps({"model": predictor.model_info(), "n": len(preds),
-                           "n_failed": sum(not p.ok for p in preds),
-                           "predictions": [p.to_dict() for p in preds]}, indent=2) + "\n"
+        return json.dumps(json_names({"model": predictor.model_info(), "n": len(preds),
+                                      "n_failed": sum(not p.ok for p in preds),
+                                      "predictions": [p.to_dict() for p in preds]}), indent=2) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "label", *[f"p_{c}" for c in classes], "error", *CHECK_COLUMNS])
-        w.writerows(row + _check_cells(p) for p, row in zip(preds, _prediction_rows(preds, classes), strict=True))
-        return buf.getvalue()
+        return csv_text(["path", "label", *[f"p_{c}" for c in classes], "error", *CHECK_COLUMNS],
+                        [row + _check_cells(p) for p, row in zip(preds, _prediction_rows(preds, classes),
+                                                                 strict=True)], lineterminator="\n")
     buf_console = Console(record=True, width=160, file=io.StringIO())
     buf_console.print(_prediction_table(preds, classes))
     return buf_console.export_text()
@@ -426,7 +477,7 @@ def _format_predictions(preds, predictor, fmt: str) -> str:
 
 def _notice(message: str) -> None:
     """One line on stderr (backend choice, on-demand export)."""
-    err_console.print(f"[yellow]note[/yellow]: {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]note[/yellow]: {markup(message)}", highlight=False, soft_wrap=True)
 
 
 def _verdict_cell(p) -> str:
@@ -438,7 +489,7 @@ def _verdict_cell(p) -> str:
         return f"[bold red]{v}[/bold red]"
     if v == "uncertain":
         return f"[yellow]{v}[/yellow]"
-    return v
+    return markup(v)
 
 
 def _prediction_table(preds, classes: list[str]) -> Table:
@@ -448,7 +499,7 @@ def _prediction_table(preds, classes: list[str]) -> Table:
                 "error"):
         t.add_column(col, overflow="fold")
     for p, row in zip(preds, _prediction_rows(preds, classes), strict=True):
-        cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(classes) and v else v for i, v in enumerate(row)]
+        cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(classes) and v else markup(v) for i, v in enumerate(row)]
         score = [f"{p.ood_score:.2f}" if p.ood_score is not None else ""] if checked else []
         t.add_row(cells[0], _verdict_cell(p), *cells[1:-1], *score, cells[-1])
     return t
@@ -471,21 +522,18 @@ def _verdict_notes(preds, predictor) -> None:
 
 
 def _format_volumes(vols, fmt: str) -> str:
-    import csv
-    import io
     import json
+
+    from .display import csv_text, json_names
 
     rows = [v.to_dict() for v in vols]
     if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["source", "label", "tumour_probability", "slice", "n_slices", "errors"])
-    for r in rows:
-        prob = "" if r["tumour_probability"] is None else f"{r['tumour_probability']:.6f}"
-        w.writerow([r["source"], r["label"] or "", prob, "" if r["slice"] is None else r["slice"], r["n_slices"],
-                    "; ".join(f"{e['path']}: {e['error']}" for e in r["errors"])])
-    return buf.getvalue()
+        return json.dumps(json_names(rows), indent=2) + "\n"
+    return csv_text(["source", "label", "tumour_probability", "slice", "n_slices", "errors"], [
+        [r["source"], r["label"] or "", "" if r["tumour_probability"] is None else f"{r['tumour_probability']:.6f}",
+         "" if r["slice"] is None else r["slice"], r["n_slices"],
+         "; ".join(f"{e['path']}: {e['error']}" for e in r["errors"])] for r in rows],
+        name_columns=("source",), lineterminator="\n")
 
 
 def _volume_table(vols) -> Table:
@@ -493,7 +541,8 @@ def _volume_table(vols) -> Table:
     for col in ("volume", "label", "p(tumour)", "slice", "slices", "unreadable"):
         t.add_column(col, overflow="fold")
     for v in vols:
-        t.add_row(v.source, v.label or "", "" if v.tumour_probability is None else f"{v.tumour_probability:.3f}",
+        t.add_row(markup(v.source), markup(v.label or ""),
+                  "" if v.tumour_probability is None else f"{v.tumour_probability:.3f}",
                   "" if v.slice is None else str(v.slice), str(v.n_slices), str(len(v.errors)))
     return t
 
@@ -560,11 +609,18 @@ def predict(
         raise typer.BadParameter(f"--backend must be auto, onnx or torch, not '{backend}'")
     files, empty = _expand_paths(paths)
     for p in empty:
-        err_console.print(f"[yellow]warning[/yellow]: no images in {p}")
+        err_console.print(f"[yellow]warning[/yellow]: no images in {markup(p)}", highlight=False, soft_wrap=True)
     if not files:
         raise UsageError(f"no image files found in {', '.join(paths)}")
     if heatmaps is not None and model.is_file():
         raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
+    if out is not None:  # before any work: a file that can be written, and not one that matters
+        _check_out_file(out, model, files)
+    if heatmaps is not None:
+        from .evaluate import check_out_folder
+
+        check_out_folder(heatmaps, runs=[model], data_dirs=[p for p in paths if Path(p).is_dir()],
+                         what="--heatmaps names a folder", flag="--heatmaps")
     if outline:
         from .outline import NO_DECODER, outline_summary, predict_outlines, require_tumour_map
         from .rundir import RunDir
@@ -612,7 +668,7 @@ def predict(
                     stem = f"{stem}_{stems[stem]}"
                 explain(explainer, p.path, method="gradcam").save(heatmaps, stem)
                 bar.advance(task)
-        err_console.print(f"Grad-CAM overlays of {len(ok)} image(s) in {heatmaps}")
+        err_console.print(f"Grad-CAM overlays of {len(ok)} image(s) in {markup(heatmaps)}", highlight=False)
     out_fmt = fmt
     if out is not None and fmt == "table":
         out_fmt = {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "table")
@@ -623,28 +679,28 @@ def predict(
         for col in ("path", "verdict", "label", *[f"p({c})" for c in predictor.classes], "tumour area", "error"):
             t.add_column(col, overflow="fold")
         for p, row in zip(preds, _prediction_rows(preds, predictor.classes), strict=True):
-            cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(predictor.classes) and v else v for i, v in enumerate(row)]
+            cells = [f"{float(v):.3f}" if 2 <= i < 2 + len(predictor.classes) and v else markup(v)
+                     for i, v in enumerate(row)]
             t.add_row(cells[0], _verdict_cell(p), *cells[1:-1], outline_summary(p.outline), cells[-1])
         return t
 
     if by_volume:
         text = _format_volumes(vols, "json" if out_fmt == "json" else "csv")
     elif outline and out_fmt == "csv":
-        import csv
-        import io
         import json
 
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "label", *[f"p_{c}" for c in predictor.classes], "error", *CHECK_COLUMNS,
-                    "tumour_found", "tumour_area_px", "tumour_area_mm2", "tumour_bbox", "outline"])
+        from .display import csv_text
+
+        rows = []
         for p, row in zip(preds, _prediction_rows(preds, predictor.classes), strict=True):
             o = p.outline or {}
-            w.writerow([*row, *_check_cells(p), "" if not o else int(o["found"]), o.get("area_px", ""),
-                        "" if o.get("area_mm2") is None else o["area_mm2"],
-                        "" if not o.get("bbox") else " ".join(map(str, o["bbox"])),
-                        json.dumps(o, separators=(",", ":")) if o else ""])
-        text = buf.getvalue()
+            rows.append([*row, *_check_cells(p), "" if not o else int(o["found"]), o.get("area_px", ""),
+                         "" if o.get("area_mm2") is None else o["area_mm2"],
+                         "" if not o.get("bbox") else " ".join(map(str, o["bbox"])),
+                         json.dumps(o, separators=(",", ":")) if o else ""])
+        text = csv_text(["path", "label", *[f"p_{c}" for c in predictor.classes], "error", *CHECK_COLUMNS,
+                         "tumour_found", "tumour_area_px", "tumour_area_mm2", "tumour_bbox", "outline"], rows,
+                        lineterminator="\n")
     elif outline and out_fmt == "table":
         import io
 
@@ -654,10 +710,11 @@ def predict(
     else:
         text = _format_predictions(preds, predictor, out_fmt)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        from .rundir import atomic_write_text
+
+        atomic_write_text(out, text)  # whole or not at all (creates the parent folders)
         err_console.print(f"wrote {len(vols) if by_volume else len(preds)} "
-                          f"{'volume' if by_volume else 'prediction'}(s) to {out}")
+                          f"{'volume' if by_volume else 'prediction'}(s) to {markup(out)}", highlight=False)
     elif fmt == "table":
         if not by_volume:
             console.print(outline_table() if outline else _prediction_table(preds, predictor.classes))
@@ -672,7 +729,7 @@ def predict(
     if failed:
         err_console.print(f"{len(failed)} of {len(preds)} file(s) could not be read:", highlight=False)
         for p in failed[:20]:
-            err_console.print(f"  {p.path}: {p.error}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {markup(p.path)}: {markup(p.error)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -698,12 +755,12 @@ def fit_input_check_cmd(
     from .ood import fit_run
 
     def skip(path, reason):
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
 
     with console.status("fitting the input check"):
         check = fit_run(run_dir, quantile=quantile, min_confidence=min_confidence, on_skip=skip)
     s = check.summary
-    console.print(f"input check of [bold]{run_dir}[/bold]: threshold {check.threshold:.4g} "
+    console.print(f"input check of [bold]{markup(run_dir)}[/bold]: threshold {check.threshold:.4g} "
                   f"({check.distance.dim}-d features, {s['n_train']} training / {s['n_val']} validation images); "
                   f"validation flagged: unfamiliar {s['val_flagged_unfamiliar']:.1%}, not brain MRI "
                   f"{s.get('val_flagged_not_brain', 0):.1%}, uncertain {s['val_uncertain']:.1%}")
@@ -733,7 +790,8 @@ def export(
 
     with console.status("exporting to ONNX and checking parity"):
         res = export_onnx(run_dir, out, check_images=check or None, atol=atol)
-    console.print(f"wrote [bold]{res.path}[/bold] ({res.size_bytes / 1e6:.1f} MB); parity on {res.check_source}: "
+    console.print(f"wrote [bold]{markup(res.path)}[/bold] ({res.size_bytes / 1e6:.1f} MB); parity on "
+                  f"{markup(res.check_source)}: "
                   f"max |p_torch - p_onnx| = {res.max_abs_diff:.2e} (<= {atol:g}), labels agree: {res.labels_agree}")
     if res.map_max_abs_diff is not None:
         console.print(f"tumour map output 'tumour_map': max |map_torch - map_onnx| = {res.map_max_abs_diff:.2e} "
@@ -755,11 +813,45 @@ def serve(
     ood_check: bool = typer.Option(True, "--ood-check/--no-ood-check",
                                    help="Apply the run's input check (verdict not_brain_mri / unfamiliar / "
                                         "uncertain); requests may still turn it off with ood_check=false."),
+    api_key: list[str] = typer.Option(None, "--api-key",
+                                      help="Require this key on every /v1/* request (Authorization: Bearer KEY "
+                                           "or X-API-Key: KEY; 401 without). Repeatable; keys in "
+                                           "$BRAINTUMOR_API_KEYS (comma-separated) are added."),
+    rate_limit: str = typer.Option(None, "--rate-limit",
+                                   help="Per-client limit on /v1/* (the API key, else the client address), e.g. "
+                                        "60/minute; 429 with Retry-After past it. Default: none."),
+    cors_origin: list[str] = typer.Option(None, "--cors-origin",
+                                          help="Allow browser pages of this origin (https://host[:port], or *) to "
+                                               "call the API. Repeatable. Default: CORS off."),
+    log_format: str = typer.Option("text", "--log-format",
+                                   help="text (uvicorn's lines) or json (one JSON line per request: time, client, "
+                                        "method, path, status, duration, bytes, model; no image content)."),
+    max_concurrent: int = typer.Option(None, "--max-concurrent",
+                                       help="Uploads decoded and predicted at once (default: CPU count, at most "
+                                            "4); others wait, then get 503 with Retry-After."),
+    queue_timeout: float = typer.Option(10.0, "--queue-timeout", help="Seconds an upload waits for a free slot."),
+    request_timeout: float = typer.Option(30.0, "--request-timeout",
+                                          help="Seconds for decoding + prediction of one upload (504 past it)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout",
+                                         help="Seconds a client has to send its request line and headers."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", help="Seconds a client has to send its upload."),
+    max_connections: int = typer.Option(1000, "--max-connections",
+                                        help="Open connections beyond which new requests get 503."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels",
+                                   help="Largest image or slice, in pixels (from the header; 413 past it)."),
+    max_voxels: int = typer.Option(40_000_000, "--max-voxels",
+                                   help="Largest DICOM/NIfTI volume, in voxels (from the header; 413 past it)."),
+    max_decompressed_mb: float = typer.Option(256.0, "--max-decompressed-mb",
+                                              help="Largest size a .nii.gz or deflated DICOM may expand to (MiB)."),
 ):
-    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /docs and a web page at /.
+    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /metrics, /docs and a web page at /.
 
-    Example: braintumor serve runs/navoneel --port 8000
+    For a network: --api-key, --rate-limit, --log-format json, and TLS from a reverse proxy (docs/guide/deploy.md).
+
+    Example: braintumor serve runs/navoneel --port 8000 --api-key "$KEY" --rate-limit 60/minute --log-format json
     """
+    import math
+
     from .errors import UsageError
     from .serve import create_app
 
@@ -767,15 +859,45 @@ def serve(
         import uvicorn
     except ImportError:
         raise UsageError("serving needs the 'serve' extra: pip install 'braintumor[serve]'") from None
+    from .serve.security import api_keys_from
+    from .serve.server import server_config
+
     if backend.lower() not in ("auto", "onnx", "onnxruntime", "torch"):
         raise typer.BadParameter(f"--backend must be auto, onnx or torch, not '{backend}'")
+    if log_format.lower() not in ("text", "json"):
+        raise UsageError(f"--log-format '{log_format}' is not allowed: choose text or json")
+    if log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise UsageError(f"--log-level '{log_level}' is not allowed: choose critical, error, warning, info, debug "
+                         f"or trace")
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--queue-timeout", queue_timeout),
+                        ("--request-timeout", request_timeout), ("--header-timeout", header_timeout),
+                        ("--body-timeout", body_timeout), ("--max-decompressed-mb", max_decompressed_mb)):
+        if not (math.isfinite(value) and 0 < value <= 1e6):
+            raise UsageError(f"{name} {value:g} is not allowed: need a number above 0 and at most 1000000")
+    for name, value in (("--max-connections", max_connections), ("--max-pixels", max_pixels),
+                        ("--max-voxels", max_voxels), ("--max-concurrent", max_concurrent or 1)):
+        if not 1 <= value <= 1 << 48:
+            raise UsageError(f"{name} {value} is not allowed: need a whole number from 1 to {1 << 48}")
+    keys = api_keys_from(api_key)
+    json_logs = log_format.lower() == "json"
     application = create_app(model, max_upload_bytes=int(max_upload_mb * 1024 * 1024), backend=backend,
-                             notice=_notice, ood_check=ood_check)
+                             notice=_notice, ood_check=ood_check, api_keys=keys, rate_limit=rate_limit,
+                             cors_origins=cors_origin, max_concurrent=max_concurrent, queue_timeout=queue_timeout,
+                             request_timeout=request_timeout, body_timeout=body_timeout, max_pixels=max_pixels,
+                             max_voxels=max_voxels, max_decompressed_bytes=int(max_decompressed_mb * (1 << 20)),
+                             access_log=json_logs)
+    config = server_config(application, host, port, log_level=log_level.lower(),
+                           log_format="json" if json_logs else "text", header_timeout=header_timeout,
+                           body_timeout=body_timeout + 5, max_connections=max_connections)
     service = application.state.service
     engine = service.info["backend"] + (", Grad-CAM on torch" if service.can_explain else ", no Grad-CAM")
-    err_console.print(f"serving {model} on http://{host}:{port}/ ({engine}; research use only, not a medical "
-                      f"device)")
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    guard = f"API key required ({len(keys)} key{'s' if len(keys) != 1 else ''})" if keys else "no API key"
+    err_console.print(f"serving {model} on http://{host}:{port}/ ({engine}; {guard}; research use only, not a "
+                      f"medical device)", highlight=False, soft_wrap=True)
+    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+        _notice(f"listening on {host} without an API key: anyone who can reach this port can use the model "
+                f"(--api-key, and TLS from a reverse proxy: docs/guide/deploy.md)")
+    uvicorn.Server(config).run()
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Public data sets: download from Kaggle, verify a local copy.")
@@ -798,7 +920,7 @@ def data_download(
 
     with console.status(f"downloading {dataset} to {to}"):
         root = download(dataset, to)
-    console.print(f"downloaded {dataset} to [bold]{root}[/bold]")
+    console.print(f"downloaded {markup(dataset)} to [bold]{markup(root)}[/bold]", highlight=False)
     _print_verify(verify(root, dataset))
 
 
@@ -924,26 +1046,33 @@ def explain_cmd(
 
     Example: braintumor explain runs/navoneel data/brain_mri_yes_no/yes --out explanations --method gradcam++
     """
-    import csv
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .data.cache import load_images
+    from .display import csv_text, json_names
     from .errors import UsageError
     from .explain import as_predictor, evaluate_explanations, explain_prepared
     from .explain.saliency import DEFAULT_METHOD, check_method
     from .inference import Predictor
+    from .rundir import atomic_write_text
 
     method = check_method(method or DEFAULT_METHOD)
     if masks is not None and not masks.is_dir():
         raise UsageError(f"--masks {masks}: no such folder")
     files, empty = _expand_paths(images)
     for p in empty:
-        err_console.print(f"[yellow]warning[/yellow]: no images in {p}")
+        err_console.print(f"[yellow]warning[/yellow]: no images in {markup(p)}", highlight=False, soft_wrap=True)
     if not files:
         raise UsageError(f"no image files found in {', '.join(images)}")
     predictor = as_predictor(Predictor.from_run(run_dir, device=device))
+    from .evaluate import check_out_folder
+
+    # before any work: not a file, not the run folder (a figure named roc.png would replace the run's), not inside
+    # a folder of images being explained
+    check_out_folder(out, runs=[run_dir], data_dirs=[p for p in images if Path(p).is_dir()],
+                     what="explanations go into a folder")
     predictor.check_inputs = ood_check and masks is None  # --masks measures maps on labelled brain slices
     stems = dict(zip(files, _unique_stems(files), strict=True))
     withheld: list[tuple[Path, str, str]] = []
@@ -951,7 +1080,8 @@ def explain_cmd(
 
     def skip(path: Path, reason: str) -> None:
         failed.append((path, reason))
-        err_console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False,
+                          soft_wrap=True)
 
     written = 0
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -981,19 +1111,19 @@ def explain_cmd(
                         ex.save(out, stems[p])
                         written += 1
                 bar.advance(task, len(chunk))
-    console.print(f"wrote {written} explanation(s) ({method}) to [bold]{out}[/bold]")
+    console.print(f"wrote {written} explanation(s) ({method}) to [bold]{markup(out)}[/bold]", highlight=False)
     if withheld:
         err_console.print(f"{len(withheld)} image(s) not explained: the input check rejected them "
                           f"(--no-ood-check explains them anyway):", highlight=False)
         for p, v, why in withheld[:20]:
-            err_console.print(f"  {p}: {v}{f' ({why})' if why else ''}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {markup(p)}: {v}{f' ({markup(why)})' if why else ''}", highlight=False,
+                              soft_wrap=True)
     if masks is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "explain_metrics.json").write_text(json.dumps(report.summary, indent=2) + "\n")
-        with open(out / "explain_metrics.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(report.rows[0]))
-            w.writeheader()
-            w.writerows(report.rows)
+        atomic_write_text(out / "explain_metrics.json", json.dumps(json_names(report.summary), indent=2) + "\n")
+        header = list(report.rows[0])
+        atomic_write_text(out / "explain_metrics.csv", csv_text(
+            header, [[r.get(k, "") for k in header] for r in report.rows], name_columns=("path",)))
         console.print(_explain_table(report.summary))
         per_class = report.summary.get("per_class") or {}
         if len(per_class) > 1:
@@ -1008,7 +1138,8 @@ def explain_cmd(
                                for k in keys))
             console.print(t)
         if not report.summary["n_masked"]:
-            err_console.print(f"[yellow]warning[/yellow]: no masks found in {masks} for these images")
+            err_console.print(f"[yellow]warning[/yellow]: no masks found in {markup(masks)} for these images",
+                              highlight=False)
     if failed:
         err_console.print(f"{len(failed)} of {len(files)} file(s) could not be read")
         raise typer.Exit(1)
@@ -1031,8 +1162,12 @@ def audit_cmd(
     import json
 
     from .data.audit import audit as run_audit
+    from .errors import UsageError
+    from .rundir import atomic_write_text
 
-    with console.status(f"auditing {data_dir}" + (f" against {against}" if against else "")):
+    if json_out is not None and json_out.is_dir():  # said before the audit, not after it
+        raise UsageError(f"--json {json_out}: is a folder; give a file name (e.g. audit.json)")
+    with console.status(f"auditing {markup(data_dir)}" + (f" against {markup(against)}" if against else "")):
         r = run_audit(data_dir, against=against)
 
     def listing(title: str, groups: list, colour: str) -> None:
@@ -1042,14 +1177,15 @@ def audit_cmd(
         for g in groups[:show]:
             if isinstance(g, dict) and "matches" in g:
                 m = g["matches"]
-                console.print(f"  {g['file']} ({g['class']}) -> " + ", ".join(
-                    f"{x['file']} ({x['class']}, {x['kind']} {x['score']:.2f})" for x in m[:3])
+                console.print(f"  {markup(g['file'])} ({markup(g['class'])}) -> " + ", ".join(
+                    f"{markup(x['file'])} ({markup(x['class'])}, {x['kind']} {x['score']:.2f})" for x in m[:3])
                     + (f" +{len(m) - 3}" if len(m) > 3 else ""), highlight=False)
             elif isinstance(g, dict):
-                console.print("  " + ", ".join(f"{f} ({c})" for f, c in zip(g["files"], g["classes"], strict=True))
+                console.print("  " + ", ".join(f"{markup(f)} ({markup(c)})"
+                                               for f, c in zip(g["files"], g["classes"], strict=True))
                               + f"  [dim]min score {g['min_score']:.2f}[/dim]", highlight=False)
             else:
-                console.print("  " + ", ".join(g), highlight=False)
+                console.print("  " + ", ".join(markup(x) for x in g), highlight=False)
         if len(groups) > show:
             console.print(f"  ... {len(groups) - show} more (see --json)")
 
@@ -1107,9 +1243,8 @@ def audit_cmd(
                   f"{r.n_distinct}" + (f"; with copies in {against}: {r.leak_counts['files']}" if against else "")
                   + f" ({r.seconds:.1f} s)", highlight=False)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(r.to_dict(), indent=1) + "\n")
-        console.print(f"written to [bold]{json_out}[/bold]")
+        atomic_write_text(json_out, json.dumps(r.to_dict(), indent=1) + "\n")
+        console.print(f"written to [bold]{markup(json_out)}[/bold]", highlight=False)
 
 
 def main() -> None:

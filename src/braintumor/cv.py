@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -256,17 +255,17 @@ def pooled_metrics(y: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, classes
 
 def _write_outputs(out: Path, rows, oof, classes, y, proba, pooled, positive, label) -> None:
     from .calibration import plot_reliability
+    from .display import csv_text
     from .plots import plot_confusion, plot_roc
+    from .rundir import atomic_write_text
 
-    with open(out / "folds.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(out / "oof_predictions.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["repeat", "fold", "path", "group", "label", "predicted", *[f"p_{c}" for c in classes]])
-        for r, f, p, g, yt, yp, pr in oof:
-            w.writerow([r, f, p, g, classes[yt], classes[yp], *[f"{v:.6f}" for v in pr]])
+    fields = list(rows[0])
+    atomic_write_text(out / "folds.csv", csv_text(fields, [[r.get(k, "") for k in fields] for r in rows],
+                                                  name_columns=()))
+    # any file name: printable in `path` (and `group`), the exact bytes in `path_bytes` where that changed it
+    atomic_write_text(out / "oof_predictions.csv", csv_text(
+        ["repeat", "fold", "path", "group", "label", "predicted", *[f"p_{c}" for c in classes]],
+        [[r, f, p, g, classes[yt], classes[yp], *[f"{v:.6f}" for v in pr]] for r, f, p, g, yt, yp, pr in oof]))
     plot_confusion(pooled["confusion_matrix"], classes, out / "confusion_matrix.png",
                    f"pooled out-of-fold ({label})")
     plot_roc(y, proba, list(classes), out / "roc.png", positive)
@@ -328,6 +327,41 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     out = Path(out) if out is not None else RunDir.default_for(cfg.data_dirs, "cv-by-source" if by_source else "cv")
     if (out / "cv.json").exists():
         raise UsageError(f"{out} already holds a cross-validation; pick another --out")
+    _check_before_work(cfg, ds, out, folds)
+    # A cross-validation cannot be resumed: one that fails leaves no folder behind (if it made the folder).
+    top, p = None, out.absolute()
+    while not p.exists() and p != p.parent:
+        top, p = p, p.parent
+    try:
+        return _cv(ds, cfg, folds, repeats, out, show_leakage, console, keep_checkpoints, report, by_source)
+    except BaseException:
+        if top is not None:
+            import shutil
+
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _check_before_work(cfg: TrainConfig, ds: ImageFolder, out: Path, folds: int) -> None:
+    """The options of a cross-validation that can be checked before any image is read.
+
+    Raises:
+        UsageError: ``--out`` a file (or inside the data), ``target_sensitivity`` for more than two classes,
+            nothing to train, an unfit ``init_from``.
+    """
+    from .evaluate import check_out_folder
+    from .models import get_spec
+    from .train import check_classes, check_options
+
+    check_out_folder(out, data_dirs=cfg.data_dirs, what="cross-validation results go into a folder", any_run=False)
+    check_classes(cfg, ds)
+    spec = get_spec(cfg.model)
+    pretrained = True if cfg.init_from else spec.pretrained_default if cfg.pretrained is None else cfg.pretrained
+    check_options(cfg, pretrained, RunDir(out / "folds" / "r0-f0"))
+
+
+def _cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, show_leakage: bool, console,
+        keep_checkpoints: bool, report: bool, by_source: bool) -> CVResult | SourceCVResult:
     grouped_ds = _grouped(ds, cfg)
     if by_source:
         from .cv_sources import run_by_source

@@ -264,15 +264,16 @@ def _errors(ev, classes, pred, held: str, run_rel: Path) -> list[dict]:
 
 
 def _write(out: Path, result: SourceCVResult, cfg: TrainConfig, ds: ImageFolder) -> None:
-    with open(out / "by_source.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["trained_on", "tested_on", "kind", "n", *SOURCE_METRICS,
-                    *[f"{k}_{b}" for k in SOURCE_METRICS for b in ("low", "high")]])
-        for r in result.rows:
-            m, ci = r["metrics"], r["ci"]
-            w.writerow(["+".join(r["trained_on"]), r["tested_on"], r["kind"], r["n"],
-                        *[_f(m.get(k)) for k in SOURCE_METRICS],
-                        *[_f((ci.get(k) or {}).get(b)) for k in SOURCE_METRICS for b in ("low", "high")]])
+    from .display import csv_text
+    from .rundir import atomic_write_text
+
+    atomic_write_text(out / "by_source.csv", csv_text(
+        ["trained_on", "tested_on", "kind", "n", *SOURCE_METRICS,
+         *[f"{k}_{b}" for k in SOURCE_METRICS for b in ("low", "high")]],
+        [["+".join(r["trained_on"]), r["tested_on"], r["kind"], r["n"],
+          *[_f(r["metrics"].get(k)) for k in SOURCE_METRICS],
+          *[_f((r["ci"].get(k) or {}).get(b)) for k in SOURCE_METRICS for b in ("low", "high")]]
+         for r in result.rows], name_columns=()))
     RunDir(out).write_json(out / "cv.json", {
         "kind": "by-source", "classes": ds.classes, "n_images": len(ds),
         "source_counts": ds.source_counts(), "source_roots": ds.source_roots, "config": cfg.to_dict(),

@@ -5,6 +5,12 @@ Result objects (:class:`~braintumor.train.TrainResult`, :class:`~braintumor.eval
 with their 95% intervals where known, the confusion matrix) or a figure when they are the last expression of a
 notebook cell. Everything is self-contained HTML (figures are embedded PNGs), so it survives ``nbconvert``.
 
+File names come from outside and may be any bytes (Linux allows names that are not UTF-8) or hold rich markup
+(``[bold]``) or mathtext (``$``). :func:`printable` turns one into text any output can hold, :func:`exact_name`
+keeps its exact bytes (the ``path_bytes`` column of CSV files, read back by :func:`name_from_row`),
+:func:`csv_text` and :func:`json_names` apply both to whole tables, :func:`markup` escapes it for the terminal
+and :func:`plot_text` for matplotlib.
+
 Example:
     >>> from braintumor.display import metrics_html
     >>> html = metrics_html({"n": 4, "accuracy": 0.75, "classes": ["no", "yes"],
@@ -18,6 +24,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
+import re
 from pathlib import Path
 
 #: Metrics shown in tables, in this order (those missing or ``None`` are left out).
@@ -30,8 +38,146 @@ _HEAD = "padding:2px 8px;border:1px solid #ddd;text-align:left;background:#f4f4f
 
 
 def esc(x) -> str:
-    """HTML-escape anything (via ``str``)."""
-    return html.escape(str(x))
+    """HTML-escape anything (via ``str``, then :func:`printable`: a file name that is not UTF-8 cannot break it)."""
+    return html.escape(printable(x))
+
+
+# ------------------------------------------------------------------------------------ names from outside
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(name) -> str:
+    if isinstance(name, bytes):
+        return os.fsdecode(name)
+    return os.fspath(name) if isinstance(name, os.PathLike) and isinstance(os.fspath(name), str) else str(name)
+
+
+def printable(name) -> str:
+    """A file name (or any text) as text every terminal, CSV, JSON, HTML page and figure can show.
+
+    Linux file names are bytes: one that is not UTF-8 reaches Python with "surrogate escapes"
+    (``os.fsdecode(b"scan\\xff.png") == "scan\\udcff.png"``), which cannot be written as UTF-8. Here such bytes
+    become the four characters ``\\xff``, and control characters (newline, escape sequences that would drive a
+    terminal) become ``\\x0a``, ``\\x1b``... Everything else is unchanged, so ordinary names stay exactly as they
+    are. Where the exact name matters (a CSV that is read back), :func:`exact_name` goes beside it.
+
+    Example:
+        >>> import os
+        >>> printable(os.fsdecode(b"scan\\xff.png")), printable("a\\nb.png"), printable("plain [x].png")
+        ('scan\\\\xff.png', 'a\\\\x0ab.png', 'plain [x].png')
+    """
+    s = _text(name)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # surrogates that are not escaped bytes (from JSON, say): their code point
+            s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s) if _CONTROL.search(s) else s
+
+
+def exact_name(name) -> str:
+    """The exact bytes of a file name, as hex, when :func:`printable` had to change it; ``""`` when it did not.
+
+    What ``path_bytes`` columns of CSV files hold (:func:`name_from_row` reads it back).
+
+    Example:
+        >>> import os
+        >>> exact_name(os.fsdecode(b"scan\\xff.png")), exact_name("scan.png")
+        ('7363616eff2e706e67', '')
+    """
+    s = _text(name)
+    if printable(s) == s:
+        return ""
+    try:
+        return os.fsencode(s).hex()
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass").hex()
+
+
+def name_from_row(row: dict, key: str = "path") -> str:
+    """The exact file name of a CSV row written with :func:`exact_name` beside :func:`printable`.
+
+    Example:
+        >>> import os
+        >>> row = {"path": "scan\\\\xff.png", "path_bytes": "7363616eff2e706e67"}
+        >>> name_from_row(row) == os.fsdecode(b"scan\\xff.png")
+        True
+    """
+    raw = row.get(f"{key}_bytes") or ""
+    if raw:
+        try:
+            return os.fsdecode(bytes.fromhex(raw))
+        except ValueError:
+            pass
+    return row.get(key) or ""
+
+
+def csv_text(header: list[str], rows, name_columns=("path",), lineterminator: str = "\r\n") -> str:
+    """CSV text whose text cells are :func:`printable`, with ``<column>_bytes`` (:func:`exact_name`) added as the last
+    columns when a name of ``name_columns`` needed it; the text is always valid UTF-8.
+
+    Example:
+        >>> import os
+        >>> csv_text(["path", "label"], [[os.fsdecode(b"a\\xff.png"), "yes"], ["b.png", "no"]], lineterminator="\\n")
+        'path,label,path_bytes\\na\\\\xff.png,yes,61ff2e706e67\\nb.png,no,\\n'
+    """
+    import csv
+
+    rows = [list(r) for r in rows]
+    cols = [header.index(c) for c in name_columns if c in header]
+    extra = [i for i in cols if any(exact_name(r[i]) for r in rows)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=lineterminator)
+    w.writerow([*header, *[f"{header[i]}_bytes" for i in extra]])
+    for r in rows:
+        w.writerow([*[printable(c) if isinstance(c, str | Path) else c for c in r], *[exact_name(r[i]) for i in extra]])
+    return buf.getvalue()
+
+
+def json_names(obj, name_keys=("path", "source", "file")):
+    """A copy of JSON-ready data whose strings are :func:`printable`; a name under ``name_keys`` that had to change
+    gets its exact bytes beside it as ``<key>_bytes`` (:func:`exact_name`).
+
+    Example:
+        >>> import os
+        >>> json_names({"path": os.fsdecode(b"a\\xff.png"), "label": "yes"})
+        {'path': 'a\\\\xff.png', 'path_bytes': '61ff2e706e67', 'label': 'yes'}
+    """
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out[k] = json_names(v, name_keys)
+            if k in name_keys and isinstance(v, str | Path) and exact_name(v):
+                out[f"{k}_bytes"] = exact_name(v)
+        return out
+    if isinstance(obj, list | tuple):
+        return [json_names(v, name_keys) for v in obj]
+    return printable(obj) if isinstance(obj, str | Path) else obj
+
+
+def markup(name) -> str:
+    """:func:`printable`, with rich's markup escaped: ``[bold]`` in a file name prints literally.
+
+    Example:
+        >>> markup("[bold]x.png")
+        '\\\\[bold]x.png'
+    """
+    from rich.markup import escape
+
+    return escape(printable(name))
+
+
+def plot_text(name) -> str:
+    """:func:`printable`, safe in a matplotlib title: a ``$`` would start mathtext (and a bad formula fails).
+
+    Example:
+        >>> plot_text("cost$5.png")
+        'cost\\\\$5.png'
+    """
+    return printable(name).replace("$", r"\$")
 
 
 def fmt(v, digits: int = 3) -> str:

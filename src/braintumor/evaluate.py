@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,15 +79,20 @@ def _check_cells(a) -> list[str]:
 def write_predictions(path: Path, paths: Sequence[str], y_true: Sequence[int], proba: np.ndarray,
                       classes: Sequence[str], y_pred: Sequence[int], checks: Sequence | None = None) -> None:
     """``predictions.csv``: path, label, predicted, ``p_<class>``; with ``checks`` (one
-    :class:`~braintumor.inference.Assessment` or ``None`` per row) also :data:`CHECK_COLUMNS`."""
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "predicted", *[f"p_{c}" for c in classes],
-                    *(CHECK_COLUMNS if checks is not None else ())])
-        rows = zip(paths, y_true, proba, y_pred, checks if checks is not None else [None] * len(paths), strict=True)
-        for p, t, pr, yp, a in rows:
-            w.writerow([p, classes[t], classes[yp], *[f"{v:.6f}" for v in pr],
-                        *(_check_cells(a) if checks is not None else ())])
+    :class:`~braintumor.inference.Assessment` or ``None`` per row) also :data:`CHECK_COLUMNS`.
+
+    Written whole, then renamed into place (never a cut-off file). File names that are not UTF-8 appear
+    :func:`~braintumor.display.printable`, their exact bytes in a last column ``path_bytes``.
+    """
+    from .display import csv_text
+    from .rundir import atomic_write_text
+
+    header = ["path", "label", "predicted", *[f"p_{c}" for c in classes],
+              *(CHECK_COLUMNS if checks is not None else ())]
+    rows = zip(paths, y_true, proba, y_pred, checks if checks is not None else [None] * len(paths), strict=True)
+    atomic_write_text(Path(path), csv_text(header, [
+        [p, classes[t], classes[yp], *[f"{v:.6f}" for v in pr], *(_check_cells(a) if checks is not None else ())]
+        for p, t, pr, yp, a in rows]))
 
 
 def _predicted(m: dict, proba: np.ndarray, classes: Sequence[str], threshold: float | None) -> np.ndarray:
@@ -121,6 +125,58 @@ def report_predictions(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
         plot_confusion(m["confusion_matrix"], classes, out_dir / "confusion_matrix.png", title)
         plot_roc(y, proba, list(classes), out_dir / "roc.png", m.get("positive_class"))
     return res
+
+
+def check_out_folder(out: str | Path, *, data_dirs=(), runs=(), what: str = "give a folder",
+                     any_run: bool = True, flag: str = "--out") -> None:
+    """Refuse an output folder that can only fail or would overwrite or spoil something, before any work.
+
+    Refused: an existing file; a path through a file; a folder that cannot be written; a folder inside one of
+    ``data_dirs`` (what is written there would be read as images next time; folders named ``_*`` or ``.*``, which
+    discovery skips, are allowed); a run folder (one of ``runs``, or with ``any_run`` any folder holding a
+    ``metadata.json``): a run's own files are never overwritten (sub-folders such as ``RUN/evaluations/<name>``
+    are fine).
+
+    Raises:
+        UsageError: one line naming ``--out``, the problem and what to do.
+
+    Example:
+        >>> check_out_folder("runs/demo", runs=["runs/demo"])                        # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        braintumor.errors.UsageError: --out runs/demo is the run folder itself: its own ... would be overwritten ...
+    """
+    import os
+
+    from .display import printable
+    from .errors import UsageError
+
+    out = Path(out)
+    shown = printable(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {shown}: is a file; {what}")
+    p = out.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UsageError(f"{flag} {shown}: {printable(p)} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {shown}: cannot write in {printable(p)} (permission denied)")
+    target = out.resolve()
+    for run in runs:
+        base = Path(run).resolve()
+        if target == base:
+            raise UsageError(f"{flag} {shown} is the run folder itself: its own files (metrics.json, "
+                             f"predictions.csv, figures) would be overwritten; write into a sub-folder such as "
+                             f"{printable(Path(run) / 'evaluations')}/<name>, or elsewhere")
+    if any_run and out.is_dir() and (out / "metadata.json").is_file():
+        raise UsageError(f"{flag} {shown} is a run folder: its own files would be overwritten; pick another {flag}")
+    for d in data_dirs:
+        base = Path(d).resolve()
+        if target == base or (target.is_relative_to(base)
+                              and not target.relative_to(base).parts[0].startswith((".", "_"))):
+            raise UsageError(f"{flag} {shown} is inside the data folder {printable(d)}: what is written there would be "
+                             "read as images; write elsewhere (or into a folder named _out there)")
 
 
 def collapse_classes(proba: np.ndarray, model_classes: Sequence[str], class_map) -> tuple[np.ndarray, list[str]]:
@@ -160,6 +216,9 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     listed in ``result.skipped``. With ``ci`` the metrics get ``ci``: percentile-bootstrap 95% intervals over
     images (:func:`braintumor.stats.bootstrap_ci`).
 
+    A run's own files are never overwritten: an ``out`` that is the run folder (or any run folder), a file, or a
+    folder inside ``data_dir`` is refused before any image is read (:func:`check_out_folder`).
+
     Example:
         >>> from braintumor import evaluate
         >>> res = evaluate("runs/demo", "data/phantoms-test")     # doctest: +SKIP
@@ -169,6 +228,9 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         PosixPath('runs/demo/evaluations/phantoms-test')
     """
     pred = model if isinstance(model, Predictor) else Predictor.from_run(model)
+    if out is not None:  # before any work: never a run's own files, never inside the data
+        check_out_folder(out, data_dirs=[data_dir], runs=[pred.run_dir] if pred.run_dir is not None else [],
+                         what="evaluations go into a folder")
     from .data.slices import run_slices
 
     classes_out, positive, threshold = pred.classes, pred.positive_class, pred.threshold
@@ -185,10 +247,6 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         threshold = _mapped_threshold(pred, cmap, positive)
     else:
         ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
-    if out is not None and pred.run_dir is not None and Path(out).resolve() == Path(pred.run_dir).resolve():
-        from .errors import UsageError
-
-        raise UsageError(f"--out {out} is the run folder itself: its own validation files would be overwritten")
     checked = getattr(pred, "input_check", None) is not None and getattr(pred, "check_inputs", True)
     loaded = load_images(ds.paths, pred.preprocessor, strict=strict, on_skip=on_skip, progress=progress,
                          stats=checked)
@@ -302,6 +360,7 @@ def plot_ood_scores(scores: Sequence[float], summary: dict | None, path: Path, t
     25-75% box, median, 5-95% whiskers, 99% and max marked) and the threshold at 1.0."""
     from matplotlib.patches import Rectangle
 
+    from .display import plot_text
     from .plots import _save, plt
 
     s = np.asarray(scores, dtype=np.float64)
@@ -325,7 +384,7 @@ def plot_ood_scores(scores: Sequence[float], summary: dict | None, path: Path, t
     ax_ref.set_yticks(range(len(refs)), [name for name, _ in refs])
     ax_ref.set_ylim(-0.6, max(len(refs), 1) - 0.4)
     ax_ref.axvline(1.0, color="C3", ls="--", lw=1)
-    ax_ref.set_title(title or "Input check: ood_score", fontsize=10)
+    ax_ref.set_title(plot_text(title) if title else "Input check: ood_score", fontsize=10)
     ax_ref.grid(alpha=0.3, axis="x")
     if not refs:
         ax_ref.text(0.5, 0.5, "no validation quantiles in metadata.json", transform=ax_ref.transAxes, ha="center",

@@ -1,4 +1,8 @@
-"""Figures written into run folders: training curves, confusion matrix, ROC curves (matplotlib, no display)."""
+"""Figures written into run folders: training curves, confusion matrix, ROC curves (matplotlib, no display).
+
+Text from outside (class and file names) goes through :func:`braintumor.display.plot_text`: a name that is not
+UTF-8, or one with a ``$`` (mathtext), is shown as text instead of failing the figure.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from .display import plot_text
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, **kw):
@@ -61,11 +67,12 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Pa
         for j in range(n):
             ax.text(j, i, f"{cm[i, j]}\n{cm[i, j] / totals[i, 0]:.0%}", ha="center", va="center",
                     color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=10)
-    ax.set_xticks(range(n), classes, rotation=30, ha="right")
-    ax.set_yticks(range(n), classes)
+    names = [plot_text(c) for c in classes]
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or "Confusion matrix")
+    ax.set_title(plot_text(title) if title else "Confusion matrix")
     return _save(fig, path)
 
 
@@ -85,7 +92,7 @@ def plot_roc(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], p
         if len(np.unique(y == i)) < 2:
             continue
         fpr, tpr, _ = roc_curve(y == i, proba[:, i])
-        ax.plot(fpr, tpr, label=f"{classes[i]} (AUC {auc(fpr, tpr):.3f})")
+        ax.plot(fpr, tpr, label=f"{plot_text(classes[i])} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")

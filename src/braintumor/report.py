@@ -58,7 +58,16 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 
 
 def _esc(x) -> str:
-    return html.escape(str(x))
+    """HTML-escaped text; a file name that is not UTF-8 shows its odd bytes as ``\\xNN``
+    (:func:`braintumor.display.printable`)."""
+    from .display import printable
+
+    return html.escape(printable(x))
+
+
+def _write_page(path: Path, page: str) -> None:
+    """Write the page atomically; any text that escaped :func:`_esc` cannot make it fail (``\\udcff``)."""
+    atomic_write_text(path, page.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _png_uri(data: bytes) -> str:
@@ -140,11 +149,13 @@ def _folders(data_dir) -> str:
 
 def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
     """``predictions.csv`` -> paths, true labels, predicted labels, probabilities, class names."""
-    with open(path, newline="") as fh:
+    from .display import name_from_row
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         rows = list(csv.DictReader(fh))
     classes = [k[2:] for k in (rows[0].keys() if rows else []) if k.startswith("p_")]
     proba = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
-    return ([r["path"] for r in rows], [r["label"] for r in rows], [r["predicted"] for r in rows],
+    return ([name_from_row(r) for r in rows], [r["label"] for r in rows], [r["predicted"] for r in rows],
             proba.reshape(len(rows), len(classes)), classes)
 
 
@@ -409,9 +420,11 @@ def _map_examples(run: RunDir, tm: dict, n: int) -> str:
     split = run.root / "split.csv"
     if not masks_dir or not Path(masks_dir).is_dir() or not split.is_file() or n <= 0:
         return ""
-    with open(split, newline="") as fh:
-        paths = [r["path"] for r in csv.DictReader(fh) if r.get("subset") == "val"]
-    pred = Predictor.from_run(run.root, device="cpu")
+    from .display import name_from_row
+
+    with open(split, newline="", encoding="utf-8", errors="replace") as fh:
+        paths = [name_from_row(r) for r in csv.DictReader(fh) if r.get("subset") == "val"]
+    pred = Predictor.from_run(run.root, device="cpu", allow_incomplete=True)  # written while train finalises
     pre = pred.preprocessor
     items = []
     for p in paths[:400]:
@@ -612,7 +625,7 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
         idx = right + wrong
         if not idx:
             return '<p class="muted">No validation images.</p>'
-        pred = Predictor.from_run(run.root, device="cpu")
+        pred = Predictor.from_run(run.root, device="cpu", allow_incomplete=True)  # written while train finalises
         exs = explain_batch(pred, [paths[i] for i in idx])
         figs = []
         for i, ex in zip(idx, exs, strict=True):
@@ -680,7 +693,7 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
     sections.insert(-1, (CHECK_SECTION, "Input check", lambda: _input_check_html(run, meta)))
     page = _page(f"braintumor run report: {run.root.name}",
                  f"{meta['model']} on {meta.get('data', {}).get('data_dir')}", sections)
-    atomic_write_text(run.report, page)
+    _write_page(run.report, page)
     return run.report
 
 
@@ -800,7 +813,7 @@ def write_cv_report(cv_dir: str | Path) -> Path:
     page = _page(f"braintumor cross-validation: {root.name}", f"{doc['config'].get('model')} on "
                  f"{doc['config'].get('data_dir')}", sections)
     out = root / "report.html"
-    atomic_write_text(out, page)
+    _write_page(out, page)
     return out
 
 
@@ -901,5 +914,5 @@ def write_source_report(root: Path, doc: dict | None = None, n_maps: int = 8) ->
     page = _page(f"braintumor leave-one-source-out: {root.name}",
                  f"{doc['config'].get('model')} on {', '.join(doc.get('sources', []))}", sections)
     out = root / "report.html"
-    atomic_write_text(out, page)
+    _write_page(out, page)
     return out

@@ -10,6 +10,14 @@ After every epoch ``history.csv`` and ``checkpoints/last.pt`` are written (atomi
 the current epoch and :func:`train` with ``resume=True`` continues where it stopped, with the same numbers as an
 uninterrupted run (every epoch's shuffling, augmentation and dropout are seeded from ``(seed, epoch)``).
 
+Nothing is lost and nothing is half-made: what can be checked without reading an image (the options, ``--out``,
+``init_from``, ``exclude_copies_of``...) is checked first and the class folders before any image is read
+(:func:`check_options`, :func:`check_classes`); the run folder is created only once the data and the model are
+ready, and a start that fails before its first epoch is saved takes back what it wrote (a resumed run is never
+touched). ``metadata.json``'s ``status`` is ``running`` while training, ``finalising`` during the final stage
+(calibration, input check, final evaluation, report) and ``complete`` only once all of that is written; loaders
+refuse any other status, and ``resume=True`` on a finalising run does the final stage again (no epoch is rerun).
+
 Example:
     >>> from braintumor import TrainConfig, train
     >>> result = train(TrainConfig(data_dir="data/phantoms", model="cnn", img_size=64, epochs=5),
@@ -40,6 +48,7 @@ from .data.cache import load_images
 from .data.discover import ImageFolder, discover, fingerprint
 from .data.masks import PreparedMasks
 from .data.split import train_val_split
+from .display import markup, printable
 from .distributed import DistContext, init_distributed, shutdown
 from .errors import DataError, RunError, UsageError
 from .evaluate import EvaluationResult, report_predictions
@@ -288,7 +297,7 @@ class PreparedData:
 
 def _skip_reporter(out: _Console):
     def report(path: Path, reason: str) -> None:
-        out.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+        out.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
     return report
 
 
@@ -341,9 +350,14 @@ def _fingerprint_root(cfg: TrainConfig) -> Path | None:
         return None
 
 
-def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: ImageFolder | None = None
-                 ) -> PreparedData:
+def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: ImageFolder | None = None,
+                 run_root: Path | None = None) -> PreparedData:
+    """Discover, split and read the data; ``run_root`` (the run folder to be) is checked against the data folders
+    once they are found (:func:`check_out`), before any image is read."""
     ds = folder if folder is not None else load_folder_of(cfg)
+    check_classes(cfg, ds)
+    if run_root is not None:
+        check_out(run_root, cfg, inside_data=True)
     excluded: list[str] = []
     if cfg.exclude_copies_of:
         ds, excluded = exclude_copies(ds, cfg.exclude_copies_of, out)
@@ -392,6 +406,38 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     return data
 
 
+def check_classes(cfg: TrainConfig, ds: ImageFolder) -> None:
+    """What the classes found must allow, checked before any image is read.
+
+    Raises:
+        DataError: a class name that is not UTF-8 text (or holds control characters): it goes into metadata.json and
+            ONNX exports, and evaluation folders are matched by it.
+        UsageError: ``target_sensitivity`` for more than two classes.
+    """
+    for c in ds.classes:
+        if printable(c) != c:
+            raise DataError(f"{printable(Path(ds.root) / c)}: a class folder name must be UTF-8 text without control "
+                            f"characters (it is stored in metadata.json and ONNX exports); rename the folder")
+    if cfg.target_sensitivity is not None and len(ds.classes) != 2:
+        raise UsageError(f"--target-sensitivity needs a binary (two-class) problem; this data has "
+                         f"{len(ds.classes)} classes ({', '.join(ds.classes)})")
+
+
+def check_prepared(cfg: TrainConfig, data: PreparedData) -> None:
+    """What the read images must allow, checked before training.
+
+    Raises:
+        DataError: ``target_sensitivity`` with no image of the positive class in the validation split.
+    """
+    from .data.discover import positive_class
+
+    if cfg.target_sensitivity is not None:
+        pos = positive_class(data.classes)
+        if pos is not None and not (data.val_y == data.classes.index(pos)).any():
+            raise DataError(f"--target-sensitivity {cfg.target_sensitivity}: no '{pos}' image in the validation "
+                            "split to choose the threshold on; give more data or a larger --val-fraction")
+
+
 def attach_masks(data: PreparedData, masks_dir: str, pre: Preprocessor, out: _Console) -> None:
     """Read the tumour masks of both sides (:func:`~braintumor.data.masks.prepare_masks`); say what was left out.
 
@@ -404,7 +450,7 @@ def attach_masks(data: PreparedData, masks_dir: str, pre: Preprocessor, out: _Co
     data.val_masks = prepare_masks(data.val_paths, data.val_y, data.classes, masks_dir, pre)
     problems = data.train_masks.problems + data.val_masks.problems
     for path, reason in problems[:5]:
-        out.print(f"[yellow]mask left out[/yellow] {path}: {reason}")
+        out.print(f"[yellow]mask left out[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
     if len(problems) > 5:
         out.print(f"[yellow]... {len(problems) - 5} more masks left out[/yellow] (listed in metadata.json)")
     if data.train_masks.n_masked == 0:
@@ -417,23 +463,42 @@ def attach_masks(data: PreparedData, masks_dir: str, pre: Preprocessor, out: _Co
 
 
 def exclude_copies(ds: ImageFolder, other: str, out: _Console) -> tuple[ImageFolder, list[str]]:
-    """Drop the images of ``ds`` that have an exact or near copy in the folder ``other``."""
+    """Drop the images of ``ds`` that have an exact or near copy in the folder ``other``.
+
+    Images that lie inside ``other`` (it is, holds or lies in the training data) are copies of themselves: they
+    are dropped without being read, and when that leaves a class empty the error comes before any image is hashed.
+
+    Raises:
+        UsageError: ``other`` is not a folder.
+        DataError: a class has no image left.
+    """
     from .data.audit import copies_in
 
     if not Path(other).is_dir():
-        raise UsageError(f"{other}: no such folder (exclude_copies_of)")
-    plain = [i for i, r in enumerate(ds.records) if r.frame is None]
-    hits = [plain[k] for k in copies_in([ds.records[i].path for i in plain], other)]
-    dropped = [str(ds.records[i].ref) for i in hits]
-    out.print(f"excluded {len(dropped)} image(s) with a copy in {other}")
-    keep = sorted(set(range(len(ds.records))) - set(hits))
-    kept = ds.subset(keep)
-    left = set(kept.labels)
-    missing = [c for i, c in enumerate(ds.classes) if i not in left]
-    if missing:
-        raise DataError(f"no images of class(es) {missing} are left once the {len(dropped)} with a copy in {other} "
-                        "are excluded (exclude_copies_of names the training data itself?)")
-    return kept, dropped
+        raise UsageError(f"{printable(other)}: no such folder (exclude_copies_of)")
+    base = Path(other).resolve()
+
+    def inside(path: Path) -> bool:
+        try:
+            return path.resolve().is_relative_to(base)
+        except OSError:
+            return False
+
+    def check(hits: set[int]) -> None:
+        left = {r.label for i, r in enumerate(ds.records) if i not in hits}
+        missing = [c for i, c in enumerate(ds.classes) if i not in left]
+        if missing:
+            raise DataError(f"no images of class(es) {missing} are left once the {len(hits)} with a copy in "
+                            f"{printable(other)} are excluded (exclude_copies_of names the training data itself?)")
+
+    own = {i for i, r in enumerate(ds.records) if inside(r.path)}
+    check(own)
+    plain = [i for i, r in enumerate(ds.records) if r.frame is None and i not in own]
+    hits = own | ({plain[k] for k in copies_in([ds.records[i].path for i in plain], other)} if plain else set())
+    check(hits)
+    dropped = [str(ds.records[i].ref) for i in sorted(hits)]
+    out.print(f"excluded {len(dropped)} image(s) with a copy in {markup(other)}", highlight=False)
+    return ds.subset(sorted(set(range(len(ds.records))) - hits)), dropped
 
 
 def calibrate(predictor: Predictor, data: PreparedData, cfg: TrainConfig) -> dict:
@@ -720,17 +785,17 @@ def _source_summary(data: PreparedData) -> dict:
 
 
 def _write_split(run: RunDir, data: PreparedData) -> None:
-    """Which file went where (and from which source), for audits and for reproducing evaluations."""
-    import io
+    """Which file went where (and from which source), for audits and for reproducing evaluations.
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "label", "subset", "source"])
+    File names that are not UTF-8 are written :func:`~braintumor.display.printable`, their exact bytes in a last
+    column ``path_bytes`` (read back with :func:`~braintumor.display.name_from_row`).
+    """
+    from .display import csv_text
+
     c = data.classes
-    w.writerows([p, c[y], "train", s]
-                for p, y, s in zip(data.train_paths, data.train_y, data.train_sources, strict=True))
-    w.writerows([p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, data.val_sources, strict=True))
-    atomic_write_text(run.root / "split.csv", buf.getvalue())
+    rows = [[p, c[y], "train", s] for p, y, s in zip(data.train_paths, data.train_y, data.train_sources, strict=True)]
+    rows += [[p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, data.val_sources, strict=True)]
+    atomic_write_text(run.root / "split.csv", csv_text(["path", "label", "subset", "source"], rows))
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -765,11 +830,13 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         >>> train(None, out="runs/demo", resume=True)              # doctest: +SKIP
     """
     t_start = time.time()
+    # Every check that needs no image comes first: a run that can only fail stops before any work.
     cfg, run = _resolve_run(config, out, resume)
     spec = get_spec(cfg.model)
     pretrained = spec.pretrained_default if cfg.pretrained is None else cfg.pretrained
     if cfg.init_from:
         pretrained = True  # a run's weights: fine-tune in two phases like ImageNet weights
+    check_options(cfg, pretrained, run, resume)
     device = resolve_device(cfg.device)
     ctx = init_distributed(device.type)
     try:
@@ -777,8 +844,14 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
             device = torch.device("cuda", ctx.local_rank)
         # Every process must write into the same folder: rank 0 picks it.
         run = RunDir(ctx.broadcast(str(run.root)))
-        return _train(cfg, run, resume, spec, pretrained, device, ctx, _Console(console if ctx.is_main else None),
-                      folder, t_start)
+        guard = _RunGuard(run.root, resume) if ctx.is_main else None
+        try:
+            return _train(cfg, run, resume, spec, pretrained, device, ctx,
+                          _Console(console if ctx.is_main else None), folder, t_start)
+        except BaseException:
+            if guard is not None:
+                guard.clean_up()
+            raise
     finally:
         shutdown(ctx)
 
@@ -790,15 +863,112 @@ def _resolve_run(config, out, resume: bool) -> tuple[TrainConfig, RunDir]:
         run = RunDir(out)
         if not run.config.is_file():
             raise RunError(f"{run.root}: not a run folder (no config.yaml) - nothing to resume")
+        if run.metadata.is_file():  # a damaged metadata.json: said now, not after the data is read
+            run.read_metadata()
         return TrainConfig.load(run.config), run
     cfg = (config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
            if isinstance(config, dict) else TrainConfig.load(config))
     if not cfg.data_dir:
         raise UsageError("no data folder given")
     run = RunDir(out or RunDir.default_for(cfg.data_dirs, cfg.model))
+    check_out(run.root, cfg)
     if run.last.exists() or run.metrics.exists():
         raise UsageError(f"{run.root} already holds a run; use --resume to continue it or pick another --out")
     return cfg, run
+
+
+def check_out(root: Path, cfg: TrainConfig, inside_data: bool = False) -> None:
+    """Refuse a run folder (``--out``) that can only fail or would spoil data (see
+    :func:`~braintumor.evaluate.check_out_folder`): a file, a path through a file, a folder that cannot be written;
+    with ``inside_data`` (once the data folders were found to be data), one inside a data folder (its figures would
+    be read as images of a class next time).
+
+    Raises:
+        UsageError: one line naming ``--out``, the problem and what to do.
+    """
+    from .evaluate import check_out_folder
+
+    dirs = [*cfg.data_dirs, *([cfg.val_dir] if cfg.val_dir else [])] if inside_data else []
+    check_out_folder(root, data_dirs=dirs, what="the run folder must be a new (or empty) folder", any_run=False)
+
+
+def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool = False) -> None:
+    """The checks of options that need no image, made before anything is read or written.
+
+    Raises:
+        UsageError: nothing to train (every phase has 0 epochs), ``init_from`` not a finished run of the same
+            model, ``masks`` or ``exclude_copies_of`` not a folder (or with no images).
+    """
+    phases = plan_phases(cfg, pretrained)
+    if not any(ph.epochs > 0 for ph in phases):
+        what = (f"epochs {cfg.epochs}" + (f" and epochs_frozen {cfg.epochs_frozen}" if pretrained else
+                                          f" (epochs_frozen {cfg.epochs_frozen} applies to pretrained models only)"))
+        raise UsageError(f"nothing to train: {what}; give --epochs 1 or more")
+    if cfg.init_from and not (resume and run.last.is_file()):
+        check_init_from(cfg.init_from, cfg.model)
+    if cfg.masks and not Path(cfg.masks).is_dir():
+        raise UsageError(f"--masks {printable(cfg.masks)}: no such folder")
+    if cfg.exclude_copies_of:
+        from .data.discover import list_images
+
+        other = Path(cfg.exclude_copies_of)
+        if not other.is_dir():
+            raise UsageError(f"--exclude-copies-of {printable(other)}: no such folder")
+        if not list_images(other):
+            raise UsageError(f"--exclude-copies-of {printable(other)}: no images in it (nothing to compare with)")
+
+
+def check_init_from(run_dir: str | Path, model_name: str) -> None:
+    """``init_from`` must be a finished run folder holding a ``model_name`` model (checked before any work).
+
+    Raises:
+        UsageError: not a run folder, not finished (``status`` not ``complete``), no ``best.pt``, another model.
+    """
+    run = RunDir(run_dir)
+    if not run.metadata.is_file() or not run.best.is_file():
+        raise UsageError(f"{printable(run_dir)}: not a finished run folder (init_from needs metadata.json and "
+                         "checkpoints/best.pt)")
+    meta = run.read_metadata()
+    status = meta.get("status")
+    if status is not None and status != "complete":
+        raise UsageError(f"{printable(run_dir)}: the run did not finish (status: {status}); init_from needs a "
+                         "finished run")
+    other = meta.get("model")
+    if other != model_name:
+        raise UsageError(f"{printable(run_dir)}: holds a '{other}' model, this run trains '{model_name}' "
+                         "(init_from)")
+
+
+class _RunGuard:
+    """What a new run's folder held before :func:`train` started, to take back what a failed start wrote.
+
+    A run whose first epoch was saved (``checkpoints/last.pt``) is kept: ``--resume`` continues it. A resumed run
+    is never touched. A folder that did not exist is removed with every parent this call created; in a folder that
+    existed, only the entries this call added are removed.
+    """
+
+    def __init__(self, root: Path, resume: bool):
+        self.root, self.active = Path(root), not resume
+        top, p = None, self.root.absolute()
+        while not p.exists() and p != p.parent:
+            top, p = p, p.parent
+        self.top = top
+        self.before = set(os.listdir(self.root)) if top is None and self.root.is_dir() else None
+
+    def clean_up(self) -> None:
+        import shutil
+
+        if not self.active or RunDir(self.root).last.is_file():
+            return
+        if self.top is not None:
+            shutil.rmtree(self.top, ignore_errors=True)
+        elif self.before is not None and self.root.is_dir():
+            for name in set(os.listdir(self.root)) - self.before:
+                path = self.root / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, device: torch.device,
@@ -813,9 +983,24 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                        intensity=cfg.intensity)
     if resume and run.metadata.is_file():  # exactly the preprocessing the run started with (older versions too)
         pre = Preprocessor.from_dict(run.read_metadata()["preprocessing"])
-    data = prepare_data(cfg, pre, outc, folder)
+    data = prepare_data(cfg, pre, outc, folder, run_root=None if resume else run.root)
+    check_prepared(cfg, data)
     classes = data.classes
     meta = _start_metadata(cfg, spec, pretrained, pre, data, device, precision, ctx)
+    # The model before the run folder: missing pretrained weights or an unfit init_from leave nothing behind.
+    model = build_model(cfg.model, len(classes), pretrained=pretrained and not cfg.init_from,
+                        img_size=cfg.img_size)
+    if cfg.init_from and not (resume and run.last.is_file()):  # a resumed run loads last.pt over it anyway
+        load_backbone(model, cfg.init_from, cfg.model)
+    if cfg.masks:
+        from .models.segmentation import attach_decoder
+
+        attach_decoder(model, cfg.model, cfg.img_size)
+        model.emit_map = True  # forward -> (logits, map logits) while training; the Predictor gets plain logits
+        meta["tumour_map"] = {**model.decoder_config, "masks": cfg.masks, "mask_weight": cfg.mask_weight,
+                              "train": data.train_masks.summary(), "val": data.val_masks.summary(),
+                              "problems": [{"path": str(p), "reason": r}
+                                           for p, r in data.train_masks.problems + data.val_masks.problems]}
     if ctx.is_main:
         run.create()
         if not resume:
@@ -828,22 +1013,6 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         run.write_json(run.metadata, meta)
         _write_split(run, data)
     ctx.barrier()
-
-    model = build_model(cfg.model, len(classes), pretrained=pretrained and not cfg.init_from,
-                        img_size=cfg.img_size)
-    if cfg.init_from:  # a resumed run then loads last.pt over it
-        load_backbone(model, cfg.init_from, cfg.model)
-    if cfg.masks:
-        from .models.segmentation import attach_decoder
-
-        attach_decoder(model, cfg.model, cfg.img_size)
-        model.emit_map = True  # forward -> (logits, map logits) while training; the Predictor gets plain logits
-        meta["tumour_map"] = {**model.decoder_config, "masks": cfg.masks, "mask_weight": cfg.mask_weight,
-                              "train": data.train_masks.summary(), "val": data.val_masks.summary(),
-                              "problems": [{"path": str(p), "reason": r}
-                                           for p, r in data.train_masks.problems + data.val_masks.problems]}
-        if ctx.is_main:
-            run.write_json(run.metadata, meta)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -865,7 +1034,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         opt_state, sched_state = ck["optimizer"], ck["scheduler"]
         if ck.get("stopped"):
             start_phase, start_epoch = len(phases), 0
-        outc.print(f"resuming {run.root} after epoch {len(history)}")
+        outc.print(f"resuming {markup(run.root)} after epoch {len(history)}", highlight=False)
     source = f"weights of {cfg.init_from}" if cfg.init_from else "ImageNet" if pretrained else "random init"
     outc.print(f"[bold]{cfg.model}[/bold] ({source}) on {len(data.train_y)} "
                f"train / {len(data.val_y)} val images, {len(classes)} classes, {cfg.img_size}px, "
@@ -952,16 +1121,18 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                            "val_accuracy": vacc}
         outc.print(f"kept: the average of the weights of epochs {swa['epochs'][0]}-{swa['epochs'][-1]} "
                    f"(val loss {vloss:.4f} acc {vacc:.3f})")
-    # Final evaluation of the kept checkpoint, in fp32, through the same Predictor used for prediction.
-    meta["status"] = "complete"
+    # The final stage: calibration, input check, final evaluation, report. Until all of it is written the run is
+    # "finalising" (loaders refuse it; `train --resume` does the final stage again), then "complete", last.
+    meta["status"] = "finalising"
     meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
     run.write_json(run.metadata, meta)
-    predictor = Predictor.from_run(run.root, device=str(device))
+    # Final evaluation of the kept checkpoint, in fp32, through the same Predictor used for prediction.
+    predictor = Predictor.from_run(run.root, device=str(device), allow_incomplete=True)
     post = calibrate(predictor, data, cfg)
     if post:
         meta.update(post)
         run.write_json(run.metadata, meta)
-        predictor = Predictor.from_run(run.root, device=str(device))
+        predictor = Predictor.from_run(run.root, device=str(device), allow_incomplete=True)
     if cfg.ood_check:
         check = fit_check(predictor, data, cfg)
         meta["input_check"] = check.to_metadata()
@@ -983,4 +1154,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     metrics["wall_seconds"] = meta["wall_seconds"]
     run.write_json(run.metrics, metrics)
     write_report(run.root)
+    meta["status"] = "complete"  # last: everything above is written (each file atomically)
+    meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
+    run.write_json(run.metadata, meta)
+    predictor.metadata = meta
     return TrainResult(run.root, metrics, history, meta, ev)

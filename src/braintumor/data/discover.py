@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -308,7 +309,7 @@ def _digest(p: Path) -> bytes:
     fh = hashlib.sha256()
     if p.is_dir():
         for f in sorted(x for x in p.iterdir() if x.is_file()):
-            fh.update(f.name.encode() + b"\0" + _digest(f))
+            fh.update(os.fsencode(f.name) + b"\0" + _digest(f))
         return fh.digest()
     with open(p, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -319,7 +320,8 @@ def _digest(p: Path) -> bytes:
 def fingerprint(paths, root: str | Path | None = None) -> str:
     """SHA-256 over the sorted relative paths and the bytes of every file: changes when any file does.
 
-    Slice references (``vol.nii.gz#12``) count with their name and their volume's bytes.
+    Slice references (``vol.nii.gz#12``) count with their name and their volume's bytes. Names are hashed as the
+    file system's bytes (``os.fsencode``): any file name works, and UTF-8 names hash as they always did.
     """
     h = hashlib.sha256()
     items = []
@@ -329,7 +331,7 @@ def fingerprint(paths, root: str | Path | None = None) -> str:
         items.append((rel.replace("\\", "/"), p))
     digests: dict[Path, bytes] = {}
     for rel, p in sorted(items):
-        h.update(rel.encode())
+        h.update(os.fsencode(rel))
         h.update(b"\0")
         src = split_ref(p)[0]
         if src not in digests:

@@ -67,20 +67,26 @@ def id_blocks(paths: Sequence[str | Path], size: int) -> list[str | None]:
 
 
 def read_group_csv(path: str | Path, paths: Sequence[str | Path]) -> list[str | None]:
-    """Groups from a ``path,group`` CSV; a row matches a listed path exactly or by file name."""
+    """Groups from a ``path,group`` CSV; a row matches a listed path exactly or by file name.
+
+    Any file name: bytes that are not UTF-8 in the file are the name's own bytes, and a ``path_bytes`` column (as
+    braintumor's CSV files carry, :func:`braintumor.display.name_from_row`) gives the exact name.
+    """
+    from ..display import name_from_row, printable
+
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
             rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read the group file ({exc})") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{printable(path)}: cannot read the group file ({printable(exc)})") from None
     if not rows or not {"path", "group"} <= set(rows[0]):
-        raise DataError(f"{path}: a group file needs the columns 'path' and 'group'")
-    by_path = {r["path"]: r["group"] for r in rows if r.get("group")}
-    by_name = {Path(r["path"]).name: r["group"] for r in rows if r.get("group")}
+        raise DataError(f"{printable(path)}: a group file needs the columns 'path' and 'group'")
+    by_path = {name_from_row(r): r["group"] for r in rows if r.get("group")}
+    by_name = {Path(name_from_row(r)).name: r["group"] for r in rows if r.get("group")}
     out = [by_path.get(str(p), by_name.get(Path(str(p)).name)) for p in paths]
     if not any(g is not None for g in out):
-        raise DataError(f"{path}: no row matches any image (columns path,group; paths or file names)")
+        raise DataError(f"{printable(path)}: no row matches any image (columns path,group; paths or file names)")
     return [None if g is None else f"csv:{g}" for g in out]
 
 

@@ -113,6 +113,8 @@ class Explanation:
         """
         from matplotlib.figure import Figure
 
+        from ..display import plot_text
+
         if self.withheld:
             from ..ood import VERDICT_TEXT
 
@@ -120,8 +122,8 @@ class Explanation:
             ax = fig.subplots(1, 1)
             ax.imshow(self.image)
             ax.set_axis_off()
-            why = "; ".join(self.ood_reasons) or VERDICT_TEXT[self.verdict]
-            name = f"{Path(self.source).name}: " if self.source else ""
+            why = plot_text("; ".join(self.ood_reasons) or VERDICT_TEXT[self.verdict])
+            name = f"{plot_text(Path(self.source).name)}: " if self.source else ""
             fig.suptitle(f"{name}{self.verdict}: no explanation\n{why}", fontsize=10)
             return fig
         fig = Figure(figsize=(10.5, 3.9), layout="constrained")
@@ -132,14 +134,14 @@ class Explanation:
         axes[0].imshow(self.image)
         axes[0].set_title("prepared image")
         im = axes[1].imshow(self.heatmap, cmap="jet", vmin=0, vmax=1)
-        axes[1].set_title(f"{names.get(self.method, self.method)} ({self.target})")
+        axes[1].set_title(plot_text(f"{names.get(self.method, self.method)} ({self.target})"))
         fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02, label="importance")
         axes[2].imshow(self.overlay(alpha))
         axes[2].set_title("overlay")
         for ax in axes:
             ax.set_axis_off()
         name = f"{Path(self.source).name}: " if self.source else ""
-        fig.suptitle(name + self.title(), fontsize=11)
+        fig.suptitle(plot_text(name + self.title()), fontsize=11)  # any file name, shown as text
         return fig
 
     def save(self, out_dir: str | Path, stem: str, dpi: int = 100) -> dict[str, Path]:
