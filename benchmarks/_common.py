@@ -71,7 +71,8 @@ def load_average() -> list[float] | None:
         return None
 
 
-RUN_FILES = ("metadata.json", "config.yaml", "split.csv", "model.onnx", "checkpoints/best.pt")
+RUN_FILES = ("metadata.json", "config.yaml", "split.csv", "model.onnx", "model.int8.onnx", "ood.npz",
+             "checkpoints/best.pt")
 
 
 def run_copy(run: str, dest: str):

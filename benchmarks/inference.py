@@ -3,7 +3,8 @@
     python benchmarks/inference.py RUN_DIR [--batch 32] [--repeat 5] [--latency-n 50]
 
 Throughput (img/s) at ``--batch`` and latency p50/p95 at batch 1 for each engine, on the run's own model and input
-size, plus the onnxruntime/eager ratio (ratios survive a busy machine better than absolute times).
+size (and the run's INT8 model, ``model.int8.onnx``, when ``braintumor export RUN --int8`` kept one), plus the
+onnxruntime/eager and INT8/FP32 ratios (ratios survive a busy machine better than absolute times).
 Prints one JSON object; writes nothing but a temporary ONNX file.
 """
 
@@ -50,6 +51,9 @@ def main() -> None:
         engines["torch_channels_last"] = cl
         if onnx is not None:
             engines["onnxruntime"] = OnnxPredictor(onnx)
+        int8 = Path(args.run) / "model.int8.onnx"  # `braintumor export RUN --int8`
+        if int8.is_file():
+            engines["onnxruntime_int8"] = OnnxPredictor(int8)
         rows = {}
         for name, eng in engines.items():
             if name == "torch_channels_last":
@@ -78,6 +82,8 @@ def main() -> None:
            "batch": args.batch, "results": rows}
     if "onnxruntime" in rows:
         out["onnxruntime_over_eager"] = round(rows["onnxruntime"]["img_per_s"] / rows["torch_eager"]["img_per_s"], 2)
+    if "onnxruntime_int8" in rows and "onnxruntime" in rows:
+        out["int8_over_fp32"] = round(rows["onnxruntime_int8"]["img_per_s"] / rows["onnxruntime"]["img_per_s"], 2)
     else:
         out["onnx_error"] = err
     emit(out)

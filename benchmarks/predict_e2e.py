@@ -1,6 +1,6 @@
 """End-to-end prediction over a folder (decoding and preprocessing included), img/s, per backend.
 
-    python benchmarks/predict_e2e.py RUN_DIR FOLDER [--backends torch,onnx] [--batch-size 32] [--repeat 2]
+    python benchmarks/predict_e2e.py RUN_DIR FOLDER [--backends torch,onnx,int8] [--batch-size 32] [--repeat 2]
     python benchmarks/predict_e2e.py RUN_DIR FOLDER --profile        # + where the time goes (cProfile, onnx)
 
 What ``braintumor predict RUN_DIR FOLDER --backend B`` does after loading the model: ``predict_paths`` (read-ahead
@@ -62,8 +62,12 @@ def main() -> None:
         engines = {}
         for backend in args.backends.split(","):
             t0 = time.perf_counter()
-            engines[backend] = load_predictor(run, device="cpu", backend=backend, notice=notes.append)
-            rows[backend] = {"engine": engines[backend].backend, "load_s": round(time.perf_counter() - t0, 2)}
+            # "onnx" is FP32 here; "int8" the run's model.int8.onnx (`braintumor export RUN --int8`)
+            engine, precision = ("onnx", "int8") if backend == "int8" else (backend, "fp32")
+            engines[backend] = load_predictor(run, device="cpu", backend=engine, notice=notes.append,
+                                              precision=precision)
+            rows[backend] = {"engine": engines[backend].backend, "precision": engines[backend].precision,
+                             "load_s": round(time.perf_counter() - t0, 2)}
         for name, eng in engines.items():
             eng.predict_paths(paths[:4], batch_size=4)  # warm-up
             best, cpu = None, None

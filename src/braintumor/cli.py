@@ -562,6 +562,9 @@ def predict(
     backend: str = typer.Option("auto", "--backend",
                                 help="Engine for a run folder: auto (onnxruntime on the CPU when installed, via "
                                      "RUN/model.onnx exported on demand and cached; else torch), onnx or torch."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="Run folders on onnxruntime: auto (the run's INT8 model when `export --int8` "
+                                       "kept one, else FP32), int8 (insist) or fp32."),
     slices: str | None = typer.Option(None, "--slices",
                                       help="Volumes: middle, all or K evenly spaced slices each (default: what the "
                                            "run was trained with)."),
@@ -629,7 +632,7 @@ def predict(
             raise UsageError("--outline gives one outline per image: use it without --by-volume")
         if model.is_dir() and not isinstance(RunDir(model).read_metadata().get("tumour_map"), dict):
             raise UsageError(NO_DECODER)  # said before any on-demand ONNX export
-    predictor = load_predictor(model, device=device, backend=backend, notice=_notice)
+    predictor = load_predictor(model, device=device, backend=backend, notice=_notice, precision=precision)
     predictor.check_inputs = ood_check
     if min_confidence is not None and predictor.input_check is not None:
         predictor.input_check.min_confidence = min_confidence
@@ -775,6 +778,12 @@ def export(
                                            help="Images/folders/globs for the parity check "
                                                 "(default: the run's validation images)."),
     atol: float = typer.Option(1e-4, "--atol", help="Largest accepted probability difference torch vs ONNX."),
+    int8: bool = typer.Option(False, "--int8", help="Also make RUN_DIR/model.int8.onnx: static INT8 quantisation "
+                                                    "calibrated on the run's training images, kept only when it "
+                                                    "agrees with FP32 on the validation split (predict/serve then "
+                                                    "use it)."),
+    int8_calibration: int = typer.Option(300, "--int8-calibration", min=16, max=5000,
+                                         help="Training images used to calibrate INT8."),
 ):
     """Export a run to one ONNX file (dynamic batch, metadata embedded) after a parity check against torch.
 
@@ -783,6 +792,10 @@ def export(
     `tumour_map`), checked the same way (largest difference 1e-3). `predict RUN_DIR` and `serve RUN_DIR` reuse
     RUN_DIR/model.onnx while it matches the run's best checkpoint (and export it themselves when it is missing or
     stale).
+
+    With --int8 the run also gets an INT8 copy (see docs: "INT8"), used by `predict`/`serve` with `--precision
+    auto` (default) only while it passes its agreement bar (>= 99.5% labels as FP32 on the validation split,
+    accuracy within 0.5 point); otherwise one line says why and FP32 stays in use.
 
     Example: braintumor export runs/navoneel --out navoneel.onnx
     """
@@ -796,6 +809,18 @@ def export(
     if res.map_max_abs_diff is not None:
         console.print(f"tumour map output 'tumour_map': max |map_torch - map_onnx| = {res.map_max_abs_diff:.2e} "
                       f"(<= 1e-3)")
+    if int8:
+        from .quantize import quantize_run
+
+        with console.status("quantising to INT8 (calibration, then agreement with FP32)"):
+            q = quantize_run(run_dir, n_calibration=int8_calibration)
+        figures = (f"{q.label_agreement:.1%} of {q.n_validation} validation labels as FP32, accuracy "
+                   f"{q.int8_accuracy:.3f} vs {q.fp32_accuracy:.3f} (recipe {q.recipe})")
+        if q.passed:
+            console.print(f"wrote [bold]{markup(run_dir / q.path)}[/bold] ({q.size_bytes / 1e6:.1f} MB): {figures}; "
+                          f"predict and serve use it")
+        else:
+            _notice(f"INT8 not kept, FP32 stays in use: {q.reason}")
 
 
 @app.command()
@@ -810,6 +835,9 @@ def serve(
                                 help="Engine of plain predictions for a run folder: auto (onnxruntime when "
                                      "installed, via RUN/model.onnx exported on demand; else torch), onnx or "
                                      "torch. Grad-CAM (explain=true) always uses the run's torch model."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="Run folders on onnxruntime: auto (the run's INT8 model when `export --int8` "
+                                       "kept one, else FP32), int8 (insist) or fp32."),
     ood_check: bool = typer.Option(True, "--ood-check/--no-ood-check",
                                    help="Apply the run's input check (verdict not_brain_mri / unfamiliar / "
                                         "uncertain); requests may still turn it off with ood_check=false."),
@@ -885,12 +913,13 @@ def serve(
                              cors_origins=cors_origin, max_concurrent=max_concurrent, queue_timeout=queue_timeout,
                              request_timeout=request_timeout, body_timeout=body_timeout, max_pixels=max_pixels,
                              max_voxels=max_voxels, max_decompressed_bytes=int(max_decompressed_mb * (1 << 20)),
-                             access_log=json_logs)
+                             access_log=json_logs, precision=precision)
     config = server_config(application, host, port, log_level=log_level.lower(),
                            log_format="json" if json_logs else "text", header_timeout=header_timeout,
                            body_timeout=body_timeout + 5, max_connections=max_connections)
     service = application.state.service
-    engine = service.info["backend"] + (", Grad-CAM on torch" if service.can_explain else ", no Grad-CAM")
+    engine = (service.info["backend"] + (" INT8" if service.info.get("precision") == "int8" else "")
+              + (", Grad-CAM on torch" if service.can_explain else ", no Grad-CAM"))
     guard = f"API key required ({len(keys)} key{'s' if len(keys) != 1 else ''})" if keys else "no API key"
     err_console.print(f"serving {model} on http://{host}:{port}/ ({engine}; {guard}; research use only, not a "
                       f"medical device)", highlight=False, soft_wrap=True)

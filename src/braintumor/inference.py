@@ -268,6 +268,8 @@ class Predictor:
         return {"file": name, "size": before[0], "mtime_ns": before[1], "sha256": digest}
 
     backend = "torch"
+    #: The arithmetic: ``fp32``, or ``int8`` (a run's ``model.int8.onnx``, :mod:`braintumor.quantize`).
+    precision = "fp32"
     _fingerprint: str | None = None
     checkpoint_file: Path | None = None
     _checkpoint_stat: tuple[int, int, int] | None = None
@@ -286,7 +288,7 @@ class Predictor:
         return {"name": meta.get("model"), "version": version, "fingerprint": self.fingerprint,
                 "data_fingerprint": (meta.get("data") or {}).get("fingerprint"), "backend": self.backend,
                 "classes": self.classes, "positive_class": self.positive_class, "img_size": self.preprocessor.img_size,
-                "temperature": self.temperature, "threshold": self.threshold,
+                "temperature": self.temperature, "threshold": self.threshold, "precision": self.precision,
                 "input_check": self.input_check_info()}
 
     # ------------------------------------------------------------------------------------------- the input check
@@ -519,9 +521,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
 BACKENDS = ("auto", "onnx", "torch")
 
 
+#: ``precision`` choices of :func:`load_predictor`.
+PRECISIONS = ("auto", "fp32", "int8")
+
+
 def load_predictor(path: str | Path, device: str = "auto", backend: str | None = None, *,
                    notice: Callable[[str], None] | None = None, torch_predictor: Predictor | None = None,
-                   cache_dir: str | Path | None = None) -> Predictor:
+                   cache_dir: str | Path | None = None, precision: str = "auto") -> Predictor:
     """A run folder or an ``.onnx`` file -> a predictor on the chosen engine.
 
     Args:
@@ -535,10 +541,15 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
         notice: called with one line when ``auto`` falls back to torch, or when an export is made on demand.
         torch_predictor: the run's torch predictor when it is already loaded (it is not loaded twice).
         cache_dir: where exports go when the run folder is read-only (default ``$XDG_CACHE_HOME/braintumor/onnx``).
+        precision: for a run folder on onnxruntime: ``auto`` uses the run's INT8 model (``model.int8.onnx``, made
+            by ``braintumor export RUN --int8``) when it passed its agreement check and still matches the run, else
+            FP32; ``int8`` insists on it (an error when there is none); ``fp32`` never uses it. The torch backend
+            is always FP32; an ``.onnx`` file runs as it is.
 
     Raises:
-        RunError: not a run folder or an ``.onnx`` file.
-        UsageError: an unknown backend, ``torch`` for an ``.onnx`` file, or ``onnx`` without onnxruntime.
+        RunError: not a run folder or an ``.onnx`` file; ``precision="int8"`` without a current INT8 model.
+        UsageError: an unknown backend or precision, ``torch`` for an ``.onnx`` file, or ``onnx`` without
+            onnxruntime.
 
     Example:
         >>> from braintumor.inference import load_predictor
@@ -551,6 +562,9 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
     backend = {"onnxruntime": "onnx"}.get(str(backend or "torch").lower(), str(backend or "torch").lower())
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}': choose auto, onnx or torch")
+    precision = str(precision).lower()
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}': choose {', '.join(PRECISIONS)}")
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".onnx":
         if backend == "torch" and explicit:
@@ -564,6 +578,12 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
         meta = RunDir(p).read_metadata()
         require_complete(p, meta)
         _adopt_dicom_window(meta, p, notice)
+        if precision == "int8" and backend == "torch":
+            raise UsageError("--precision int8 runs on onnxruntime: use --backend auto or onnx, not torch")
+        if precision != "fp32" and backend != "torch" and (backend == "onnx" or _torch_device(device).type == "cpu"):
+            int8 = _int8_predictor(p, meta, precision == "int8")
+            if int8 is not None:
+                return int8
         return _run_predictor(p, device, backend, notice, torch_predictor, cache_dir)
     if p.suffix.lower() == ".onnx":
         raise RunError(f"{p}: no such ONNX file")
@@ -589,6 +609,31 @@ def _adopt_dicom_window(meta: dict, where, notice: Callable[[str], None] | None 
         import warnings
 
         warnings.warn(message, stacklevel=3)
+
+
+def _int8_predictor(run_dir: Path, meta: dict, required: bool) -> Predictor | None:
+    """The run's current, checked INT8 model as a predictor reporting the run (``None``: there is none)."""
+    try:
+        from .quantize import INT8_FILE, int8_for_run
+    except ImportError:  # pragma: no cover - ships with the package
+        return None
+    try:
+        pred = int8_for_run(run_dir)
+    except ImportError:
+        pred = None  # onnxruntime missing: the FP32 path says so
+    if pred is None:
+        if required:
+            info = meta.get("int8") if isinstance(meta.get("int8"), dict) else None
+            why = (f"its check failed: {info.get('reason')}" if info and info.get("passed") is False
+                   else f"no current {INT8_FILE}")
+            raise RunError(f"{run_dir}: no INT8 model to use ({why}); make one with `braintumor export "
+                           f"{run_dir} --int8`, or use --precision fp32")
+        return None
+    pred.metadata = dict(meta)
+    pred.run_dir = run_dir
+    pred.checkpoint_file = run_dir / "checkpoints" / "best.pt"
+    pred.precision = "int8"
+    return pred
 
 
 def _run_predictor(run_dir: Path, device: str, backend: str, notice: Callable[[str], None] | None,

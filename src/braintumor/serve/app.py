@@ -459,7 +459,7 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                queue_timeout: float = DEFAULT_QUEUE_TIMEOUT, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
                body_timeout: float = DEFAULT_BODY_TIMEOUT, max_voxels: int = DEFAULT_MAX_VOXELS,
                max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES, access_log: bool = False,
-               metrics: bool = True):
+               metrics: bool = True, precision: str = "auto"):
     """The FastAPI app serving ``model`` (a run folder, an ``.onnx`` file or a loaded predictor).
 
     Args:
@@ -531,9 +531,10 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         predictor = model
     elif Path(model).is_dir() and backend != "torch":
         explainer = Predictor.from_run(model)  # Grad-CAM; also the source of an on-demand export
-        predictor = load_predictor(model, backend=backend, notice=notice, torch_predictor=explainer)
+        predictor = load_predictor(model, backend=backend, notice=notice, torch_predictor=explainer,
+                                   precision=precision)
     else:
-        predictor = load_predictor(model, backend=backend, notice=notice)
+        predictor = load_predictor(model, backend=backend, notice=notice, precision=precision)
     service = ModelService(predictor, explainer, ood_check=ood_check)
     limit_mb = max_upload_bytes / (1024 * 1024)
     stats = ServiceMetrics({**service.model, "backend": service.info.get("backend")}) if metrics else None

@@ -1,0 +1,112 @@
+"""INT8: a statically quantised export, kept only when it agrees with FP32 on the run's validation split."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime.quantization")
+
+from braintumor.errors import UsageError  # noqa: E402
+from braintumor.export import OnnxPredictor, onnx_for_run  # noqa: E402
+from braintumor.quantize import INT8_FILE, int8_for_run, quantize_onnx, quantize_run  # noqa: E402
+from conftest import copy_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quantized(trained_run, tmp_path_factory):
+    run = copy_run(trained_run.run_dir, tmp_path_factory.mktemp("int8") / "run")
+    res = quantize_run(run, bar={"min_label_agreement": 0.9, "max_accuracy_drop": 0.05})
+    return run, res
+
+
+def test_quantize_run_keeps_an_int8_model_that_agrees_with_fp32(quantized):
+    run, res = quantized
+    assert res.passed, res.reason
+    assert res.label_agreement >= 0.9 and res.n_validation > 10 and res.n_calibration > 10
+    assert res.recipe in res.selection and res.n_selection > 0  # chosen on held-out training images
+    assert (run / INT8_FILE).is_file() and not list(run.glob(f".{INT8_FILE}*"))
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["int8"]["passed"] is True and meta["int8"]["path"] == INT8_FILE
+    int8 = int8_for_run(run)
+    assert isinstance(int8, OnnxPredictor)
+    fp32 = onnx_for_run(run)
+    x = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    p8, p32 = int8.proba_prepared(x), fp32.proba_prepared(x)
+    assert p8.shape == p32.shape and np.allclose(p8.sum(1), 1, atol=1e-5)
+    # The graph really holds 8-bit weights (QDQ: DequantizeLinear nodes) and is smaller than FP32.
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(run / INT8_FILE)).graph.node}
+    assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
+    assert (run / INT8_FILE).stat().st_size < fp32.path.stat().st_size
+
+
+def test_a_stale_int8_model_is_not_used(quantized, tmp_path):
+    run, _ = quantized
+    other = copy_run(run, tmp_path / "copy")
+    (other / INT8_FILE).write_bytes((run / INT8_FILE).read_bytes())
+    assert int8_for_run(other) is not None  # copied with its checkpoint: still current
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["threshold"] = 0.9  # the run's decision changed after the INT8 export
+    (other / "metadata.json").write_text(json.dumps(meta))
+    assert int8_for_run(other) is None
+    meta["threshold"] = json.loads((run / "metadata.json").read_text()).get("threshold")
+    (other / "metadata.json").write_text(json.dumps(meta))
+    ckpt = other / "checkpoints" / "best.pt"
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # different weights file: size, mtime and hash differ
+    os.utime(ckpt, ns=(1, 1))
+    assert int8_for_run(other) is None
+
+
+def test_failing_the_bar_keeps_fp32_and_writes_no_model(trained_run, tmp_path):
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
+    (run / INT8_FILE).write_bytes(b"an older INT8 file")
+    res = quantize_run(run, bar={"min_label_agreement": 1.01}, recipes=("all",))
+    assert not res.passed and "bar" in res.reason
+    assert not (run / INT8_FILE).exists() and not list(run.glob(f".{INT8_FILE}*"))
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["int8"]["passed"] is False and meta["int8"]["reason"] == res.reason
+    assert int8_for_run(run) is None
+
+
+def test_bad_recipe_or_method_is_one_line(quantized, tmp_path):
+    run, _ = quantized
+    x = np.zeros((4, 3, 64, 64), np.float32)
+    with pytest.raises(UsageError, match="recipe"):
+        quantize_onnx(run / "model.onnx", tmp_path / "q.onnx", x, recipe="fancy")
+    with pytest.raises(UsageError, match="calibration method"):
+        quantize_onnx(run / "model.onnx", tmp_path / "q.onnx", x, method="magic")
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    with pytest.raises(UsageError, match="cannot be quantised"):
+        quantize_onnx(tmp_path / "broken.onnx", tmp_path / "q.onnx", x)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_predict_uses_int8_by_default_only_when_it_passed(quantized, trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from braintumor.cli import app
+    from braintumor.errors import RunError
+    from braintumor.inference import load_predictor
+
+    run, _ = quantized
+    assert load_predictor(run, backend="auto").precision == "int8"
+    assert load_predictor(run, backend="auto", precision="fp32").precision == "fp32"
+    assert load_predictor(run, backend="torch").precision == "fp32"
+    info = load_predictor(run, backend="auto").model_info()
+    assert info["precision"] == "int8" and info["backend"] == "onnxruntime" and info["version"] == run.name
+    with pytest.raises(UsageError, match="onnxruntime"):
+        load_predictor(run, backend="torch", precision="int8")
+    plain = copy_run(trained_run.run_dir, tmp_path / "plain")
+    assert load_predictor(plain, backend="auto").precision == "fp32"
+    with pytest.raises(RunError, match="no INT8 model"):
+        load_predictor(plain, backend="auto", precision="int8")
+    image = next((plain / "split.csv").read_text().splitlines()[1].split(",")[0] for _ in [0])
+    r = CliRunner().invoke(app, ["predict", str(plain), image, "--precision", "int8"])
+    assert r.exit_code == 2 and "export" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["predict", str(run), image, "--format", "json"])
+    assert r.exit_code == 0, r.stderr
