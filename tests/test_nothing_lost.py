@@ -186,6 +186,33 @@ def test_a_failed_resume_touches_nothing(data, run, tmp_path, monkeypatch):
     assert _snapshot(copy) == before
 
 
+class _Payload:
+    """Unpickling this would create ``marker``: what a crafted ``last.pt`` would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_resume_from_a_refused_checkpoint_leaves_the_run_as_it_was(run, tmp_path):
+    import shutil
+
+    import torch
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, copy / "checkpoints" / "last.pt")
+    before = _snapshot(copy)
+    r = CliRunner().invoke(app, ["train", "--resume", str(copy)])
+    _one_line_exit_2(r, "refused to load")
+    assert not marker.exists()
+    assert _snapshot(copy) == before  # status still complete: the run still predicts
+    assert json.loads((copy / "metadata.json").read_text())["status"] == "complete"
+
+
 def test_a_run_with_a_saved_epoch_is_kept_for_resume(data, tmp_path, monkeypatch):
     train_mod = importlib.import_module("braintumor.train")  # (braintumor.train is also the function)
 

@@ -1001,6 +1001,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                               "train": data.train_masks.summary(), "val": data.val_masks.summary(),
                               "problems": [{"path": str(p), "reason": r}
                                            for p, r in data.train_masks.problems + data.val_masks.problems]}
+    # A resumed run's checkpoint is read (and refused, if it holds anything but plain weights) before anything is
+    # written: a failed resume leaves the run exactly as it was (its status included).
+    ck = run.load_checkpoint("last") if resume and run.last.is_file() else None
     if ctx.is_main:
         run.create()
         if not resume:
@@ -1026,8 +1029,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0}
     start_phase, start_epoch, bad_epochs, opt_state, sched_state = 0, 0, 0, None, None
     swa: dict | None = None  # running weight average (cfg.swa), saved in last.pt so that resuming keeps it
-    if resume and run.last.is_file():
-        ck = run.load_checkpoint("last")
+    if ck is not None:
         model.load_state_dict(ck["model"])
         history, best, swa = ck["history"], ck["best"], ck.get("swa")
         start_phase, start_epoch, bad_epochs = ck["phase"], ck["epoch_in_phase"], ck["bad_epochs"]
