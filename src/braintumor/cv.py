@@ -154,7 +154,8 @@ def _evaluate_fold(run_dir: Path, test: ImageFolder):
     loaded = load_images(test.paths, pred.preprocessor)
     y = np.asarray(test.labels)[loaded.kept]
     proba = pred.proba_prepared(loaded.images)
-    paths = [str(test.paths[i]) for i in loaded.kept]
+    every = test.paths  # a property that builds the whole list: once, not once per image
+    paths = [str(every[i]) for i in loaded.kept]
     groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
     ev = report_predictions(y, proba, pred.classes, run_dir / "test", paths, pred.positive_class, pred.threshold,
                             title="test fold")

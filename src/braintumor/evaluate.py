@@ -263,7 +263,8 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         proba, _ = collapse_classes(proba, pred.classes, cmap)
     if out is None and pred.run_dir is not None:
         out = RunDir(pred.run_dir).evaluation(Path(data_dir).resolve().name)
-    paths = [str(ds.paths[i]) for i in loaded.kept]
+    every = ds.paths  # a property that builds the whole list: once, not once per image
+    paths = [str(every[i]) for i in loaded.kept]
     res = report_predictions(y, proba, classes_out, Path(out) if out else None, paths, positive,
                              threshold, title=f"{Path(data_dir).name}",
                              checks=checks if checks is not None else [None] * len(paths))
