@@ -149,6 +149,31 @@ def test_predict_with_a_crafted_checkpoint_exits_2_in_one_line(cnn_run, few_phan
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("via", ["evaluate", "export", "explain", "train --resume", "serve", "api"])
+def test_no_command_and_no_api_runs_a_crafted_checkpoint(cnn_run, few_phantoms, tmp_path, via):
+    shared = tmp_path / "shared_run"
+    shutil.copytree(cnn_run.run_dir, shared, ignore=shutil.ignore_patterns("model.onnx"))
+    marker = tmp_path / "pwned"
+    _crafted(RunDir(shared).best, marker, nested=True)
+    _crafted(RunDir(shared).last, marker, nested=True)
+    image = next((few_phantoms / "yes").glob("*.png"))
+    if via == "api":
+        from braintumor.serve import create_app
+
+        with pytest.raises(RunError, match="refused to load"):
+            create_app(shared)  # refused at start-up: no request is ever answered by it
+    else:
+        args = {"evaluate": ["evaluate", shared, "--data", few_phantoms, "--out", tmp_path / "ev"],
+                "export": ["export", shared], "explain": ["explain", shared, image, "--out", tmp_path / "ex"],
+                "train --resume": ["train", "--resume", shared],
+                "serve": ["serve", shared, "--port", "0"]}[via]
+        res = CliRunner().invoke(app, [str(a) for a in args])
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.strip() and not ln.startswith("note")]
+        assert len(lines) == 1 and "refused to load" in lines[0], res.output
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------ what braintumor writes
 
 
