@@ -1,6 +1,7 @@
-"""Training throughput (img/s) per registered model and input size: eager, channels_last, bf16 autocast.
+"""Training throughput (img/s) per registered model and input size: eager, channels_last, bf16/fp16 autocast.
 
     python benchmarks/train_throughput.py [--models cnn,efficientnet-lite0] [--sizes 224,128] [--batch 16] [--steps 3]
+    python benchmarks/train_throughput.py --device cuda --batch 64 --variants eager,channels_last,bf16,fp16
 
 Prints one JSON object. Random inputs, full fine-tuning steps (forward, backward, Adam step).
 """
@@ -19,14 +20,23 @@ from _common import emit, machine, timeit  # noqa: E402
 from braintumor.models import available_models, build_model  # noqa: E402
 
 
-def step_fn(model, x, y, opt, variant):
+def step_fn(model, x, y, opt, variant, device_type="cpu", scaler=None):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant)
+
     def step():
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else torch.autocast("cpu", enabled=False)
+        ctx = torch.autocast(device_type, dtype=dtype) if dtype else torch.autocast(device_type, enabled=False)
         with ctx:
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if scaler is not None:  # fp16 needs loss scaling (what training does on CUDA)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
     return step
 
 
@@ -37,20 +47,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--variants", default="eager,channels_last,bf16")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
     for name in args.models.split(","):
         for size in map(int, args.sizes.split(",")):
             for variant in args.variants.split(","):
-                model = build_model(name, 2, pretrained=False, img_size=size).train()
-                x = torch.randn(args.batch, 3, size, size)
-                if variant in ("channels_last", "bf16"):
+                dev = torch.device(args.device)
+                model = build_model(name, 2, pretrained=False, img_size=size).train().to(dev)
+                x = torch.randn(args.batch, 3, size, size, device=dev)
+                if variant in ("channels_last", "bf16", "fp16"):
                     model = model.to(memory_format=torch.channels_last)
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = torch.randint(0, 2, (args.batch,))
+                y = torch.randint(0, 2, (args.batch,), device=dev)
                 opt = torch.optim.Adam(model.parameters(), 1e-4)
-                times = timeit(step_fn(model, x, y, opt, variant), args.steps)
+                scaler = torch.amp.GradScaler("cuda") if variant == "fp16" and dev.type == "cuda" else None
+                times = timeit(step_fn(model, x, y, opt, variant, dev.type, scaler), args.steps, warmup=2)
                 rows.append({"model": name, "size": size, "variant": variant, "batch": args.batch,
                              "img_per_s": round(args.batch * len(times) / sum(times), 2)})
     emit({"benchmark": "train_throughput", "machine": machine(), "results": rows})

@@ -346,3 +346,17 @@ def test_an_interrupted_run_cannot_be_used_as_init_from(data, tmp_path):
     (fake / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(UsageError, match="did not finish"):
         check_init_from(fake, "cnn")
+
+
+@pytest.mark.parametrize("target", ["metadata.json", "checkpoints/best.pt", "folder", "notes.txt"])
+def test_export_out_never_overwrites_a_run_file_or_another_file(run, tmp_path, target):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (tmp_path / "notes.txt").write_text("keep")
+    out = {"folder": tmp_path, "notes.txt": tmp_path / "notes.txt"}.get(target, copy / target)
+    before = _snapshot(copy)
+    r = CliRunner().invoke(app, ["export", str(copy), "--out", str(out)])
+    _one_line_exit_2(r, "--out")
+    assert _snapshot(copy) == before and (tmp_path / "notes.txt").read_text() == "keep"

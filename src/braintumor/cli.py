@@ -769,6 +769,22 @@ def fit_input_check_cmd(
                   f"{s.get('val_flagged_not_brain', 0):.1%}, uncertain {s['val_uncertain']:.1%}")
 
 
+def _check_export_out(out: Path, run_dir: Path) -> None:
+    """``export --out``: a new file or an existing ``.onnx`` file, never a folder or another file of the run."""
+    from .display import printable
+    from .errors import UsageError
+
+    shown = printable(out)
+    if out.is_dir():
+        raise UsageError(f"--out {shown}: is a folder; give a file name (e.g. model.onnx)")
+    if not out.exists():
+        return
+    inside = run_dir.is_dir() and out.resolve().is_relative_to(run_dir.resolve())
+    if out.suffix.lower() != ".onnx" or (inside and out.resolve() != (run_dir / "model.onnx").resolve()):
+        raise UsageError(f"--out {shown}: an existing file that is not an ONNX export"
+                         f"{' of this run' if inside else ''}; it would be overwritten: choose another name")
+
+
 @app.command()
 @handle_errors
 def export(
@@ -801,6 +817,8 @@ def export(
     """
     from .export import export_onnx
 
+    if out is not None:
+        _check_export_out(out, run_dir)
     with console.status("exporting to ONNX and checking parity"):
         res = export_onnx(run_dir, out, check_images=check or None, atol=atol)
     console.print(f"wrote [bold]{markup(res.path)}[/bold] ({res.size_bytes / 1e6:.1f} MB); parity on "
