@@ -254,45 +254,111 @@ def _blocks(x: np.ndarray, nb: int) -> np.ndarray:
     return x - x.mean(axis=2, keepdims=True)
 
 
-def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 512) -> np.ndarray:
+def _shifts() -> list[tuple[int, int]]:
+    return [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
+
+
+def _side_a(t: np.ndarray, nb: int) -> dict:
+    """What the scores need of the first image of each pair (per image, not per pair): its inner window's
+    block-centred blocks, their norms and means, and the window's mean and norm."""
+    w = nb * BLOCK
+    a = t[:, MARGIN:MARGIN + w, MARGIN:MARGIN + w].astype(np.float32)
+    ab = _blocks(a, nb)                                            # (P, nb*nb, B*B), as the score defines them
+    bm = a.reshape(len(a), nb, BLOCK, nb, BLOCK).transpose(0, 1, 3, 2, 4).reshape(len(a), nb * nb, -1).astype(
+        np.float64).mean(axis=2)
+    a64 = a.reshape(len(a), -1).astype(np.float64)
+    ma = a64.mean(axis=1)
+    norm = np.sqrt(((a64 - ma[:, None]) ** 2).sum(axis=1)) + 1e-6
+    return {"ab": ab, "na": np.sqrt((ab * ab).sum(axis=2)), "ab_sum": ab.astype(np.float64).sum(axis=2),
+            "offset": bm - ma[:, None], "norm": norm}
+
+
+def _side_b(t: np.ndarray, nb: int) -> dict:
+    """What the scores need of the second image of each pair, per image and shift: the ``(nb*nb, (B+2S)^2)``
+    patches around each block that hold it at every shift (``uint8``), and per shift the block sums, the block
+    norms after centring (computed as the score defines them) and the window's norm after centring."""
+    w = nb * BLOCK
+    side = BLOCK + 2 * SHIFT
+    p = len(t)
+    patches = np.empty((nb * nb, p, side * side), np.uint8)
+    for r in range(nb):
+        for c in range(nb):
+            y0, x0 = MARGIN - SHIFT + r * BLOCK, MARGIN - SHIFT + c * BLOCK
+            patches[r * nb + c] = t[:, y0:y0 + side, x0:x0 + side].reshape(p, -1)
+    shifts = _shifts()
+    sums = np.empty((p, len(shifts), nb * nb))
+    nbb = np.empty((p, len(shifts), nb * nb), np.float32)
+    gnorm = np.empty((p, len(shifts)))
+    for k, (dy, dx) in enumerate(shifts):
+        bw = t[:, MARGIN + dy:MARGIN + dy + w, MARGIN + dx:MARGIN + dx + w].astype(np.float32)
+        bb = _blocks(bw, nb)
+        nbb[:, k] = np.sqrt((bb * bb).sum(axis=2))
+        raw = bw.reshape(p, nb, BLOCK, nb, BLOCK).transpose(0, 1, 3, 2, 4).reshape(p, nb * nb, -1)
+        sums[:, k] = raw.astype(np.float64).sum(axis=2)
+        b64 = bw.reshape(p, -1).astype(np.float64)
+        gnorm[:, k] = np.sqrt(((b64 - b64.mean(axis=1, keepdims=True)) ** 2).sum(axis=1))
+    return {"patches": patches, "sums": sums, "nbb": nbb, "gnorm": gnorm}
+
+
+def _kernels(ab: np.ndarray) -> np.ndarray:
+    """``(nb*nb, (B+2S)^2, shifts)``: each block of one image placed at every shift inside its patch."""
+    side = BLOCK + 2 * SHIFT
+    k = np.zeros((len(ab), side, side, len(_shifts())), np.float32)
+    blocks = ab.reshape(len(ab), BLOCK, BLOCK)
+    for s, (dy, dx) in enumerate(_shifts()):
+        k[:, SHIFT + dy:SHIFT + dy + BLOCK, SHIFT + dx:SHIFT + dx + BLOCK, s] = blocks
+    return k.reshape(len(ab), side * side, -1)
+
+
+def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 2048) -> np.ndarray:
     """Near-duplicate score of thumbnails ``ta[i]`` and ``tb[j]`` (see the module docstring), in ``[-1, 1]``.
 
     Args:
         ta, tb: ``(N, 64, 64)`` ``uint8`` brain-cropped greyscale thumbnails.
         i, j: indices of the pairs to score.
+
+    Everything that depends on one image only (block norms and sums, the window's norm at each shift) is computed
+    once per image; per first image, one matrix product gives every block's correlation numerator at every shift
+    for all its pairs (the global alignment's numerators follow from them), so that no per-pair work is repeated
+    per shift. Equal to the direct computation up to float rounding.
     """
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    out = np.zeros(len(i), np.float32)
+    if not len(i):
+        return out
     n = ta.shape[1]
     nb = (n - 2 * MARGIN) // BLOCK
-    w = nb * BLOCK
-    out = np.zeros(len(i), np.float32)
-    shifts = [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
-    for s in range(0, len(i), batch):
-        ii, jj = np.asarray(i[s:s + batch]), np.asarray(j[s:s + batch])
-        p = len(ii)
-        a = ta[ii, MARGIN:MARGIN + w, MARGIN:MARGIN + w].astype(np.float32)
-        b = tb[jj].astype(np.float32)
-        a0 = a - a.mean(axis=(1, 2), keepdims=True)
-        a0 /= np.sqrt((a0 * a0).sum(axis=(1, 2), keepdims=True)) + 1e-6
-        best = np.full(p, -np.inf, np.float32)
-        b_best = np.empty_like(a)
-        for dy, dx in shifts:
-            bw = b[:, MARGIN + dy:MARGIN + dy + w, MARGIN + dx:MARGIN + dx + w]
-            b0 = bw - bw.mean(axis=(1, 2), keepdims=True)
-            g = (a0 * b0).sum(axis=(1, 2)) / (np.sqrt((b0 * b0).sum(axis=(1, 2))) + 1e-6)
-            better = g > best
-            best = np.where(better, g, best)
-            b_best[better] = bw[better]
-
-        ab, bb = _blocks(a, nb), _blocks(b_best, nb)
-        na, nbb = np.sqrt((ab * ab).sum(axis=2)), np.sqrt((bb * bb).sum(axis=2))
-        corr = (ab * bb).sum(axis=2) / (na * nbb + 1e-6)
-        textured = (na > MIN_BLOCK_STD * BLOCK) & (nbb > MIN_BLOCK_STD * BLOCK)
-        corr = np.where(textured, corr, np.nan)
-        k = textured.sum(axis=1)
-        srt = np.sort(corr, axis=1)                       # NaNs (background blocks) sort last
-        q = srt[np.arange(p), np.clip(((k - 1) * 0.25).astype(int), 0, None)]
-        # Too little texture to judge locally (blank or tiny content): fall back to the aligned global score.
-        out[s:s + p] = np.where(k >= 6, q, best)
+    ui, li = np.unique(i, return_inverse=True)
+    uj, lj = np.unique(j, return_inverse=True)
+    sa, sb = _side_a(ta[ui], nb), _side_b(tb[uj], nb)
+    order = np.argsort(li, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(li, minlength=len(ui)))]
+    for a in range(len(ui)):
+        rows = order[starts[a]:starts[a + 1]]
+        kern = _kernels(sa["ab"][a])
+        for s in range(0, len(rows), batch):
+            r = rows[s:s + batch]
+            jb = lj[r]
+            # <ab, block of b> per block, pair and shift: (blocks, pairs, shifts)
+            raw = np.matmul(np.take(sb["patches"], jb, axis=1).astype(np.float32), kern)
+            sums = sb["sums"][jb]                                        # (pairs, shifts, blocks)
+            # <a - mean(a), window> = sum over blocks of <ab, block> + (block mean - window mean) * block sum
+            g = (raw.sum(axis=0) + sums @ sa["offset"][a]) / sa["norm"][a] / (sb["gnorm"][jb] + 1e-6)
+            g = g.astype(np.float32)
+            pick = np.argmax(g, axis=1)                                  # the first best shift, as a loop would
+            at = np.arange(len(r))
+            best = g[at, pick]
+            # <ab, centred block of b> = <ab, block of b> - block mean of b * sum of ab
+            num = raw[:, at, pick].T - sums[at, pick] / (BLOCK * BLOCK) * sa["ab_sum"][a]
+            na, nbb = sa["na"][a], sb["nbb"][jb, pick]
+            corr = (num / (na.astype(np.float64) * nbb + 1e-6)).astype(np.float32)
+            textured = (na > MIN_BLOCK_STD * BLOCK) & (nbb > MIN_BLOCK_STD * BLOCK)
+            corr = np.where(textured, corr, np.nan)
+            k = textured.sum(axis=1)
+            srt = np.sort(corr, axis=1)                       # NaNs (background blocks) sort last
+            q = srt[at, np.clip(((k - 1) * 0.25).astype(int), 0, None)]
+            # Too little texture to judge locally (blank or tiny content): fall back to the aligned global score.
+            out[r] = np.where(k >= 6, q, best)
     return out
 
 
