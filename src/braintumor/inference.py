@@ -624,10 +624,11 @@ def _int8_predictor(run_dir: Path, meta: dict, required: bool) -> Predictor | No
     if pred is None:
         if required:
             info = meta.get("int8") if isinstance(meta.get("int8"), dict) else None
-            why = (f"its check failed: {info.get('reason')}" if info and info.get("passed") is False
-                   else f"no current {INT8_FILE}")
-            raise RunError(f"{run_dir}: no INT8 model to use ({why}); make one with `braintumor export "
-                           f"{run_dir} --int8`, or use --precision fp32")
+            if info and info.get("passed") is False:
+                raise RunError(f"{run_dir}: no INT8 model to use: its check failed ({info.get('reason')}); use "
+                               "--precision auto or fp32")
+            raise RunError(f"{run_dir}: no INT8 model to use (no current {INT8_FILE}); make one with `braintumor "
+                           f"export {run_dir} --int8`, or use --precision fp32")
         return None
     pred.metadata = dict(meta)
     pred.run_dir = run_dir
