@@ -62,17 +62,11 @@ class ImageTooLargeError(UnreadableImageError):
 
 
 def _printable(text) -> str:
-    """``text`` with bytes that are not UTF-8 (surrogate escapes of Linux file names) written as ``\\xNN`` and
-    control characters as ``\\x0a``...; ordinary text is unchanged. Messages must print on any terminal."""
-    s = str(text)
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            s = s.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in s)
+    """``text`` as any terminal can print it: :func:`braintumor.display.printable` (bytes that are not UTF-8 as
+    ``\\xNN``, control characters as ``\\x0a``...; ordinary text unchanged)."""
+    from .display import printable
+
+    return printable(text)
 
 
 class RunError(UsageError):
