@@ -223,6 +223,9 @@ def evaluate(
     classes: list[str] | None = typer.Option(None, "--classes", help="CLASS=NAME[,NAME...], once per class: "
                                              "map the model's classes and the folder's onto common classes."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable file."),
+    backend: str = typer.Option("auto", "--backend",
+                                help="Engine: auto (onnxruntime on the CPU, via RUN/model.onnx exported on demand; "
+                                     "else torch), onnx or torch. Always FP32 (never the INT8 copy)."),
 ):
     """Metrics (accuracy, F1, ROC-AUC, MCC, per class) and plots of a trained model on a labelled folder.
 
@@ -237,7 +240,8 @@ def evaluate(
         err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
 
     with console.status("evaluating"):
-        res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip)
+        res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip, backend=backend,
+                       notice=_notice)
     console.print(metrics_table(res.metrics, f"{markup(data)} ({res.metrics['n']} images)"))
     chk = res.metrics.get("input_check")
     if chk:

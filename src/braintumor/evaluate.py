@@ -205,7 +205,8 @@ def collapse_classes(proba: np.ndarray, model_classes: Sequence[str], class_map)
 
 def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Path | None = None, *,
              classes=None, strict: bool = False, batch_size: int = 64, on_skip=None, progress=None,
-             ci: bool = True, n_boot: int = 1000) -> EvaluationResult:
+             ci: bool = True, n_boot: int = 1000, backend: str = "torch", notice=None,
+             chunk: int = 512) -> EvaluationResult:
     """Evaluate a run folder (or a :class:`Predictor`) on a labelled folder ``data_dir/<class>/...``.
 
     Outputs go to ``out`` (default: ``RUN/evaluations/<folder name>/``). Class folders must be among the
@@ -219,6 +220,11 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     A run's own files are never overwritten: an ``out`` that is the run folder (or any run folder), a file, or a
     folder inside ``data_dir`` is refused before any image is read (:func:`check_out_folder`).
 
+    ``backend``: the engine of a run folder, as for prediction (``torch``, ``onnx`` or ``auto``: onnxruntime on the
+    CPU, the run's FP32 export made on demand; probabilities within 1e-4 of torch's, identical labels). INT8 is never
+    used here: an evaluation measures the run's model. Images are read, prepared and predicted ``chunk`` at a time,
+    so memory does not grow with the folder (only the probabilities are kept).
+
     Example:
         >>> from braintumor import evaluate
         >>> res = evaluate("runs/demo", "data/phantoms-test")     # doctest: +SKIP
@@ -227,10 +233,18 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         >>> res.out_dir                                            # doctest: +SKIP
         PosixPath('runs/demo/evaluations/phantoms-test')
     """
-    pred = model if isinstance(model, Predictor) else Predictor.from_run(model)
-    if out is not None:  # before any work: never a run's own files, never inside the data
-        check_out_folder(out, data_dirs=[data_dir], runs=[pred.run_dir] if pred.run_dir is not None else [],
+    run_root = model.run_dir if isinstance(model, Predictor) else Path(model) if Path(model).is_dir() else None
+    if out is not None:  # before any work (even loading): never a run's own files, never inside the data
+        check_out_folder(out, data_dirs=[data_dir], runs=[run_root] if run_root is not None else [],
                          what="evaluations go into a folder")
+    if isinstance(model, Predictor):
+        pred = model
+    elif str(backend).lower() == "torch":
+        pred = Predictor.from_run(model)
+    else:
+        from .inference import load_predictor
+
+        pred = load_predictor(model, backend=backend, notice=notice, precision="fp32")
     from .data.slices import run_slices
 
     classes_out, positive, threshold = pred.classes, pred.positive_class, pred.threshold
@@ -248,29 +262,38 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     else:
         ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
     checked = getattr(pred, "input_check", None) is not None and getattr(pred, "check_inputs", True)
-    loaded = load_images(ds.paths, pred.preprocessor, strict=strict, on_skip=on_skip, progress=progress,
-                         stats=checked)
-    y = np.asarray(ds.labels)[loaded.kept]
-    checks: list | None = None
-    scores = None
-    if checked:  # one model pass gives the probabilities and the input check's scores
-        outputs = pred.outputs_prepared(loaded.images, scores=True, batch_size=batch_size)
-        proba, scores = outputs.proba, outputs.scores
-        checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, scores)
-    else:
-        proba = pred.proba_prepared(loaded.images, batch_size)
+    every = ds.paths  # a property that builds the whole list: once, not once per image
+    kept, skipped, probas, score_parts = [], [], [], []
+    checks: list | None = [] if checked else None
+    for start in range(0, len(every), max(1, int(chunk))):  # read, prepare and predict a chunk at a time
+        loaded = load_images(every[start:start + chunk], pred.preprocessor, strict=strict, on_skip=on_skip,
+                             progress=progress, stats=checked)
+        skipped += loaded.skipped
+        if not loaded.kept:
+            continue
+        kept += [start + i for i in loaded.kept]
+        if checked:  # one model pass gives the probabilities and the input check's scores
+            outputs = pred.outputs_prepared(loaded.images, scores=True, batch_size=batch_size)
+            part = outputs.proba
+            score_parts.append(outputs.scores)
+            checks += pred.assess(part, pred.labels_from_proba(part), loaded.stats, outputs.scores)
+        else:
+            part = pred.proba_prepared(loaded.images, batch_size)
+        probas.append(part)
+    proba = np.concatenate(probas) if probas else np.empty((0, len(pred.classes)), np.float32)
+    scores = np.concatenate(score_parts) if score_parts else None
+    y = np.asarray(ds.labels)[kept] if kept else np.empty(0, int)
     if classes:
         proba, _ = collapse_classes(proba, pred.classes, cmap)
     if out is None and pred.run_dir is not None:
         out = RunDir(pred.run_dir).evaluation(Path(data_dir).resolve().name)
-    every = ds.paths  # a property that builds the whole list: once, not once per image
-    paths = [str(every[i]) for i in loaded.kept]
+    paths = [str(every[i]) for i in kept]
     res = report_predictions(y, proba, classes_out, Path(out) if out else None, paths, positive,
                              threshold, title=f"{Path(data_dir).name}",
                              checks=checks if checks is not None else [None] * len(paths))
     if classes:
         res.metrics["class_map"] = cmap
-    res.skipped = loaded.skipped
+    res.skipped = skipped
     if checks is not None:
         res.assessments = checks
         y_pred = _predicted(res.metrics, proba, classes_out, threshold)
