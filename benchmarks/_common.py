@@ -118,3 +118,23 @@ def stop_process(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_healthy(url: str, proc=None, timeout: float = 900) -> None:
+    """Wait until ``url``/healthz answers 200 (a server subprocess starting); ``SystemExit`` when ``proc`` exits
+    first or after ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}")
+        time.sleep(0.3)
+    raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")

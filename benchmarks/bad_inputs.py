@@ -12,7 +12,6 @@ folder is touched. Cases run in-process through the CLI (typer's test runner: an
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -215,50 +214,12 @@ def filename_cases(root: Path, data: Path, run: Path) -> None:
                  expect_exit=0)
 
 
-def dicom_bomb(path: Path, side: int = 9000) -> Path:
-    """A deflated DICOM whose header announces ``side`` x ``side`` 8-bit pixels (a few hundred KB on disk)."""
-    import numpy as np
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.zeros((side, side), np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def nifti_bomb(path: Path, mib: int = 512) -> Path:
-    """A ``.nii.gz`` that decompresses to ``mib`` MiB: a valid header of a volume that large, zeros after it."""
-    import nibabel as nib
-    import numpy as np
-
-    side = int(round((mib * 2**20) ** (1 / 3)))
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape((side, side, side))
-    hdr.set_data_dtype(np.uint8)
-    with gzip.open(path, "wb", compresslevel=1) as fh:
-        fh.write(hdr.binaryblock + b"\0" * 4)  # 348-byte header + extension flag; vox_offset 352
-        zeros = b"\0" * (8 << 20)
-        left = side**3
-        while left > 0:
-            fh.write(zeros[: min(left, len(zeros))])
-            left -= len(zeros)
-    return path
-
-
 def bomb_cases(root: Path, run: Path) -> None:
-    dcm = dicom_bomb(root / "bomb.dcm")
-    nii = nifti_bomb(root / "bomb.nii.gz")
+    from service_abuse import dicom_bomb, nifti_bomb  # the bombs of the service benchmark
+
+    dcm, nii = root / "bomb.dcm", root / "bomb.nii.gz"
+    dcm.write_bytes(dicom_bomb(9000, 9000))  # deflated, ~160 KB: 9000x9000 pixels
+    nii.write_bytes(nifti_bomb(512))  # gzip, ~0.5 MB: 1024x1024x512 voxels (512 MiB)
     for p in (dcm, nii):
         t0 = time.perf_counter()
         out = _cli(["predict", run, p, "--backend", "torch"])

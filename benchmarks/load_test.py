@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import free_port, run_copy, stop_process  # noqa: E402
+from _common import free_port, run_copy, stop_process, wait_healthy  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: Targets of issue 7 for p50 latency of single requests (ms).
@@ -52,21 +52,6 @@ def _phantom_png(size: int = 256) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"server exited with code {proc.returncode}")
-        time.sleep(0.3)
-    raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")
 
 
 def _stats(latencies: list[float], errors: int, wall: float, n: int, not_run: int, codes: dict,
@@ -161,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         with urllib.request.urlopen(url + "/v1/model", timeout=10) as r:
             info = json.loads(r.read())
         deadline = time.time() + args.max_seconds

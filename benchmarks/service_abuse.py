@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import free_port, run_copy, stop_process  # noqa: E402
+from _common import free_port, run_copy, stop_process, wait_healthy  # noqa: E402
 
 #: Targets of issue 19.
 TARGETS = {"bomb_ms": 1000, "peak_rss_mb": 1024, "healthz_ms": 1000}
@@ -316,21 +316,6 @@ def _tiny_run(dest: Path) -> Path:
     return train(cfg, out=dest / "run").run_dir
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with code {proc.returncode}")
-        time.sleep(0.3)
-    raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", help="run folder or .onnx file (default: a tiny run trained here)")
@@ -361,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     "server": {"header_timeout_s": args.header_timeout, "body_timeout_s": args.body_timeout,
                                "max_concurrent": args.max_concurrent}}
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc, timeout=300)
         _post(url, "warmup.png", large_png(256))  # the first prediction exports/loads the model
         bombs = {"dicom_9000x9000_deflated.dcm": dicom_bomb(), "dicom_9000x9000_header.dcm": dicom_header_only(),
                  "nifti_512mib.nii.gz": nifti_bomb(512), "png_30000x30000.png": png_header_only()}
