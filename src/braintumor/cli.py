@@ -417,21 +417,14 @@ def _check_out_file(out: Path, model: Path, inputs: list[Path]) -> None:
     Raises:
         UsageError: one line naming --out and why.
     """
-    import os
-
     from .display import printable
     from .errors import UsageError
+    from .evaluate import check_writable_place
 
     shown = printable(out)
     if out.is_dir():
         raise UsageError(f"--out {shown}: is a folder; give a file name (e.g. predictions.csv)")
-    p = out.absolute().parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir():
-        raise UsageError(f"--out {shown}: {printable(p)} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {shown}: cannot write in {printable(p)} (permission denied)")
+    check_writable_place(out, out.absolute().parent)
     if not out.exists():
         return
     target = out.resolve()

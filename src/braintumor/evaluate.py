@@ -127,6 +127,27 @@ def report_predictions(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
     return res
 
 
+def check_writable_place(out: str | Path, start: Path, flag: str = "--out") -> None:
+    """The nearest existing folder at or above ``start`` (where ``out`` will be made) must be a folder this process
+    can write in.
+
+    Raises:
+        UsageError: one line naming ``flag``: a path through a file, or a folder that cannot be written.
+    """
+    import os
+
+    from .display import printable
+    from .errors import UsageError
+
+    shown, p = printable(out), Path(start)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UsageError(f"{flag} {shown}: {printable(p)} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {shown}: cannot write in {printable(p)} (permission denied)")
+
+
 def check_out_folder(out: str | Path, *, data_dirs=(), runs=(), what: str = "give a folder",
                      any_run: bool = True, flag: str = "--out") -> None:
     """Refuse an output folder that can only fail or would overwrite or spoil something, before any work.
@@ -146,7 +167,6 @@ def check_out_folder(out: str | Path, *, data_dirs=(), runs=(), what: str = "giv
         ...
         braintumor.errors.UsageError: --out runs/demo is the run folder itself: its own ... would be overwritten ...
     """
-    import os
 
     from .display import printable
     from .errors import UsageError
@@ -155,13 +175,7 @@ def check_out_folder(out: str | Path, *, data_dirs=(), runs=(), what: str = "giv
     shown = printable(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag} {shown}: is a file; {what}")
-    p = out.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir():
-        raise UsageError(f"{flag} {shown}: {printable(p)} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {shown}: cannot write in {printable(p)} (permission denied)")
+    check_writable_place(out, out.absolute(), flag)
     target = out.resolve()
     for run in runs:
         base = Path(run).resolve()

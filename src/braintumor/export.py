@@ -31,7 +31,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -557,6 +557,17 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
+def stamp_matches(stamp: dict, ckpt: Path, sha: Callable[[], str] | None = None) -> bool:
+    """Whether an export's ``checkpoint`` stamp (written at export) names the checkpoint file ``ckpt`` as it is now:
+    the same size and modification time, else the same SHA-256 (``sha()``, computed only when needed)."""
+    from .inference import file_sha256
+
+    st = ckpt.stat()
+    if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns:
+        return True
+    return stamp.get("sha256") == (sha() if sha is not None else file_sha256(ckpt))
+
+
 def onnx_for_run(run_dir: str | Path, *, predictor: Predictor | None = None, cache_dir: str | Path | None = None,
                  notice=None, n_check: int = 16, atol: float = 1e-4) -> OnnxPredictor:
     """The onnxruntime predictor of a run folder's best checkpoint, exported on demand and cached.
@@ -628,10 +639,7 @@ def onnx_for_run(run_dir: str | Path, *, predictor: Predictor | None = None, cac
             return None  # exported before the input check was fitted
         stamp = m.get("checkpoint")
         if isinstance(stamp, dict):
-            st = ckpt.stat()
-            if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns:
-                return pred
-            return pred if stamp.get("sha256") == sha() else None
+            return pred if stamp_matches(stamp, ckpt, sha) else None
         # An export without the stamp (older versions): compare the weights themselves.
         return pred if m.get("weights_fingerprint") == torch_predictor().fingerprint else None
 

@@ -230,14 +230,12 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
         UsageError: the model cannot be quantised (onnxruntime's message).
     """
     from .export import onnx_for_run
-    from .inference import Predictor
     from .rundir import RunDir
 
     t0 = time.time()
     run = RunDir(run_dir)
     bar = {**DEFAULT_BAR, **(bar or {})}
-    torch_pred = Predictor.from_run(run.root, device="cpu")
-    fp32 = onnx_for_run(run.root, predictor=torch_pred)
+    fp32 = onnx_for_run(run.root)  # loads the torch model only when it must export
     if fp32.path is None or fp32.path.parent.resolve() != run.root.resolve():
         raise RunError(f"{run.root}: the run folder is not writable (its FP32 export went to {fp32.path})")
     pre, classes = fp32.preprocessor, list(fp32.classes)
@@ -300,8 +298,7 @@ def int8_for_run(run_dir: str | Path):
     """The run's INT8 :class:`~braintumor.export.OnnxPredictor` when ``RUN/model.int8.onnx`` passed its check and
     still matches the run (same checkpoint and settings as the FP32 export it was made from); else ``None``."""
     from .errors import BrainTumorError
-    from .export import OnnxPredictor, _prediction_settings
-    from .inference import file_sha256
+    from .export import OnnxPredictor, _prediction_settings, stamp_matches
 
     root = Path(run_dir)
     path = root / INT8_FILE
@@ -320,8 +317,4 @@ def int8_for_run(run_dir: str | Path):
     stamp, ckpt = pred.metadata.get("checkpoint"), root / "checkpoints" / "best.pt"
     if not isinstance(stamp, dict) or not ckpt.is_file():
         return None
-    st = ckpt.stat()
-    if not (stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns) \
-            and stamp.get("sha256") != file_sha256(ckpt):
-        return None
-    return pred
+    return pred if stamp_matches(stamp, ckpt) else None

@@ -417,13 +417,11 @@ def _map_examples(run: RunDir, tm: dict, n: int) -> str:
     from .outline import draw_outline, mask_outline, outline, prepare_with_geometry
 
     masks_dir = tm.get("masks")
-    split = run.root / "split.csv"
-    if not masks_dir or not Path(masks_dir).is_dir() or not split.is_file() or n <= 0:
+    if not masks_dir or not Path(masks_dir).is_dir() or not (run.root / "split.csv").is_file() or n <= 0:
         return ""
-    from .display import name_from_row
+    from .data.split import read_split_file
 
-    with open(split, newline="", encoding="utf-8", errors="replace") as fh:
-        paths = [name_from_row(r) for r in csv.DictReader(fh) if r.get("subset") == "val"]
+    paths = [r["path"] for r in read_split_file(run.root) if r["subset"] == "val"]
     pred = Predictor.from_run(run.root, device="cpu", allow_incomplete=True)  # written while train finalises
     pre = pred.preprocessor
     items = []
