@@ -249,7 +249,8 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
     if notice:
         notice(f"calibrating INT8 on {len(calib)} training image(s), checking on {len(val)} validation image(s)")
     target = run.root / INT8_FILE
-    tmp_target = run.root / f".{INT8_FILE}.candidate"
+    # one candidate file per recipe (dot-named, removed below): the best is kept without quantising it again
+    candidates = {r: run.root / f".{INT8_FILE}.candidate-{r}" for r in recipes}
     try:
         from .export import OnnxPredictor
 
@@ -257,13 +258,12 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
         scores: dict[str, float] = {}
         ref = fp32.proba_prepared(select) if n_sel else None
         for recipe in recipes:
-            quantize_onnx(fp32.path, tmp_target, calib_x, method=method, recipe=recipe)
+            quantize_onnx(fp32.path, candidates[recipe], calib_x, method=method, recipe=recipe)
             if ref is None:
                 break
-            scores[recipe] = float(np.abs(OnnxPredictor(tmp_target).proba_prepared(select) - ref).mean())
+            scores[recipe] = float(np.abs(OnnxPredictor(candidates[recipe]).proba_prepared(select) - ref).mean())
         chosen = min(scores, key=scores.get) if scores else recipes[0]
-        if scores and chosen != recipe:  # the last one written is not the best: write the best again
-            quantize_onnx(fp32.path, tmp_target, calib_x, method=method, recipe=chosen)
+        tmp_target = candidates[chosen]
         int8 = OnnxPredictor(tmp_target)
         p32 = fp32.proba_prepared(val)
         p8 = int8.proba_prepared(val)
@@ -286,7 +286,8 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
         else:
             target.unlink(missing_ok=True)
     finally:
-        tmp_target.unlink(missing_ok=True)
+        for path in candidates.values():
+            path.unlink(missing_ok=True)
     res.seconds = round(time.time() - t0, 1)
     meta = run.read_metadata()
     meta["int8"] = res.to_dict()
