@@ -67,7 +67,7 @@ def cli_case(name: str, argv: list, *, expect_exit: int = 2, check=None) -> dict
 def make_run(root: Path) -> tuple[Path, Path]:
     from braintumor.config import TrainConfig
     from braintumor.data.synthetic import write_phantoms
-    from braintumor.train import train
+    from braintumor.training import train
 
     data = root / "phantoms"
     write_phantoms(data, n=80, size=64, seed=0)

@@ -3,7 +3,7 @@
     python benchmarks/cross_source.py SOURCE [SOURCE...] [--levers none,mri,percentile,balance] [--out DIR]
         [--img-size 128] [--epochs-frozen 1] [--epochs 7] [--lr 3e-4] [--model efficientnet-lite0]
 
-Every lever runs the package's :func:`braintumor.cv.cv` with ``by_source=True`` over the same sources, folds and
+Every lever runs the package's :func:`braintumor.crossval.cv` with ``by_source=True`` over the same sources, folds and
 seeds, so each comparison with ``none`` (the plain recipe) is paired. The class map is the tumour-detector recipe's
 (``glioma, meningioma, pituitary, yes`` -> tumour; ``notumor, no`` -> no_tumour). Levers: ``mri``
 (``mri_augment``), ``percentile`` (``intensity="percentile"``), ``balance`` (``balance_sources``: a no-op with two
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, machine  # noqa: E402
 
 from braintumor.config import TrainConfig  # noqa: E402
-from braintumor.cv import cv  # noqa: E402
+from braintumor.crossval import cv  # noqa: E402
 
 LEVERS = {"none": {}, "mri": {"mri_augment": True}, "percentile": {"intensity": "percentile"},
           "balance": {"balance_sources": True}, "lite2": {"model": "efficientnet-lite2"}, "224": {"img_size": 224}}

@@ -67,7 +67,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    from braintumor.explain import DEFAULT_METHOD, check_method, explain
+    from braintumor.explanation import DEFAULT_METHOD, check_method, explain
 
     pred = _predictor(args)
     images = _images(args, max(args.n, args.occlusion_n) + 1)

@@ -65,7 +65,7 @@ from braintumor.config import TrainConfig  # noqa: E402
 from braintumor.data.discover import list_images  # noqa: E402
 from braintumor.data.read import read_image  # noqa: E402
 from braintumor.data.synthetic import mask_path, write_phantoms  # noqa: E402
-from braintumor.explain import (  # noqa: E402
+from braintumor.explanation import (  # noqa: E402
     deletion_insertion,
     heatmap_iou,
     heatmaps,
@@ -76,7 +76,7 @@ from braintumor.explain import (  # noqa: E402
     randomisation_check,
     target_layer,
 )
-from braintumor.explain.metrics import (  # noqa: E402
+from braintumor.explanation.metrics import (  # noqa: E402
     DICE_THRESHOLDS,
     dice_curve,
     find_mask,
@@ -87,7 +87,7 @@ from braintumor.explain.metrics import (  # noqa: E402
     spearman,
     standard_tolerance,
 )
-from braintumor.explain.saliency import (  # noqa: E402
+from braintumor.explanation.saliency import (  # noqa: E402
     FUSIONS,
     LAYER_RULES,
     check_method,
@@ -97,7 +97,7 @@ from braintumor.explain.saliency import (  # noqa: E402
     layer_strides,
 )
 from braintumor.models import available_models, get_spec  # noqa: E402
-from braintumor.train import train  # noqa: E402
+from braintumor.training import train  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -170,7 +170,7 @@ def parse_variant(spec: str) -> tuple[str, str, str] | None:
 
 
 def variant_layers(predictor, layers: str) -> list[str]:
-    from braintumor.explain.core import feature_layers
+    from braintumor.explanation.core import feature_layers
 
     stack = list(feature_layers(predictor))
     if layers == "all":
@@ -252,7 +252,7 @@ def lesion_reliance(predictor, ds: dict, idx, seed: int = 0) -> dict:
     faithful map cannot point at a lesion the model does not use."""
     from scipy import ndimage
 
-    from braintumor.explain.saliency import blur_baseline
+    from braintumor.explanation.saliency import blur_baseline
 
     rng = np.random.default_rng(seed)
     x = ds["prepared"]

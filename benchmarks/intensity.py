@@ -6,7 +6,7 @@
    :func:`braintumor.preprocess.standardise_intensity`; a standardised logistic regression scored by repeated
    group-aware stratified k-fold (the package's :func:`braintumor.data.split.kfold` over the audit's duplicate
    groups). The same folds for both, so the comparison is paired; per fold, how often each one wins.
-2. ``--finetune`` (~40 min on 2 cores): the package's :func:`braintumor.cv.cv` of the full default recipe, once
+2. ``--finetune`` (~40 min on 2 cores): the package's :func:`braintumor.crossval.cv` of the full default recipe, once
    with each setting, same folds and seeds.
 
 Prints one JSON object; writes nothing else (cross-validation folds live in a temporary folder).
@@ -35,13 +35,13 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from braintumor.config import TrainConfig  # noqa: E402
-from braintumor.cv import cv  # noqa: E402
+from braintumor.crossval import cv  # noqa: E402
 from braintumor.data.cache import load_images  # noqa: E402
 from braintumor.data.discover import discover  # noqa: E402
 from braintumor.data.split import kfold  # noqa: E402
 from braintumor.models import build_model, get_spec  # noqa: E402
 from braintumor.preprocess import Preprocessor  # noqa: E402
-from braintumor.train import group_folder  # noqa: E402
+from braintumor.training import group_folder  # noqa: E402
 
 MODES = ("none", "percentile")
 

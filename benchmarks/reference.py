@@ -9,7 +9,7 @@
 * ``predict``: files -> labels. Reference: a minimal loop (PIL open, greyscale, resize to the input size, normalise,
   torch eager forward in batches; no brain crop). Ours: ``predict_paths`` on the default backend (onnxruntime;
   brain crop included). Ratio: ``ours_speedup``.
-* ``train``: one full fine-tuning epoch plus validation through ``braintumor.train`` (augmentation, the run's
+* ``train``: one full fine-tuning epoch plus validation through ``braintumor.training`` (augmentation, the run's
   precision and memory format) vs a minimal loop over the same prepared images (Adam, cross-entropy, fp32 eager,
   no augmentation) with the same batch size and counts. Ratio: ``ours_over_reference`` (time; > 1: slower).
 
@@ -115,7 +115,7 @@ def part_train(tmp: Path, n_images: int, batch: int) -> dict:
     from braintumor.config import TrainConfig
     from braintumor.data.cache import load_images
     from braintumor.inference import Predictor
-    from braintumor.train import train
+    from braintumor.training import train
 
     data = phantom_folder(str(tmp / "train_phantoms"), n_images, size=256, seed=1)
     out = tmp / "train_run"

@@ -80,7 +80,7 @@ def main() -> None:
     only = set(args.only.split(","))
 
     from braintumor.config import TrainConfig
-    from braintumor.train import train
+    from braintumor.training import train
 
     rows: dict = {"n": args.n, "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:

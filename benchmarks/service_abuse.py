@@ -309,7 +309,7 @@ def slow_connections(url: str, port: int, n: int, hold: float) -> dict:
 def _tiny_run(dest: Path) -> Path:
     from braintumor.config import TrainConfig
     from braintumor.data.synthetic import write_phantoms
-    from braintumor.train import train
+    from braintumor.training import train
 
     write_phantoms(dest / "phantoms", n=120, size=64, seed=0)
     cfg = TrainConfig(data_dir=str(dest / "phantoms"), model="cnn", img_size=64, epochs=2, batch_size=32, seed=0)

@@ -67,7 +67,7 @@ def split(args) -> None:
 def measure(args) -> None:
     from braintumor.data.masks import find_mask, load_mask, prepare_mask
     from braintumor.data.read import read_image
-    from braintumor.explain.metrics import pointing_game, standard_tolerance
+    from braintumor.explanation.metrics import pointing_game, standard_tolerance
     from braintumor.inference import Predictor
     from braintumor.models.segmentation import dice_scores
 

@@ -3,7 +3,7 @@
     python benchmarks/weights_kept.py DATA_DIR [--folds 5] [--seed 0] [--epochs 12] [--epochs-frozen 6]
                                       [--img-size 224] [--model efficientnet-lite0] [--init-from RUN]
 
-Runs the package's group-aware cross-validation (:func:`braintumor.cv.cv`) once, keeping every epoch's weights of
+Runs the package's group-aware cross-validation (:func:`braintumor.crossval.cv`) once, keeping every epoch's weights of
 every fold, then scores each choice of weights on the same test folds: ``lowest_val_loss`` (the epoch picked on the
 inner validation split; the choice with ``swa=False``), ``last``, ``frozen_end``, ``swa_second_half`` (the default
 since 0.2.0: the mean of the second half of the last phase), ``swa_all``, ``swa_last3``, each also with horizontal
@@ -32,11 +32,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import emit, machine  # noqa: E402
 
-from braintumor.cv import cv  # noqa: E402
+from braintumor.crossval import cv  # noqa: E402
 from braintumor.data.cache import load_images  # noqa: E402
 from braintumor.inference import Predictor  # noqa: E402
 from braintumor.rundir import RunDir  # noqa: E402
-from braintumor.train import add_to_average, averaged_state  # noqa: E402
+from braintumor.training import add_to_average, averaged_state  # noqa: E402
 
 
 def keep_every_epoch() -> None:

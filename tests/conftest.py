@@ -67,7 +67,7 @@ TINY = dict(model="cnn", img_size=64, epochs=14, batch_size=32, seed=0)
 def trained_run(phantoms, tmp_path_factory):
     """A tiny CNN trained on the phantoms: the shared model for evaluation/explanation/serving tests."""
     from braintumor.config import TrainConfig
-    from braintumor.train import train
+    from braintumor.training import train
 
     out = tmp_path_factory.mktemp("runs") / "cnn"
     return train(TrainConfig(data_dir=str(phantoms), **TINY), out=out)

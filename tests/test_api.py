@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import types
 
 import numpy as np
 import pytest
@@ -32,8 +33,16 @@ def test_public_api_is_complete():
         bt.no_such_thing  # noqa: B018
 
 
-def test_functions_are_not_replaced_by_their_submodules():
-    """`braintumor.train` is also a module: importing it (directly or through others) keeps bt.train a function."""
+def test_no_public_name_is_also_a_module():
+    """Modules are named for what they hold (training, evaluation, ...): no public name can be shadowed by one."""
+    import braintumor
+
+    modules = {m.name.rpartition(".")[2] for m in pkgutil.iter_modules(braintumor.__path__)}
+    assert modules & set(bt.__all__) == set()
+    assert type(braintumor) is types.ModuleType  # no class swap needed
+
+
+def test_functions_stay_functions_after_every_submodule_is_imported():
     import braintumor
 
     for mod in pkgutil.walk_packages(braintumor.__path__, "braintumor."):
@@ -42,10 +51,10 @@ def test_functions_are_not_replaced_by_their_submodules():
         importlib.import_module(mod.name)
     for name in ("train", "evaluate", "cv", "explain"):
         assert inspect.isfunction(getattr(bt, name)), name
-    from braintumor.train import TrainResult  # the submodules themselves stay importable
+    from braintumor.training import TrainResult  # the submodules themselves stay importable
 
     assert bt.TrainResult is TrainResult
-    assert importlib.import_module("braintumor.evaluate").EvaluationResult is bt.EvaluationResult
+    assert importlib.import_module("braintumor.evaluation").EvaluationResult is bt.EvaluationResult
 
 
 def test_result_reprs_and_html(trained_run, phantoms_test):

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from braintumor.cli import app
-from braintumor.cv import CV_METRICS, LABEL_CHECK_BELOW, cv, labels_to_check
+from braintumor.crossval import CV_METRICS, LABEL_CHECK_BELOW, cv, labels_to_check
 from braintumor.data.discover import discover
 from braintumor.errors import DataError, UsageError
 

@@ -306,9 +306,9 @@ def test_predict_and_explain_dicom_series_like_png(trained_run, tmp_path):
     assert vol.slice == best and vol.label == p_png[best].label and vol.n_slices == 6
     assert vol.tumour_probability == pytest.approx(p_png[best].probabilities["yes"], abs=1e-6)
     try:
-        from braintumor.explain import explain
+        from braintumor.explanation import explain
     except ImportError:
-        pytest.skip("braintumor.explain is not available")
+        pytest.skip("braintumor.explanation is not available")
     for k in (0, 1):
         e_dcm, e_png = explain(pred, refs[k]), explain(pred, pngs[k])
         assert e_dcm.label == e_png.label

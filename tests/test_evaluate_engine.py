@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from braintumor.evaluate import evaluate  # noqa: E402
+from braintumor.evaluation import evaluate  # noqa: E402
 from conftest import copy_run  # noqa: E402
 
 

@@ -21,7 +21,7 @@ from braintumor.data.discover import list_images
 from braintumor.data.read import read_image
 from braintumor.data.synthetic import mask_path, write_phantoms
 from braintumor.errors import UsageError
-from braintumor.explain import (
+from braintumor.explanation import (
     DEFAULT_METHOD,
     Explanation,
     deletion_insertion,
@@ -37,8 +37,8 @@ from braintumor.explain import (
     randomisation_check,
     randomised_predictor,
 )
-from braintumor.explain.metrics import standard_tolerance
-from braintumor.explain.saliency import feature_grid
+from braintumor.explanation.metrics import standard_tolerance
+from braintumor.explanation.saliency import feature_grid
 from braintumor.preprocess import Preprocessor
 
 
@@ -76,7 +76,7 @@ ACCEPTANCE = dict(model="cnn", img_size=96, epochs=24, batch_size=32, seed=0)
 def acceptance(tmp_path_factory):
     """A cnn trained on 320 phantoms of 96 px; its maps on 100 independent phantoms (50 with a tumour)."""
     from braintumor.config import TrainConfig
-    from braintumor.train import train
+    from braintumor.training import train
 
     root = tmp_path_factory.mktemp("explain_acceptance")
     write_phantoms(root / "train", n=400, size=96, seed=0)
@@ -299,7 +299,7 @@ def test_cam_cells_sit_on_their_receptive_field_centres():
     """
     from torch import nn
 
-    from braintumor.explain.saliency import upsample_maps
+    from braintumor.explanation.saliency import upsample_maps
     from braintumor.models import build_model
 
     def linearise(module):
@@ -394,7 +394,7 @@ def test_gradcam_equals_plain_autograd_gradcam(name, size):
     """The backward pass stops at the target layer (speed); the maps equal textbook Grad-CAM from the input."""
     import torch.nn.functional as F  # noqa: N812
 
-    from braintumor.explain.saliency import _find_module, cam_maps
+    from braintumor.explanation.saliency import _find_module, cam_maps
     from braintumor.models import build_model, get_spec
 
     torch.manual_seed(0)
@@ -417,7 +417,7 @@ def test_gradcam_equals_plain_autograd_gradcam(name, size):
 
 
 def test_method_names_and_aliases():
-    from braintumor.explain import DEFAULT_METHOD, METHODS, check_method
+    from braintumor.explanation import DEFAULT_METHOD, METHODS, check_method
 
     assert DEFAULT_METHOD in METHODS
     for name in METHODS:
@@ -433,7 +433,7 @@ def test_method_names_and_aliases():
                                               ("resnet18", 64, None)])
 def test_layer_maps_equal_plain_autograd(name, size, layers):
     """One pass from the lowest tapped layer (a leaf) gives every layer's textbook LayerCAM/HiResCAM map."""
-    from braintumor.explain.saliency import _find_module, layer_maps
+    from braintumor.explanation.saliency import _find_module, layer_maps
     from braintumor.models import build_model, get_spec
 
     torch.manual_seed(0)
@@ -460,7 +460,7 @@ def test_layer_maps_equal_plain_autograd(name, size, layers):
 
 def test_all_cam_methods_give_unit_maps_and_restore_the_model():
     """Maps in [0, 1] (max 1), float32, input size; under no_grad, flags/mode/hooks restored afterwards."""
-    from braintumor.explain.saliency import CAM_METHODS, cam_maps
+    from braintumor.explanation.saliency import CAM_METHODS, cam_maps
     from braintumor.models import build_model
 
     torch.manual_seed(1)
@@ -484,7 +484,7 @@ def test_all_cam_methods_give_unit_maps_and_restore_the_model():
 def test_fusion_layers_skip_stride_4():
     """LayerCAM fuses the stride >= 8 maps: 28, 14 and 7 cells at 224 px for EfficientNet-Lite0; the cnn's
     stride-4 stack leaves its last layer only."""
-    from braintumor.explain.saliency import fusion_layers
+    from braintumor.explanation.saliency import fusion_layers
     from braintumor.models import build_model, get_spec
 
     spec = get_spec("efficientnet-lite0")
@@ -496,7 +496,7 @@ def test_fusion_layers_skip_stride_4():
 
 
 def test_fuse_maps_rules():
-    from braintumor.explain.saliency import fuse_maps
+    from braintumor.explanation.saliency import fuse_maps
 
     a = torch.zeros(1, 1, 4, 4)
     a[0, 0, 0, 0] = 1.0
@@ -528,7 +528,7 @@ def test_finer_methods_point_at_the_lesion(predictor, tumour_set_tiny, method):
 
 def test_fused_layercam_finds_a_planted_lesion_on_a_two_layer_stack(predictor, tumour_set_tiny):
     """Multi-layer fusion through the shared tiny run's own stride-4 stack (cam_maps with several layers)."""
-    from braintumor.explain.saliency import cam_maps
+    from braintumor.explanation.saliency import cam_maps
 
     ts = tumour_set_tiny
     sel = np.flatnonzero(ts["correct"])[:16]
@@ -542,7 +542,7 @@ def test_fused_layercam_finds_a_planted_lesion_on_a_two_layer_stack(predictor, t
 
 
 def test_dice_best_threshold_and_tolerant_pointing():
-    from braintumor.explain import best_dice, dice_curve, heatmap_dice
+    from braintumor.explanation import best_dice, dice_curve, heatmap_dice
 
     mask = np.zeros((10, 10), bool)
     mask[2:6, 2:6] = True                  # 16 px
@@ -562,7 +562,7 @@ def test_dice_best_threshold_and_tolerant_pointing():
 
 
 def test_head_mask_and_peak_outside_brain():
-    from braintumor.explain import head_masks, peak_outside_brain
+    from braintumor.explanation import head_masks, peak_outside_brain
 
     img = np.zeros((64, 64, 3), np.uint8)
     yy, xx = np.mgrid[:64, :64]
@@ -619,7 +619,7 @@ def test_seg_method_dispatches_to_the_decoder(predictor, phantoms_test):
 
 
 def test_evaluate_explanations_real_outline_keys(predictor, phantoms_test):
-    from braintumor.explain import evaluate_explanations
+    from braintumor.explanation import evaluate_explanations
 
     paths = list_images(phantoms_test / "yes")[:4] + list_images(phantoms_test / "no")[:2]
     rep = evaluate_explanations(predictor, paths, phantoms_test / "_masks", "layercam", steps=3,

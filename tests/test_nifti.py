@@ -188,9 +188,9 @@ def test_predict_and_explain_nifti_volume_like_png(trained_run, tmp_path):
     # Without a slice reference a volume reads as its middle slice.
     assert pred.predict_paths([tmp_path / "vol.nii.gz"])[0].label == p_png[3].label
     try:
-        from braintumor.explain import explain
+        from braintumor.explanation import explain
     except ImportError:
-        pytest.skip("braintumor.explain is not available")
+        pytest.skip("braintumor.explanation is not available")
     for k in (2, 3):
         e_vol, e_png = explain(pred, refs[k]), explain(pred, pngs[k])
         assert e_vol.label == e_png.label

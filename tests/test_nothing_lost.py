@@ -35,7 +35,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> Path:
-    from braintumor.train import train
+    from braintumor.training import train
 
     return train(TrainConfig(data_dir=str(data), **TINY), out=tmp_path_factory.mktemp("lost_run") / "run").run_dir
 
@@ -101,7 +101,7 @@ CASES = ["out is a file", "out under a file", "out inside the data", "out alread
 @pytest.mark.parametrize("case", CASES)
 def test_train_options_that_can_only_fail_stop_before_any_work(case, data, run, tmp_path, monkeypatch):
     audit = importlib.import_module("braintumor.data.audit")
-    train_mod = importlib.import_module("braintumor.train")  # (braintumor.train is also the function)
+    train_mod = importlib.import_module("braintumor.training")  # (braintumor.training is also the function)
 
     def forbidden(*a, **k):
         raise AssertionError("work started before the options were checked")
@@ -135,7 +135,7 @@ def test_class_folder_names_must_be_text(tmp_path, monkeypatch):
 @pytest.mark.parametrize("existing", ["none", "empty", "with a file"])
 def test_a_failed_start_leaves_no_half_made_run(data, tmp_path, monkeypatch, existing):
     """A failure after the run folder is made but before an epoch is saved takes back what it wrote, and only that."""
-    train_mod = importlib.import_module("braintumor.train")  # (braintumor.train is also the function)
+    train_mod = importlib.import_module("braintumor.training")  # (braintumor.training is also the function)
 
     def boom(*a, **k):
         raise RuntimeError("out of memory (simulated)")
@@ -157,7 +157,7 @@ def test_a_failed_start_leaves_no_half_made_run(data, tmp_path, monkeypatch, exi
 
 
 def test_missing_pretrained_weights_make_no_folder(data, tmp_path, monkeypatch):
-    train_mod = importlib.import_module("braintumor.train")  # (braintumor.train is also the function)
+    train_mod = importlib.import_module("braintumor.training")  # (braintumor.training is also the function)
 
     def unavailable(*a, **k):
         raise PretrainedUnavailableError("no network (simulated)")
@@ -171,7 +171,7 @@ def test_missing_pretrained_weights_make_no_folder(data, tmp_path, monkeypatch):
 def test_a_failed_resume_touches_nothing(data, run, tmp_path, monkeypatch):
     import shutil
 
-    train_mod = importlib.import_module("braintumor.train")  # (braintumor.train is also the function)
+    train_mod = importlib.import_module("braintumor.training")  # (braintumor.training is also the function)
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
@@ -214,7 +214,7 @@ def test_a_resume_from_a_refused_checkpoint_leaves_the_run_as_it_was(run, tmp_pa
 
 
 def test_a_run_with_a_saved_epoch_is_kept_for_resume(data, tmp_path, monkeypatch):
-    train_mod = importlib.import_module("braintumor.train")  # (braintumor.train is also the function)
+    train_mod = importlib.import_module("braintumor.training")  # (braintumor.training is also the function)
 
     real = train_mod.run_epoch
     calls = []
@@ -292,7 +292,7 @@ def test_evaluate_default_out_still_works(run, data):
 
 _KILL = textwrap.dedent("""
     import importlib, os, sys
-    t = importlib.import_module("braintumor.train")
+    t = importlib.import_module("braintumor.training")
     from braintumor.config import TrainConfig
 
     def die(*a, **k):
@@ -336,7 +336,7 @@ def test_a_kill_in_the_final_stage_never_leaves_a_complete_run(stage, data, tmp_
 
 
 def test_an_interrupted_run_cannot_be_used_as_init_from(data, tmp_path):
-    from braintumor.train import check_init_from
+    from braintumor.training import check_init_from
 
     fake = tmp_path / "fake"
     (fake / "checkpoints").mkdir(parents=True)

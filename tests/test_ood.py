@@ -204,7 +204,7 @@ def test_predict_cli_columns_and_no_ood_check(trained_run, corpus_dir, phantoms_
 
 
 def test_explain_writes_no_map_for_a_rejected_input(trained_run, phantoms_test, tmp_path):
-    from braintumor.explain import explain
+    from braintumor.explanation import explain
 
     photo = np.random.default_rng(0).integers(0, 256, (200, 260, 3), dtype=np.uint8)
     ex = explain(trained_run.run_dir, photo, method="gradcam")

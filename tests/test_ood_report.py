@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from braintumor.evaluate import CHECK_COLUMNS, evaluate, input_check_metrics
+from braintumor.evaluation import CHECK_COLUMNS, evaluate, input_check_metrics
 from braintumor.inference import Assessment, Predictor
 from braintumor.ood import NOT_BRAIN, UNFAMILIAR, InputRules, image_stats
 from braintumor.report import CHECK_SECTION, abstention_curve, write_report

@@ -115,7 +115,7 @@ def test_predict_missing_file_is_an_error_row(trained_run, phantoms_test, tmp_pa
 
 
 def test_predict_heatmaps(trained_run, phantoms_test, tmp_path):
-    pytest.importorskip("braintumor.explain", reason="braintumor.explain (Grad-CAM) not available")
+    pytest.importorskip("braintumor.explanation", reason="braintumor.explanation (Grad-CAM) not available")
     files = sorted((phantoms_test / "yes").glob("*.png"))[:2]
     r = _invoke("predict", trained_run.run_dir, *files, "--heatmaps", tmp_path / "maps", "--format", "csv")
     assert r.exit_code == 0, r.output

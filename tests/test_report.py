@@ -36,7 +36,7 @@ def test_report_rewrite_and_gradcam(trained_run):
     page = write_report(trained_run.run_dir, n_samples=2, n_gradcam=2, n_boot=100).read_text()
     gradcam = page.split('<section id="gradcam">')[1].split("</section>")[0]
     try:
-        import braintumor.explain  # noqa: F401
+        import braintumor.explanation  # noqa: F401
     except ImportError:
         assert "not available" in gradcam
     else:

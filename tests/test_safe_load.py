@@ -20,7 +20,7 @@ from braintumor.cli import app
 from braintumor.config import TrainConfig
 from braintumor.errors import RunError
 from braintumor.rundir import RunDir
-from braintumor.train import train
+from braintumor.training import train
 
 
 class _Payload:
@@ -68,7 +68,7 @@ def few_phantoms(tmp_path_factory) -> Path:
 
 def _no_report(mp: pytest.MonkeyPatch) -> None:
     """Skip report.html (audit, Grad-CAM: slow, and unrelated to loading checkpoints) to keep these tests fast."""
-    mp.setattr(importlib.import_module("braintumor.train"), "write_report", lambda root: None)
+    mp.setattr(importlib.import_module("braintumor.training"), "write_report", lambda root: None)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_a_trained_run_loads_and_predicts_as_before(cnn_run, few_phantoms):
 
 def test_a_pretrained_run_with_weight_averaging_resumes(few_phantoms, tmp_path, monkeypatch):
     """last.pt mid fine-tuning (optimizer, scheduler, history, the weight average) loads, and --resume finishes."""
-    tr = importlib.import_module("braintumor.train")
+    tr = importlib.import_module("braintumor.training")
     _no_report(monkeypatch)
     cfg = TrainConfig(data_dir=str(few_phantoms), model="efficientnet-lite0", img_size=32, epochs_frozen=1,
                       epochs=3, batch_size=32, seed=0, swa=True)

@@ -153,7 +153,7 @@ def test_a_config_file_that_is_not_a_mapping_is_one_line(tmp_path, kind):
 
 def test_a_bad_config_fails_before_training_or_a_run_folder(tmp_path, monkeypatch):
     called = []
-    monkeypatch.setattr(importlib.import_module("braintumor.train"), "train", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(importlib.import_module("braintumor.training"), "train", lambda *a, **k: called.append(1))
     bad = _write(tmp_path / "bad.yaml", "model: cnn\nepochs: 3.0\n")
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", str(tmp_path), "--config", str(bad), "--out", str(out)])

@@ -22,7 +22,7 @@ from braintumor.inference import Predictor
 from braintumor.models import build_model
 from braintumor.models.segmentation import attach_decoder, dice_scores, has_decoder, mask_loss
 from braintumor.preprocess import Preprocessor
-from braintumor.train import train
+from braintumor.training import train
 
 # ------------------------------------------------------------------------------------------------ groups
 

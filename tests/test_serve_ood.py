@@ -169,7 +169,7 @@ def test_openapi_documents_the_verdict(client):
 def masked_run(phantoms, tmp_path_factory):
     """A tiny CNN with a tumour-map decoder (one epoch: the rules refuse a photo whatever the weights)."""
     from braintumor.config import TrainConfig
-    from braintumor.train import train
+    from braintumor.training import train
 
     out = tmp_path_factory.mktemp("ood_runs") / "masked"
     cfg = TrainConfig(data_dir=str(phantoms), model="cnn", img_size=64, epochs=1, batch_size=32, seed=0,

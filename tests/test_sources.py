@@ -99,7 +99,7 @@ def test_discover_sources_bad_input(two_sources, tmp_path):
 
 def test_copies_across_sources_are_one_group(two_sources, tmp_path):
     from braintumor.config import TrainConfig
-    from braintumor.train import group_folder
+    from braintumor.training import group_folder
 
     a, b = two_sources
     b2 = tmp_path / "b2"
@@ -117,7 +117,7 @@ def test_copies_across_sources_are_one_group(two_sources, tmp_path):
 
 
 def test_balanced_order_equalises_sources():
-    from braintumor.train import balanced_order
+    from braintumor.training import balanced_order
 
     sources = ["big"] * 900 + ["small"] * 100
     order = balanced_order(sources, seed=0, epoch=3)
@@ -182,7 +182,7 @@ def test_train_source_without_images_is_an_error(two_sources, tmp_path):
 
 def test_evaluate_with_a_class_map(trained_run, two_sources, tmp_path):
     """A yes/no model evaluated on a folder with other class names; the metrics match a plain evaluation."""
-    from braintumor.evaluate import evaluate
+    from braintumor.evaluation import evaluate
 
     _a, b = two_sources
     raw = b.parent / "raw_b"
@@ -204,7 +204,7 @@ def test_evaluate_with_a_class_map(trained_run, two_sources, tmp_path):
 
 
 def test_collapse_a_four_class_model():
-    from braintumor.evaluate import collapse_classes
+    from braintumor.evaluation import collapse_classes
 
     proba = np.array([[0.7, 0.1, 0.1, 0.1], [0.05, 0.05, 0.85, 0.05]])
     out, names = collapse_classes(proba, ["glioma", "meningioma", "notumor", "pituitary"],
@@ -227,7 +227,7 @@ def cue_sources(tmp_path_factory):
 def test_cv_by_source_exposes_a_planted_cue_and_a_lever_recovers_it(cue_sources, tmp_path):
     """Trained on A, brightness alone separates the classes: perfect within A, chance on B. Leave-one-source-out
     shows it (and says so); standardising intensities (the lever that removes the cue) recovers B."""
-    from braintumor.cv import cv
+    from braintumor.crossval import cv
 
     a, b = cue_sources
     kw = dict(by_source=True, model="cnn", img_size=64, epochs=20, batch_size=32, seed=0)
@@ -252,7 +252,7 @@ def test_cv_by_source_exposes_a_planted_cue_and_a_lever_recovers_it(cue_sources,
 
 
 def test_cv_by_source_needs_two_sources(two_sources, tmp_path):
-    from braintumor.cv import cv
+    from braintumor.crossval import cv
 
     a, _b = two_sources
     with pytest.raises(UsageError, match="at least two sources"):
@@ -262,7 +262,7 @@ def test_cv_by_source_needs_two_sources(two_sources, tmp_path):
 
 
 def test_drop_copies_keeps_the_smaller_side_whole():
-    from braintumor.cv_sources import drop_copies
+    from braintumor.crossval_sources import drop_copies
 
     groups = ["g0", "g1", "g2", "g3", "g4", "g0", "g5"]
     tr, te, n, side = drop_copies([0, 1, 2, 3, 4], [5, 6], groups)
@@ -294,7 +294,7 @@ def test_exclude_copies_of_the_training_folder_itself_is_a_one_line_error(two_so
 
 def test_a_one_class_source_has_no_specificity():
     """figshare's tumour-only slices: sensitivity is defined, specificity and balanced accuracy are not."""
-    from braintumor.cv_sources import _metrics_with_ci
+    from braintumor.crossval_sources import _metrics_with_ci
 
     y = np.zeros(20, int)  # all 'tumour' (index 0, the positive class)
     proba = np.tile([0.9, 0.1], (20, 1))

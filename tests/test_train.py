@@ -20,7 +20,7 @@ from braintumor.errors import UsageError
 from braintumor.inference import Predictor
 from braintumor.preprocess import Preprocessor
 from braintumor.rundir import RunDir
-from braintumor.train import train
+from braintumor.training import train
 
 
 def test_tiny_cnn_learns_phantoms(trained_run):
@@ -200,7 +200,7 @@ def test_resume_inside_the_averaging_window_gives_the_same_model(trained_run, sm
 
     import torch
 
-    tr = importlib.import_module("braintumor.train")  # the module (the package re-exports the function train)
+    tr = importlib.import_module("braintumor.training")  # the module (the package re-exports the function train)
     cfg = TrainConfig(data_dir=str(small_phantoms), init_from=str(trained_run.run_dir), **SWA)
     ref = train(cfg, out=tmp_path / "ref")
     real_epoch = tr.run_epoch
@@ -278,7 +278,7 @@ def test_best_checkpoint_comes_from_the_last_phase(trained_run, phantoms, tmp_pa
 
 
 def test_patience_counts_in_the_annealing_half_of_one_cycle():
-    from braintumor.train import Phase, counts_for_patience
+    from braintumor.training import Phase, counts_for_patience
 
     one = Phase("finetune", 12, 1e-4, False, True, "onecycle", True)
     assert [counts_for_patience(one, e) for e in range(12)] == [False] * 6 + [True] * 6

@@ -41,7 +41,7 @@ def map_phantoms(tmp_path_factory) -> Path:
 def masked_run(map_phantoms, tmp_path_factory) -> Path:
     """A tiny CNN with a tumour-map decoder (trained with --masks)."""
     from braintumor.config import TrainConfig
-    from braintumor.train import train
+    from braintumor.training import train
 
     out = tmp_path_factory.mktemp("map_runs") / "masked"
     cfg = TrainConfig(data_dir=str(map_phantoms), model="cnn", img_size=64, epochs=12, batch_size=32, seed=0,
@@ -53,7 +53,7 @@ def masked_run(map_phantoms, tmp_path_factory) -> Path:
 def plain_run(map_phantoms, tmp_path_factory) -> Path:
     """A tiny CNN without a decoder (one epoch: only its lack of a tumour map matters)."""
     from braintumor.config import TrainConfig
-    from braintumor.train import train
+    from braintumor.training import train
 
     out = tmp_path_factory.mktemp("map_runs") / "plain"
     return train(TrainConfig(data_dir=str(map_phantoms), model="cnn", img_size=64, epochs=1, batch_size=32,

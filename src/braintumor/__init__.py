@@ -24,14 +24,14 @@ explanation               :func:`explain` -> :class:`Explanation`
 deployment                :func:`export_onnx` -> :class:`OnnxPredictor`
 ========================  ===============================================================================
 
-Heavy modules (torch, MONAI) are imported on first use, so ``import braintumor`` stays fast.
+Heavy modules (torch, MONAI) are imported on first use, so ``import braintumor`` stays fast. The modules behind
+the functions are named for what they hold (:mod:`braintumor.training`, :mod:`braintumor.evaluation`,
+:mod:`braintumor.crossval`, :mod:`braintumor.explanation`), so no public function shares its name with a module.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.2.0"
 
@@ -45,47 +45,29 @@ _LAZY = {
     "audit": ("braintumor.data.audit", "audit"),
     # training
     "TrainConfig": ("braintumor.config", "TrainConfig"),
-    "train": ("braintumor.train", "train"),
-    "TrainResult": ("braintumor.train", "TrainResult"),
-    "cv": ("braintumor.cv", "cv"),
-    "CVResult": ("braintumor.cv", "CVResult"),
+    "train": ("braintumor.training", "train"),
+    "TrainResult": ("braintumor.training", "TrainResult"),
+    "cv": ("braintumor.crossval", "cv"),
+    "CVResult": ("braintumor.crossval", "CVResult"),
     "available_models": ("braintumor.models.registry", "available_models"),
     "build_model": ("braintumor.models.registry", "build_model"),
     # evaluation
-    "evaluate": ("braintumor.evaluate", "evaluate"),
-    "EvaluationResult": ("braintumor.evaluate", "EvaluationResult"),
+    "evaluate": ("braintumor.evaluation", "evaluate"),
+    "EvaluationResult": ("braintumor.evaluation", "EvaluationResult"),
     # prediction
     "Predictor": ("braintumor.inference", "Predictor"),
     "load_run": ("braintumor.inference", "load_run"),
     "load_predictor": ("braintumor.inference", "load_predictor"),
     "Preprocessor": ("braintumor.preprocess", "Preprocessor"),
     # explanation
-    "explain": ("braintumor.explain", "explain"),
-    "Explanation": ("braintumor.explain", "Explanation"),
+    "explain": ("braintumor.explanation", "explain"),
+    "Explanation": ("braintumor.explanation", "Explanation"),
     # deployment
     "export_onnx": ("braintumor.export", "export_onnx"),
     "OnnxPredictor": ("braintumor.export", "OnnxPredictor"),
 }
 
 __all__ = ["__version__", *_LAZY]
-
-
-#: Public functions that share their name with a submodule (``braintumor.train`` is also a module).
-_SHADOWED = frozenset(n for n, (mod, _) in _LAZY.items() if f"{mod}.".startswith(f"braintumor.{n}."))
-
-
-class _Package(types.ModuleType):
-    """``braintumor`` itself: the import system must not replace ``bt.train`` (the function) by the submodule.
-
-    Importing a submodule sets it as an attribute of its package; for the names in :data:`_SHADOWED` that
-    would turn ``bt.evaluate`` into a module as soon as anything imported ``braintumor.evaluate``. Submodules stay
-    importable as usual (``from braintumor.train import TrainResult``, ``importlib.import_module``).
-    """
-
-    def __setattr__(self, name, value):
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return  # keep the public function (loaded on first access by __getattr__)
-        super().__setattr__(name, value)
 
 
 def __getattr__(name: str):
@@ -101,5 +83,3 @@ def __getattr__(name: str):
 def __dir__():
     return sorted(__all__)
 
-
-sys.modules[__name__].__class__ = _Package

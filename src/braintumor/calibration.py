@@ -168,7 +168,7 @@ def choose_threshold(y_true: Sequence[int], p_positive: Sequence[float], target_
 def calibrate_run(predictor, val_x: np.ndarray, val_y: np.ndarray, cfg) -> dict:
     """Fit the temperature (and, with ``cfg.target_sensitivity``, the binary threshold) on the validation split.
 
-    Called by :func:`braintumor.train.train` after training. Writes ``calibration.png`` into the run folder and
+    Called by :func:`braintumor.training.train` after training. Writes ``calibration.png`` into the run folder and
     returns the metadata entries ``calibration``, ``threshold`` and ``threshold_info``.
     """
     from .rundir import RunDir

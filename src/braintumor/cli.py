@@ -44,7 +44,7 @@ def handle_errors(fn):
 
 
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:
-    from .evaluate import HEADLINE
+    from .evaluation import HEADLINE
 
     ci = metrics.get("ci") or {}
     t = Table(title=title, show_header=True)
@@ -78,7 +78,7 @@ def synth(
     if n < 4 or size < 32:
         raise typer.BadParameter("need --n >= 4 and --size >= 32")
     from .errors import UsageError
-    from .evaluate import check_out_folder
+    from .evaluation import check_out_folder
 
     check_out_folder(out, what="phantoms go into a new folder", flag="OUT")  # a file, a run folder: refused
     if out.is_dir() and any(out.glob("*/phantom_*.png")):
@@ -180,7 +180,7 @@ def train(
     --masks data/figshare/masks --group-by id-blocks:40 --out runs/figshare-seg
     """
     from .config import TrainConfig
-    from .train import train as run_train
+    from .training import train as run_train
 
     if resume is not None:
         result = run_train(None, out=resume, resume=True, console=console)
@@ -234,7 +234,7 @@ def evaluate(
     Other class names (a 4-class model as a tumour detector on a yes/no folder): braintumor evaluate runs/nick
     --data data/brain_mri_yes_no --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no
     """
-    from .evaluate import evaluate as run_eval
+    from .evaluation import evaluate as run_eval
 
     def skip(path, reason):
         err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
@@ -318,8 +318,8 @@ def cv(
     Across sources (train on all but one, test on the one left out): braintumor cv data/nickparvar/Training
     data/brain_mri_yes_no --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no --by-source
     """
-    from .cv import CV_METRICS, LABEL_CHECK_BELOW
-    from .cv import cv as run_cv
+    from .crossval import CV_METRICS, LABEL_CHECK_BELOW
+    from .crossval import cv as run_cv
     from .stats import format_ci
 
     cfg = _base_config(config, recipe)
@@ -419,7 +419,7 @@ def _check_out_file(out: Path, model: Path, inputs: list[Path]) -> None:
     """
     from .display import printable
     from .errors import UsageError
-    from .evaluate import check_writable_place
+    from .evaluation import check_writable_place
 
     shown = printable(out)
     if out.is_dir():
@@ -617,7 +617,7 @@ def predict(
     if out is not None:  # before any work: a file that can be written, and not one that matters
         _check_out_file(out, model, files)
     if heatmaps is not None:
-        from .evaluate import check_out_folder
+        from .evaluation import check_out_folder
 
         check_out_folder(heatmaps, runs=[model], data_dirs=[p for p in paths if Path(p).is_dir()],
                          what="--heatmaps names a folder", flag="--heatmaps")
@@ -651,7 +651,7 @@ def predict(
             preds = predictor.predict_paths(files, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
     if heatmaps is not None:
         try:
-            from .explain import explain
+            from .explanation import explain
         except ImportError as exc:
             raise UsageError(f"Grad-CAM is not available in this installation ({exc})") from None
         if explainer is None:  # predictions on onnxruntime: Grad-CAM needs the run's torch model
@@ -1067,7 +1067,7 @@ def explain_cmd(
     method: str | None = typer.Option(None, "--method",
                                       help="gradcam, gradcam++, hirescam, layercam (multi-layer), layercam-last, "
                                            "occlusion or seg (the run's tumour-map decoder; runs trained with "
-                                           "--masks). Default: braintumor.explain.DEFAULT_METHOD."),
+                                           "--masks). Default: braintumor.explanation.DEFAULT_METHOD."),
     target: str | None = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
     masks: Path | None = typer.Option(None, "--masks",
                                       help="Lesion masks (<dir>/<class>/<name> or <dir>/<name>): report pointing "
@@ -1097,8 +1097,8 @@ def explain_cmd(
     from .data.cache import load_images
     from .display import csv_text, json_names
     from .errors import UsageError
-    from .explain import as_predictor, evaluate_explanations, explain_prepared
-    from .explain.saliency import DEFAULT_METHOD, check_method
+    from .explanation import as_predictor, evaluate_explanations, explain_prepared
+    from .explanation.saliency import DEFAULT_METHOD, check_method
     from .inference import Predictor
     from .rundir import atomic_write_text
 
@@ -1111,7 +1111,7 @@ def explain_cmd(
     if not files:
         raise UsageError(f"no image files found in {', '.join(images)}")
     predictor = as_predictor(Predictor.from_run(run_dir, device=device))
-    from .evaluate import check_out_folder
+    from .evaluation import check_out_folder
 
     # before any work: not a file, not the run folder (a figure named roc.png would replace the run's), not inside
     # a folder of images being explained

@@ -1,8 +1,8 @@
 """Rich display in Jupyter: HTML for metrics tables and figures, shared by the result objects' ``_repr_html_``.
 
-Result objects (:class:`~braintumor.train.TrainResult`, :class:`~braintumor.evaluate.EvaluationResult`,
-:class:`~braintumor.cv.CVResult`, :class:`~braintumor.explain.Explanation`) render themselves as a table (metrics
-with their 95% intervals where known, the confusion matrix) or a figure when they are the last expression of a
+Result objects (:class:`~braintumor.training.TrainResult`, :class:`~braintumor.evaluation.EvaluationResult`,
+:class:`~braintumor.crossval.CVResult`, :class:`~braintumor.explanation.Explanation`) render themselves as a table
+(metrics with their 95% intervals where known, the confusion matrix) or a figure when they are the last expression of a
 notebook cell. Everything is self-contained HTML (figures are embedded PNGs), so it survives ``nbconvert``.
 
 File names come from outside and may be any bytes (Linux allows names that are not UTF-8) or hold rich markup
@@ -270,7 +270,7 @@ def file_html(path: str | Path, width: int | None = None) -> str:
 
 
 def cv_html(result) -> str:
-    """A :class:`~braintumor.cv.CVResult` as a table: per metric the fold mean +/- std with its 95% CI, and the
+    """A :class:`~braintumor.crossval.CVResult` as a table: per metric the fold mean +/- std with its 95% CI, and the
     pooled out-of-fold value with its bootstrap CI; the leakage comparison when it was run."""
     rows = []
     pooled_ci = result.pooled_ci or {}

@@ -2,7 +2,7 @@
 
 :func:`write_report` documents a training run (data and audit, curves, metrics with bootstrap CIs, confusion
 matrix, ROC, calibration, per-class metrics, sample predictions, Grad-CAM, input check, caveats);
-:func:`write_cv_report` documents a cross-validation folder written by :func:`braintumor.cv.cv`. Each section is
+:func:`write_cv_report` documents a cross-validation folder written by :func:`braintumor.crossval.cv`. Each section is
 built on its own: a section that fails says so in the page instead of losing the report (or the training run that
 called it).
 
@@ -358,7 +358,7 @@ def _evaluations_html(run: RunDir) -> str:
 
 
 def _metrics_rows(metrics: dict, ci: dict) -> list[list]:
-    from .evaluate import HEADLINE
+    from .evaluation import HEADLINE
 
     rows = []
     for k in HEADLINE:
@@ -610,9 +610,9 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
 
     def gradcam() -> str:
         try:
-            from .explain import explain_batch
+            from .explanation import explain_batch
         except ImportError:
-            return '<p class="muted">Grad-CAM is not available in this installation (braintumor.explain).</p>'
+            return '<p class="muted">Grad-CAM is not available in this installation (braintumor.explanation).</p>'
         from .inference import Predictor
 
         if not run.predictions.is_file():
@@ -765,7 +765,7 @@ def write_cv_report(cv_dir: str | Path) -> Path:
                   "mean little, but a naive split also understates the spread.</p>")
 
     def label_check() -> str:
-        from .cv import LABEL_CHECK_BELOW
+        from .crossval import LABEL_CHECK_BELOW
         from .data.read import read_image
 
         check = doc.get("labels_to_check") or []
@@ -816,8 +816,8 @@ def write_cv_report(cv_dir: str | Path) -> Path:
 
 
 def write_source_report(root: Path, doc: dict | None = None, n_maps: int = 8) -> Path:
-    """``report.html`` of a leave-one-source-out folder (:mod:`braintumor.cv_sources`) and return its path."""
-    from .cv_sources import SOURCE_METRICS
+    """``report.html`` of a leave-one-source-out folder (:mod:`braintumor.crossval_sources`) and return its path."""
+    from .crossval_sources import SOURCE_METRICS
 
     root = Path(root)
     doc = doc or json.loads((root / "cv.json").read_text())
@@ -875,7 +875,7 @@ def write_source_report(root: Path, doc: dict | None = None, n_maps: int = 8) ->
             shown = items[:n_maps]
             overlays = [None] * len(shown)
             try:
-                from .explain import explain_batch
+                from .explanation import explain_batch
 
                 pred = Predictor.from_run(root / run_rel, device="cpu")
                 exs = explain_batch(pred, [e["path"] for e in shown])

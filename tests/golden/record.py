@@ -35,8 +35,8 @@ def phantom_data(root: Path) -> Path:
 
 
 def run_case(name: str, data: Path, out: Path):
-    from braintumor.config import TrainConfig
     from braintumor import train
+    from braintumor.config import TrainConfig
 
     kw = dict(CASES[name])
     if kw.get("masks") == "MASKS":

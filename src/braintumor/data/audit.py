@@ -4,7 +4,7 @@ Public brain-MRI sets are scraped from several sources and contain the same scan
 files, re-encoded or resized copies, slightly cropped or contrast-adjusted versions. A random split puts copies on
 both sides and inflates every metric. This module finds them and turns them into split groups:
 
-* :func:`duplicate_groups` - one group id per file; :func:`braintumor.train.train` passes them to the split.
+* :func:`duplicate_groups` - one group id per file; :func:`braintumor.training.train` passes them to the split.
 * :func:`audit` - the full report (:class:`AuditReport`): exact and near-duplicate groups, groups that span two
   classes (label conflicts), near-copies of the images in a second folder (train-on-one / test-on-the-other
   leakage), unreadable and tiny files, class balance, per-class statistics that reveal the source of an image

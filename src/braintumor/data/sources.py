@@ -2,8 +2,8 @@
 
 Public brain-MRI sets differ in scanner, sequence and export format, and a model trained on one of them learns the
 source as much as the tumour. Training on several sources at once (and testing on a source left out, see
-:func:`braintumor.cv.cv` with ``by_source=True``) is how that is exposed and reduced. A *class map* says which class
-folders of which source make up each class of the run::
+:func:`braintumor.crossval.cv` with ``by_source=True``) is how that is exposed and reduced. A *class map* says
+which class folders of which source make up each class of the run::
 
     {"tumour": ["glioma", "meningioma", "pituitary", "yes"], "no_tumour": ["notumor", "no"]}
 

@@ -207,7 +207,7 @@ class ModelService:
             raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
                                      "ONNX file (start it with the run folder to get Grad-CAM overlays)")
         try:
-            from ..explain import core as module
+            from ..explanation import core as module
         except ImportError as exc:  # pragma: no cover - the explain module ships with the package
             raise RejectedInput(501, f"Grad-CAM is not available in this installation ({exc})") from None
         return module

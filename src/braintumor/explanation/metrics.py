@@ -19,7 +19,7 @@ Masks go through exactly the geometry the image goes through (:func:`prepare_mas
 
 Example:
     >>> import numpy as np
-    >>> from braintumor.explain.metrics import heatmap_iou, pointing_game
+    >>> from braintumor.explanation.metrics import heatmap_iou, pointing_game
     >>> m = np.zeros((8, 8), np.float32); m[2, 3] = 1.0
     >>> mask = np.zeros((8, 8), bool); mask[1:4, 2:5] = True
     >>> pointing_game(m, mask), round(heatmap_iou(m, mask), 3)
@@ -191,7 +191,7 @@ def deletion_insertion(predict_proba: Callable[[np.ndarray], np.ndarray], images
         maps: ``(N, S, S)``, high = important.
         class_idx: the class whose probability is followed, per image.
         steps: number of equal pixel fractions between 0 and 1.
-        sigma: blur of the 'removed' image (see :func:`~braintumor.explain.saliency.blur_baseline`).
+        sigma: blur of the 'removed' image (see :func:`~braintumor.explanation.saliency.blur_baseline`).
 
     Returns:
         ``deletion`` and ``insertion`` AUCs ``(N,)`` in ``[0, 1]`` and their curves ``(N, steps + 1)``.

@@ -165,8 +165,8 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
     Raises:
         UsageError: fewer than two sources.
     """
-    from .cv import _evaluate_fold
-    from .train import train
+    from .crossval import _evaluate_fold
+    from .training import train
 
     names = list(dict.fromkeys(ds.sources))
     if len(names) < 2:

@@ -1,7 +1,7 @@
 """Evaluate a trained model on a labelled folder: metrics, predictions and plots.
 
 Example:
-    >>> from braintumor.evaluate import evaluate
+    >>> from braintumor.evaluation import evaluate
     >>> result = evaluate("runs/my-run", "data/test")      # doctest: +SKIP
     >>> round(result.metrics["accuracy"], 3)               # doctest: +SKIP
     0.93

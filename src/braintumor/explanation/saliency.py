@@ -28,7 +28,7 @@ explained class score:
 * ``layercam-last``: single-layer LayerCAM at the target layer (Grad-CAM's grid).
 * ``occlusion``: gradient-free; the drop of the class probability when a patch is blurred.
 * ``seg``: not a saliency method: the probability map of a tumour-map decoder trained with masks (a run trained
-  with ``--masks``); dispatched by :func:`braintumor.explain.heatmaps`.
+  with ``--masks``); dispatched by :func:`braintumor.explanation.heatmaps`.
 
 The gradient pass differentiates from the lowest tapped layer's output only (a fresh leaf tensor: nothing below
 that layer is back-propagated through; the outputs of higher tapped layers are caught on the way with
@@ -41,7 +41,7 @@ its own ``class_idx[i]``.
 Example:
     >>> import torch
     >>> from braintumor.models import build_model
-    >>> from braintumor.explain.saliency import cam_maps
+    >>> from braintumor.explanation.saliency import cam_maps
     >>> model = build_model("cnn", 2).eval()
     >>> cam_maps(model, torch.randn(2, 3, 64, 64), "backbone", [1, 0]).shape
     (2, 64, 64)

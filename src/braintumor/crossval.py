@@ -1,6 +1,6 @@
 """Group-aware (repeated) stratified k-fold cross-validation: one model per fold, honest pooled results.
 
-Each fold trains a full run (:func:`braintumor.train.train`) on the other folds; early stopping, temperature and
+Each fold trains a full run (:func:`braintumor.training.train`) on the other folds; early stopping, temperature and
 threshold use an inner validation split carved out of those training folds, so the test fold is never used to
 choose anything. Duplicate groups (from :mod:`braintumor.data.audit`) keep near-copies of one scan inside one fold.
 ``show_leakage=True`` repeats the whole cross-validation with a naive image-level split and reports how much that
@@ -20,7 +20,7 @@ Layout of the output folder::
       naive/                  the same layout for the image-level split (with show_leakage)
 
 Example:
-    >>> from braintumor.cv import cv
+    >>> from braintumor.crossval import cv
     >>> res = cv("data/phantoms", folds=3, model="cnn", img_size=64, epochs=3, out="runs/cv-demo")  # doctest: +SKIP
     >>> res.summary["accuracy"]                                                                    # doctest: +SKIP
     {'mean': 0.95, 'std': 0.02, 'low': 0.90, 'high': 1.0, 'n': 3}
@@ -43,7 +43,7 @@ from .errors import DataError, UsageError
 from .rundir import RunDir
 
 if TYPE_CHECKING:
-    from .cv_sources import SourceCVResult
+    from .crossval_sources import SourceCVResult
 
 CV_METRICS = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity", "specificity",
               "mcc")
@@ -106,7 +106,7 @@ def labels_to_check(oof: list[tuple], classes: list[str], below: float = LABEL_C
 
     Example:
         >>> import numpy as np
-        >>> from braintumor.cv import labels_to_check
+        >>> from braintumor.crossval import labels_to_check
         >>> oof = [(0, 0, "no/a.jpg", "a", 0, 1, np.array([0.05, 0.95])),
         ...        (0, 1, "yes/b.jpg", "b", 1, 1, np.array([0.30, 0.70]))]
         >>> [(d["path"], d["label"], d["predicted"], d["p_label"]) for d in labels_to_check(oof, ["no", "yes"])]
@@ -139,7 +139,7 @@ def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
     """Attach patient groups (``group_by``) and duplicate groups unless the records carry groups already."""
     if not cfg.group_duplicates and not cfg.group_by:
         return ds.with_groups([None] * len(ds))
-    from .train import group_folder
+    from .training import group_folder
 
     return group_folder(ds, cfg)
 
@@ -147,7 +147,7 @@ def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
 def _evaluate_fold(run_dir: Path, test: ImageFolder):
     """Predict the test fold with the fold's Predictor (its preprocessing, temperature and threshold)."""
     from .data.cache import load_images
-    from .evaluate import report_predictions
+    from .evaluation import report_predictions
     from .inference import Predictor
 
     pred = Predictor.from_run(run_dir)
@@ -166,14 +166,14 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
             keep_checkpoints: bool) -> CVResult:
     from .metrics import predict_labels
     from .stats import bootstrap_ci, mean_ci
-    from .train import train
+    from .training import train
 
     groups = ds.groups
     out.mkdir(parents=True, exist_ok=True)
     rows, oof = [], []
     classes = ds.classes
     positive = None
-    from .train import split_strata
+    from .training import split_strata
 
     for r, f, tr, te in kfold(split_strata(ds, folds), groups, folds, repeats, cfg.seed):
         if groups is not None:
@@ -350,9 +350,9 @@ def _check_before_work(cfg: TrainConfig, ds: ImageFolder, out: Path, folds: int)
         UsageError: ``--out`` a file (or inside the data), ``target_sensitivity`` for more than two classes,
             nothing to train, an unfit ``init_from``.
     """
-    from .evaluate import check_out_folder
+    from .evaluation import check_out_folder
     from .models import get_spec
-    from .train import check_classes, check_options
+    from .training import check_classes, check_options
 
     check_out_folder(out, data_dirs=cfg.data_dirs, what="cross-validation results go into a folder", any_run=False)
     check_classes(cfg, ds)
@@ -365,7 +365,7 @@ def _cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, 
         keep_checkpoints: bool, report: bool, by_source: bool) -> CVResult | SourceCVResult:
     grouped_ds = _grouped(ds, cfg)
     if by_source:
-        from .cv_sources import run_by_source
+        from .crossval_sources import run_by_source
 
         result = run_by_source(grouped_ds, cfg, out, console, keep_checkpoints)
         if report:

@@ -9,7 +9,7 @@ and a trained tumour-map decoder, measured for localisation and faithfulness.
   :func:`evaluate_explanations` over files with lesion masks (overall and per class).
 
 Example:
-    >>> from braintumor.explain import explain
+    >>> from braintumor.explanation import explain
     >>> ex = explain("runs/demo", "scan.png", method="layercam")     # doctest: +SKIP
     >>> ex.figure().savefig("scan_layercam.png")                      # doctest: +SKIP
 """

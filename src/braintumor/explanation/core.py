@@ -5,7 +5,7 @@ prepared-image resolution, for the predicted class (the Predictor's decision, th
 ``target`` class is given.
 
 Example:
-    >>> from braintumor.explain import explain
+    >>> from braintumor.explanation import explain
     >>> ex = explain("runs/demo", "scan.png", method="layercam")     # doctest: +SKIP
     >>> ex.label, round(ex.probability, 2), ex.heatmap.shape          # doctest: +SKIP
     ('yes', 0.97, (224, 224))
@@ -40,7 +40,7 @@ class Explanation:
         probability: probability of the predicted class.
         probabilities: class -> probability.
         target: the class the map explains (``label`` unless asked otherwise).
-        method: one of :data:`~braintumor.explain.saliency.METHODS` (``gradcam``, ``gradcam++``, ``hirescam``,
+        method: one of :data:`~braintumor.explanation.saliency.METHODS` (``gradcam``, ``gradcam++``, ``hirescam``,
             ``layercam``, ``layercam-last``, ``occlusion``, ``seg``).
         source: the file the image came from (``None`` for arrays).
         verdict: the input check's verdict (:mod:`braintumor.ood`): the label, ``not_brain_mri``, ``unfamiliar``
@@ -307,8 +307,8 @@ def explain(model_or_run, image: ImageLike, method: str = DEFAULT_METHOD, target
     Args:
         model_or_run: a run folder or a :class:`~braintumor.inference.Predictor`.
         image: a file path or an ``(H, W, 3)`` ``uint8`` array (any size; prepared like in training).
-        method: :data:`~braintumor.explain.saliency.DEFAULT_METHOD` unless given; see
-            :data:`~braintumor.explain.saliency.METHODS` and :mod:`braintumor.explain.saliency`.
+        method: :data:`~braintumor.explanation.saliency.DEFAULT_METHOD` unless given; see
+            :data:`~braintumor.explanation.saliency.METHODS` and :mod:`braintumor.explanation.saliency`.
         target: class to explain (name or index); default the predicted class.
 
     Example:

@@ -51,7 +51,7 @@ from .data.split import train_val_split
 from .display import markup, printable
 from .distributed import DistContext, init_distributed, shutdown
 from .errors import DataError, RunError, UsageError
-from .evaluate import EvaluationResult, report_predictions
+from .evaluation import EvaluationResult, report_predictions
 from .inference import Predictor
 from .models import build_model, get_spec
 from .plots import plot_curves
@@ -879,14 +879,14 @@ def _resolve_run(config, out, resume: bool) -> tuple[TrainConfig, RunDir]:
 
 def check_out(root: Path, cfg: TrainConfig, inside_data: bool = False) -> None:
     """Refuse a run folder (``--out``) that can only fail or would spoil data (see
-    :func:`~braintumor.evaluate.check_out_folder`): a file, a path through a file, a folder that cannot be written;
+    :func:`~braintumor.evaluation.check_out_folder`): a file, a path through a file, a folder that cannot be written;
     with ``inside_data`` (once the data folders were found to be data), one inside a data folder (its figures would
     be read as images of a class next time).
 
     Raises:
         UsageError: one line naming ``--out``, the problem and what to do.
     """
-    from .evaluate import check_out_folder
+    from .evaluation import check_out_folder
 
     dirs = [*cfg.data_dirs, *([cfg.val_dir] if cfg.val_dir else [])] if inside_data else []
     check_out_folder(root, data_dirs=dirs, what="the run folder must be a new (or empty) folder", any_run=False)
