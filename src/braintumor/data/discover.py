@@ -25,10 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DataError
+from .classes import NEGATIVE_NAMES, positive_class  # noqa: F401  (public here too)
 from .read import IMAGE_SUFFIXES, frame_count, frame_ref, sniff_supported, split_ref, supported_suffixes
-
-NEGATIVE_NAMES = ("no", "notumor", "no_tumor", "no-tumor", "notumour", "no_tumour", "no-tumour", "non_tumour",
-                  "normal", "negative", "healthy", "0", "false")
 
 
 @dataclass(frozen=True)
@@ -146,16 +144,6 @@ class ImageFolder:
     def positive_class(self) -> str | None:
         """For two classes, the 'tumour' one: the class that is not named like a negative."""
         return positive_class(self.classes)
-
-
-def positive_class(classes: list[str]) -> str | None:
-    """The class whose probability is the 'tumour score' for binary problems, else ``None``."""
-    if len(classes) != 2:
-        return None
-    neg = [c for c in classes if c.lower() in NEGATIVE_NAMES]
-    if len(neg) == 1:
-        return classes[1 - classes.index(neg[0])]
-    return classes[1]
 
 
 def _is_hidden(p: Path) -> bool:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from .classes import NEGATIVE_NAMES
+from .classes import positive_class as binary_positive
 from .read import split_ref
 
 Slices = str | int
@@ -106,9 +108,6 @@ def _get(pred, name):
 
 
 def _tumour_probability(probs: dict[str, float], positive_class: str | None) -> float:
-    from .discover import NEGATIVE_NAMES
-    from .discover import positive_class as binary_positive
-
     classes = list(probs)
     if positive_class is None and len(classes) == 2:
         positive_class = binary_positive(classes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import SYMMETRIC_MEAN, SYMMETRIC_STD, Classifier, ModelSpec, register
+from .base import SYMMETRIC_MEAN, SYMMETRIC_STD, Classifier, ModelSpec, register
 
 
 def _block(cin: int, cout: int, dropout: float, pool: bool) -> nn.Sequential:

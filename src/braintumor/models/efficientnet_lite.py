@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import PretrainedUnavailableError
-from .registry import SYMMETRIC_MEAN, SYMMETRIC_STD, Classifier, ModelSpec, register
+from .base import SYMMETRIC_MEAN, SYMMETRIC_STD, Classifier, ModelSpec, register
 
 
 class _LiteFeatures(nn.Module):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import PretrainedUnavailableError
-from .registry import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelSpec, register
+from .base import IMAGENET_MEAN, IMAGENET_STD, Classifier, ModelSpec, register
 
 URLS = {
     "efficientnet-b0":

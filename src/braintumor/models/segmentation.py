@@ -31,7 +31,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from ..errors import UsageError
-from .registry import Classifier, get_spec
+from .base import Classifier, use_map_forward
+from .registry import get_spec
 
 
 class TumourMapDecoder(nn.Module):
@@ -117,6 +118,9 @@ def forward_with_map(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, 
     """``(logits (N, K), tumour logits (N, 1, S, S))`` of a model with a decoder, in one backbone pass."""
     logits, feats = _tapped_forward(model, x)
     return logits, model.decoder(feats, x.shape[-2:])
+
+
+use_map_forward(forward_with_map)  # Classifier.forward finds it there (models.base imports nothing of this)
 
 
 class ProbabilitiesAndMap(nn.Module):
