@@ -752,13 +752,13 @@ def fit_input_check_cmd(
 
     Example: braintumor fit-input-check runs/navoneel
     """
-    from .ood import fit_run
+    from .inference import refit_input_check
 
     def skip(path, reason):
         err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
 
     with console.status("fitting the input check"):
-        check = fit_run(run_dir, quantile=quantile, min_confidence=min_confidence, on_skip=skip)
+        check = refit_input_check(run_dir, quantile=quantile, min_confidence=min_confidence, on_skip=skip)
     s = check.summary
     console.print(f"input check of [bold]{markup(run_dir)}[/bold]: threshold {check.threshold:.4g} "
                   f"({check.distance.dim}-d features, {s['n_train']} training / {s['n_val']} validation images); "

@@ -660,3 +660,40 @@ def _run_predictor(run_dir: Path, device: str, backend: str, notice: Callable[[s
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             notice(f"onnxruntime fast path not used ({reason}); predicting with torch")
         return torch_path()
+
+
+def refit_input_check(run_dir: str | Path, *, quantile: float | None = None, min_confidence: float | None = None,
+                      on_skip=None):
+    """Fit (or refit) the input check (:mod:`braintumor.ood`) of a finished run from its own ``split.csv`` and
+    write it into the run (``ood.npz`` and ``metadata.json``'s ``input_check``): the way to give a run made before
+    the check existed one. Returns the fitted :class:`~braintumor.ood.InputCheck`.
+
+    Raises:
+        RunError: not a run folder, no ``split.csv``, or a split side with no readable image.
+    """
+    from .data.split import read_split_file
+    from .ood import DEFAULT_MIN_CONFIDENCE, DEFAULT_QUANTILE, fit_input_check
+
+    quantile = DEFAULT_QUANTILE if quantile is None else quantile
+
+    run = RunDir(run_dir)
+    meta = run.read_metadata()
+    rows = read_split_file(run.root)
+    classes = list(meta["classes"])
+    pred = Predictor.from_run(run.root, device="cpu")
+    sides = {}
+    for name, want in (("training", lambda s: s == "train"), ("validation", lambda s: s != "train")):
+        chosen = [r for r in rows if want(r.get("subset", "")) and r.get("label") in classes]
+        loaded = load_images([r["path"] for r in chosen], pred.preprocessor, stats=True, on_skip=on_skip)
+        if not loaded.kept:
+            raise RunError(f"{run.root}: no readable {name} image listed in split.csv (moved data folder?)")
+        y = np.array([classes.index(chosen[i]["label"]) for i in loaded.kept])
+        sides[name] = (loaded.images, y, loaded.stats)
+    if min_confidence is None:
+        min_confidence = float((meta.get("input_check") or {}).get("min_confidence", DEFAULT_MIN_CONFIDENCE))
+    (tx, ty, _), (vx, vy, vs) = sides["training"], sides["validation"]
+    check = fit_input_check(pred, tx, ty, vx, vy, quantile=quantile, min_confidence=min_confidence, val_stats=vs)
+    check.save(run.root)
+    meta["input_check"] = check.to_metadata()
+    run.write_json(run.metadata, meta)
+    return check

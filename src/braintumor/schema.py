@@ -528,7 +528,7 @@ def validate_metadata(meta: Any, where: str = "metadata.json", error: type[Excep
         except (UsageError, ValueError):
             raise bad("dicom_window", m.dicom_window) from None
     if m.input_check is not None and m.input_check.rules:
-        from .ood import InputRules
+        from .input_rules import InputRules
 
         known = InputRules.__dataclass_fields__
         for k, v in m.input_check.rules.items():

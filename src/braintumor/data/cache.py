@@ -51,7 +51,7 @@ def _load_one(path: Path, pre: Preprocessor, stats: bool = False):
     try:
         img = read_image(path)
         if stats:
-            from ..ood import image_stats
+            from ..input_rules import image_stats
 
             return pre.prepare(img), image_stats(img)
         return pre.prepare(img)
