@@ -8,9 +8,9 @@ package but its errors, so that readers of images (:mod:`braintumor.data.cache`)
 Example:
     >>> import numpy as np
     >>> from braintumor.input_rules import InputRules, image_stats
-    >>> photo = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
-    >>> InputRules().reasons(image_stats(photo))[0]
-    'colour image (brain MRI is greyscale)'
+    >>> stats = image_stats(np.full((64, 640), 90, np.uint8))    # a flat grey strip
+    >>> stats.width, stats.contrast, InputRules().reasons(stats)
+    (640, 0.0, ['aspect ratio 10.0:1 (a slice is roughly square)', 'no contrast (a blank image)'])
 """
 
 from __future__ import annotations
