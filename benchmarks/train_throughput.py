@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from _common import emit, machine, timeit  # noqa: E402
 
 from braintumor.models import available_models, build_model  # noqa: E402
+from braintumor.training import backward_step  # noqa: E402
 
 
 def step_fn(model, x, y, opt, variant, device_type="cpu", scaler=None):
@@ -27,14 +28,7 @@ def step_fn(model, x, y, opt, variant, device_type="cpu", scaler=None):
         ctx = torch.autocast(device_type, dtype=dtype) if dtype else torch.autocast(device_type, enabled=False)
         with ctx:
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        if scaler is not None:  # fp16 needs loss scaling (what training does on CUDA)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        backward_step(loss, opt, scaler)  # what training does (loss scaling for fp16 on CUDA)
         if device_type == "cuda":
             torch.cuda.synchronize()
     return step

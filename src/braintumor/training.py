@@ -6,6 +6,11 @@ one-cycle schedule peaking at ``lr``, early stopping on validation loss; the mod
 weights of its second half (``swa``). Models without pretrained weights train in one phase ("train") with
 BatchNorm active and keep the epoch with the lowest validation loss.
 
+The loop is :class:`~braintumor.engine.Engine`: this module gives it the training step (:func:`run_epoch`), the
+validation and the final stage (:func:`final_stage`: calibration, input check, metrics, report, model card); early
+stopping, checkpoints, weight averaging, the history and the console are its handlers (:mod:`braintumor.engine`),
+and ``train(..., handlers=[...])`` adds yours.
+
 After every epoch ``history.csv`` and ``checkpoints/last.pt`` are written (atomically), so a kill loses at most
 the current epoch and :func:`train` with ``resume=True`` continues where it stopped, with the same numbers as an
 uninterrupted run (every epoch's shuffling, augmentation and dropout are seeded from ``(seed, epoch)``).
@@ -28,11 +33,11 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import random
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +55,27 @@ from .data.masks import PreparedMasks
 from .data.split import train_val_split
 from .display import markup, printable
 from .distributed import DistContext, init_distributed, shutdown
+from .engine import (  # noqa: F401  (some are imported for the modules that import them from here)
+    HISTORY_FIELDS,
+    MAP_HISTORY_FIELDS,
+    Checkpoints,
+    ConsoleLog,
+    EarlyStopping,
+    Engine,
+    Handler,
+    HistoryWriter,
+    Mean,
+    Phase,
+    ReduceAcrossRanks,
+    TrainState,
+    WeightAveraging,
+    add_to_average,
+    averaged_state,
+    averages_weights,
+    best_checkpoint,
+    counts_for_patience,
+    write_history,
+)
 from .errors import DataError, RunError, UsageError
 from .evaluation import EvaluationResult, report_predictions
 from .inference import Predictor
@@ -58,22 +84,6 @@ from .plots import plot_curves
 from .preprocess import Preprocessor
 from .report import write_report
 from .rundir import RunDir, atomic_write_text
-
-HISTORY_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-#: extra columns of runs trained with tumour masks: the mask part of the training loss, validation Dice (images
-#: with a lesion mask, map >= 0.5) and the mean highest tumour probability on no-tumour validation images
-MAP_HISTORY_FIELDS = ["mask_loss", "val_dice", "val_negative_max"]
-
-
-@dataclass
-class Phase:
-    name: str
-    epochs: int
-    lr: float
-    freeze_backbone: bool
-    freeze_bn: bool
-    scheduler: str
-    early_stopping: bool
 
 
 @dataclass
@@ -218,18 +228,6 @@ def class_weight_tensor(labels: np.ndarray, k: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     w = counts.sum() / (k * np.maximum(counts, 1))
     return torch.tensor(w, dtype=torch.float32)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    import io
-
-    buf = io.StringIO()
-    fields = HISTORY_FIELDS + [k for k in MAP_HISTORY_FIELDS if any(k in row for row in history)]
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in fields})
-    atomic_write_text(path, buf.getvalue())
 
 
 class _Console:
@@ -524,54 +522,6 @@ def fit_check(predictor: Predictor, data: PreparedData, cfg: TrainConfig):
     return check
 
 
-def counts_for_patience(phase: Phase, epoch_in_phase: int) -> bool:
-    """Whether an epoch without improvement counts towards early stopping.
-
-    A one-cycle schedule only anneals in its second half; stopping before that keeps a model trained at a high
-    learning rate (measured on Navoneel's set: 4 of 5 cross-validation folds stopped half-way through fine-tuning
-    with their best checkpoint still from the frozen phase). So in a one-cycle phase patience counts from the
-    half-way point on.
-    """
-    return phase.scheduler != "onecycle" or epoch_in_phase + 1 > phase.epochs // 2
-
-
-def averages_weights(cfg: TrainConfig, phases: list[Phase], pi: int, epoch_in_phase: int) -> bool:
-    """Whether this epoch's weights join the average (``cfg.swa``): the second half of a last phase with frozen BN.
-
-    With BatchNorm statistics frozen, averaged weights need no statistics pass; from-scratch training keeps the
-    epoch with the lowest validation loss.
-    """
-    phase = phases[pi]
-    return bool(cfg.swa) and pi == len(phases) - 1 and phase.freeze_bn and epoch_in_phase >= phase.epochs // 2
-
-
-def add_to_average(swa: dict | None, state_dict: dict, epoch: int) -> dict:
-    """Running mean of a model's floating-point weights (``{"state", "epochs"}``); other buffers: the latest."""
-    sd = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-    if not swa or not swa.get("epochs"):
-        return {"state": {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, "epochs": [epoch]}
-    n = len(swa["epochs"]) + 1
-    state = swa["state"]
-    for k, v in sd.items():
-        if v.is_floating_point():
-            state[k] += (v.float() - state[k]) / n
-        else:
-            state[k] = v
-    return {"state": state, "epochs": [*swa["epochs"], epoch]}
-
-
-def averaged_state(swa: dict, like: dict) -> dict:
-    """The averaged weights in the dtypes of the state dict ``like``, ready for ``load_state_dict``."""
-    return {k: v.to(like[k].dtype) for k, v in swa["state"].items()}
-
-
-def best_checkpoint(model: nn.Module, epoch: int, val_loss: float, val_accuracy: float, cfg: TrainConfig,
-                    classes: list[str], **extra) -> dict:
-    """What ``checkpoints/best.pt`` holds: the weights kept and what they scored on validation."""
-    return {"model": model.state_dict(), "epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
-            "model_name": cfg.model, "classes": classes, "img_size": cfg.img_size, **extra}
-
-
 def init_source(run_dir: str) -> str:
     """How metadata names weights taken from another run: ``run:<folder> (<weights fingerprint>)``."""
     meta = RunDir(run_dir).read_metadata() if RunDir(run_dir).metadata.is_file() else {}
@@ -629,10 +579,25 @@ def _to_float(x_u8: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(x_u8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def backward_step(loss: torch.Tensor, opt, scaler=None) -> None:
+    """Gradients of ``loss`` and one optimiser step; with a ``GradScaler`` (fp16 on CUDA) the loss is scaled so that
+    small gradients do not underflow."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, cfg: TrainConfig, opt, sched,
               loss_fn, device, precision, augmenter: Augmenter | None, epoch: int, bar,
-              ctx: DistContext) -> tuple[float, float]:
-    """One training epoch over this process's shard; returns loss and accuracy summed over every process."""
+              ctx: DistContext) -> dict[str, Mean]:
+    """One training epoch over this process's shard; returns its ``loss``, ``accuracy`` (and ``mask_loss``) as
+    sums of this process (:class:`~braintumor.engine.Mean`; the engine's :class:`ReduceAcrossRanks` adds up every
+    process's)."""
     set_train_mode(model, phase)
     model.frozen_backbone = phase.freeze_backbone
     torch.manual_seed(cfg.seed * 100_003 + epoch * 101 + ctx.rank)
@@ -676,14 +641,7 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
             mloss = mask_loss(out[1].float(), m_true, has) * (lam if perm is not None else 1.0)
             loss = loss + cfg.mask_weight * mloss
             tot_mask += float(mloss.detach()) * len(bidx)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:  # fp16 on CUDA: scale the loss so small gradients do not underflow
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        backward_step(loss, opt, scaler)
         sched.step()
         tot_loss += float(loss.detach()) * len(bidx)
         correct += int((logits.argmax(1) == y).sum())
@@ -691,10 +649,10 @@ def run_epoch(net, model, phase: Phase, data: PreparedData, pre: Preprocessor, c
         if bar is not None:
             bar.advance(len(bidx) * ctx.world_size, f"loss {tot_loss / n:.4f} acc {correct / n:.3f}")
     model.frozen_backbone = False
-    tot_loss, correct, n, tot_mask = ctx.all_reduce_sum([tot_loss, correct, n, tot_mask])
+    sums = {"loss": Mean(tot_loss, n), "accuracy": Mean(correct, n)}
     if masks is not None:
-        return tot_loss / max(n, 1), correct / max(n, 1), tot_mask / max(n, 1)
-    return tot_loss / max(n, 1), correct / max(n, 1)
+        sums["mask_loss"] = Mean(tot_mask, n)
+    return sums
 
 
 @torch.no_grad()
@@ -720,11 +678,23 @@ def evaluate_maps(model, x_u8: np.ndarray, masks: PreparedMasks, pre: Preprocess
             "val_negative_max": float(np.mean(neg_max)) if neg_max else None}
 
 
-@torch.no_grad()
 def evaluate_arrays(model, x_u8: np.ndarray, y: np.ndarray, pre: Preprocessor, device, precision,
                     batch_size: int = 64, channels_last: bool = True,
                     ctx: DistContext | None = None) -> tuple[float, float]:
     """Validation loss and accuracy; each process scores its share and the sums are reduced."""
+    ctx = ctx or DistContext()
+    sums = validation_sums(model, x_u8, y, pre, device, precision, batch_size, channels_last, ctx)
+    loss_sum, correct, n = ctx.all_reduce_sum([sums["val_loss"].total, sums["val_accuracy"].total,
+                                               sums["val_loss"].n])
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+@torch.no_grad()
+def validation_sums(model, x_u8: np.ndarray, y: np.ndarray, pre: Preprocessor, device, precision,
+                    batch_size: int = 64, channels_last: bool = True,
+                    ctx: DistContext | None = None) -> dict[str, Mean]:
+    """``val_loss`` and ``val_accuracy`` over this process's share of the images, as sums
+    (:class:`~braintumor.engine.Mean`)."""
     ctx = ctx or DistContext()
     model.eval()
     mf = torch.channels_last if channels_last else torch.contiguous_format
@@ -738,8 +708,7 @@ def evaluate_arrays(model, x_u8: np.ndarray, y: np.ndarray, pre: Preprocessor, d
         yt = torch.as_tensor(y[bidx], device=device)
         loss_sum += float(nn.functional.cross_entropy(logits, yt, reduction="sum"))
         correct += int((logits.argmax(1) == yt).sum())
-    loss_sum, correct, n = ctx.all_reduce_sum([loss_sum, correct, len(mine)])
-    return loss_sum / max(n, 1), correct / max(n, 1)
+    return {"val_loss": Mean(loss_sum, len(mine)), "val_accuracy": Mean(correct, len(mine))}
 
 
 def _start_metadata(cfg: TrainConfig, spec, pretrained: bool, pre: Preprocessor, data: PreparedData, device,
@@ -802,7 +771,7 @@ def _write_split(run: RunDir, data: PreparedData) -> None:
 
 
 def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None, *, resume: bool = False,
-          console=None, folder: ImageFolder | None = None) -> TrainResult:
+          console=None, folder: ImageFolder | None = None, handlers: Sequence[Handler] = ()) -> TrainResult:
     """Train a classifier and write a complete run folder.
 
     Args:
@@ -813,6 +782,8 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         console: a ``rich.console.Console`` for progress bars and per-epoch lines (``None``: quiet).
         folder: train on these records instead of discovering ``config.data_dir`` (cross-validation passes the
             training folds here; the train/validation split then happens inside them as usual).
+        handlers: your own :class:`~braintumor.engine.Handler` objects, run after the built-in ones on every
+            process (see :mod:`braintumor.engine`; only ``state.is_main`` should write files).
 
     Returns:
         A :class:`TrainResult`: the run folder, the validation metrics of the best checkpoint, the history.
@@ -828,6 +799,16 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         >>> round(result.metrics["roc_auc"], 3)                      # doctest: +SKIP
         0.991
         >>> train(None, out="runs/demo", resume=True)              # doctest: +SKIP
+
+        Your own handler (here: stop once validation accuracy reaches 0.95)::
+
+            from braintumor.engine import Handler
+
+            class GoodEnough(Handler):
+                def on_epoch_end(self, state):
+                    state.stop = state.history[-1]["val_accuracy"] >= 0.95
+
+            train(cfg, out="runs/demo2", handlers=[GoodEnough()])
     """
     t_start = time.time()
     # Every check that needs no image comes first: a run that can only fail stops before any work.
@@ -847,7 +828,7 @@ def train(config: TrainConfig | dict | str | Path, out: str | Path | None = None
         guard = _RunGuard(run.root, resume) if ctx.is_main else None
         try:
             return _train(cfg, run, resume, spec, pretrained, device, ctx,
-                          _Console(console if ctx.is_main else None), folder, t_start)
+                          _Console(console if ctx.is_main else None), folder, t_start, tuple(handlers))
         except BaseException:
             if guard is not None:
                 guard.clean_up()
@@ -897,7 +878,7 @@ def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool 
 
     Raises:
         UsageError: nothing to train (every phase has 0 epochs), ``init_from`` not a finished run of the same
-            model, ``masks`` or ``exclude_copies_of`` not a folder (or with no images).
+            model, ``masks`` or ``exclude_copies_of`` not a folder (or with no images), ``track`` not installed.
     """
     phases = plan_phases(cfg, pretrained)
     if not any(ph.epochs > 0 for ph in phases):
@@ -916,6 +897,10 @@ def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool 
             raise UsageError(f"--exclude-copies-of {printable(other)}: no such folder")
         if not list_images(other):
             raise UsageError(f"--exclude-copies-of {printable(other)}: no images in it (nothing to compare with)")
+    if getattr(cfg, "track", None):
+        from .tracking import check_available
+
+        check_available(cfg.track)
 
 
 def check_init_from(run_dir: str | Path, model_name: str) -> None:
@@ -972,12 +957,13 @@ class _RunGuard:
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, device: torch.device,
-           ctx: DistContext, outc: _Console, folder: ImageFolder | None, t_start: float) -> TrainResult:
+           ctx: DistContext, outc: _Console, folder: ImageFolder | None, t_start: float,
+           handlers: tuple[Handler, ...] = ()) -> TrainResult:
+    """A run: data, model and run folder made ready, then the engine's loop, its handlers and the final stage."""
     precision = resolve_precision(cfg, device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.num_threads or max(1, default_threads() // ctx.world_size))
     seed_everything(cfg.seed)
-
     pre = Preprocessor(img_size=cfg.img_size, crop_brain=cfg.crop_brain, grayscale=cfg.grayscale,
                        mean=spec.mean, std=spec.std, crop_detect_side=cfg.crop_detect_side,
                        intensity=cfg.intensity)
@@ -985,10 +971,31 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
         pre = Preprocessor.from_dict(run.read_metadata()["preprocessing"])
     data = prepare_data(cfg, pre, outc, folder, run_root=None if resume else run.root)
     check_prepared(cfg, data)
-    classes = data.classes
     meta = _start_metadata(cfg, spec, pretrained, pre, data, device, precision, ctx)
     # The model before the run folder: missing pretrained weights or an unfit init_from leave nothing behind.
-    model = build_model(cfg.model, len(classes), pretrained=pretrained and not cfg.init_from,
+    model = _make_model(cfg, run, resume, pretrained, data, meta)
+    # A resumed run's checkpoint is read (and refused, if it holds anything but plain weights) before anything is
+    # written: a failed resume leaves the run exactly as it was (its status included).
+    ck = run.load_checkpoint("last") if resume and run.last.is_file() else None
+    if ctx.is_main:
+        _open_run_folder(cfg, run, resume, meta, data, outc)
+    ctx.barrier()
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps = _Steps(model, data, pre, cfg, device, precision, ctx)
+    state = TrainState(cfg, run, meta, data.classes, is_main=ctx.is_main, model=model, console=outc)
+    builtin = run_handlers(cfg, run, ctx, outc, steps, ck, _headline(cfg, pretrained, data, device, precision, ctx))
+    Engine(plan_phases(cfg, pretrained), steps.train_epoch, steps.validate, [*builtin, *handlers],
+           setup_phase=steps.setup_phase, final=lambda st: final_stage(st, data, device, t_start)).run(state)
+    return TrainResult(run.root, state.metrics, state.history, meta, state.evaluation)
+
+
+def _make_model(cfg: TrainConfig, run: RunDir, resume: bool, pretrained: bool, data: PreparedData,
+                meta: dict) -> nn.Module:
+    """The model to train: pretrained (ImageNet) or from ``init_from``'s backbone, with the tumour-map decoder
+    when ``cfg.masks`` (described in ``meta``)."""
+    model = build_model(cfg.model, len(data.classes), pretrained=pretrained and not cfg.init_from,
                         img_size=cfg.img_size)
     if cfg.init_from and not (resume and run.last.is_file()):  # a resumed run loads last.pt over it anyway
         load_backbone(model, cfg.init_from, cfg.model)
@@ -1001,163 +1008,166 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
                               "train": data.train_masks.summary(), "val": data.val_masks.summary(),
                               "problems": [{"path": str(p), "reason": r}
                                            for p, r in data.train_masks.problems + data.val_masks.problems]}
-    # A resumed run's checkpoint is read (and refused, if it holds anything but plain weights) before anything is
-    # written: a failed resume leaves the run exactly as it was (its status included).
-    ck = run.load_checkpoint("last") if resume and run.last.is_file() else None
-    if ctx.is_main:
-        run.create()
-        if not resume:
-            cfg.save(run.config)
-        if resume and run.metadata.is_file():
-            old = run.read_metadata()
-            if old.get("data", {}).get("fingerprint") != data.fingerprint:
-                outc.print("[yellow]warning[/yellow]: the data changed since this run started (fingerprint differs)")
-            meta["wall_seconds_before_resume"] = old.get("wall_seconds", 0.0)
-        run.write_json(run.metadata, meta)
-        _write_split(run, data)
-    ctx.barrier()
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    phases = plan_phases(cfg, pretrained)
-    weights = class_weight_tensor(data.train_y, len(classes)).to(device) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    augmenter = Augmenter(seed=cfg.seed, mri=cfg.mri_augment) if cfg.augment else None
-    steps = len(_batches(ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, 0), ctx.local_batch(cfg.batch_size)))
+    return model
 
-    history: list[dict] = []
-    best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": 0}
-    start_phase, start_epoch, bad_epochs, opt_state, sched_state = 0, 0, 0, None, None
-    swa: dict | None = None  # running weight average (cfg.swa), saved in last.pt so that resuming keeps it
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        history, best, swa = ck["history"], ck["best"], ck.get("swa")
-        start_phase, start_epoch, bad_epochs = ck["phase"], ck["epoch_in_phase"], ck["bad_epochs"]
-        opt_state, sched_state = ck["optimizer"], ck["scheduler"]
-        if ck.get("stopped"):
-            start_phase, start_epoch = len(phases), 0
-        outc.print(f"resuming {markup(run.root)} after epoch {len(history)}", highlight=False)
+
+def _open_run_folder(cfg: TrainConfig, run: RunDir, resume: bool, meta: dict, data: PreparedData,
+                     outc: _Console) -> None:
+    """Rank 0: the run folder, ``config.yaml`` (a new run), ``metadata.json`` (status ``running``), ``split.csv``."""
+    run.create()
+    if not resume:
+        cfg.save(run.config)
+    if resume and run.metadata.is_file():
+        old = run.read_metadata()
+        if old.get("data", {}).get("fingerprint") != data.fingerprint:
+            outc.print("[yellow]warning[/yellow]: the data changed since this run started (fingerprint differs)")
+        meta["wall_seconds_before_resume"] = old.get("wall_seconds", 0.0)
+    run.write_json(run.metadata, meta)
+    _write_split(run, data)
+
+
+def _headline(cfg: TrainConfig, pretrained: bool, data: PreparedData, device, precision: str,
+              ctx: DistContext) -> str:
     source = f"weights of {cfg.init_from}" if cfg.init_from else "ImageNet" if pretrained else "random init"
-    outc.print(f"[bold]{cfg.model}[/bold] ({source}) on {len(data.train_y)} "
-               f"train / {len(data.val_y)} val images, {len(classes)} classes, {cfg.img_size}px, "
-               f"{device}/{precision}" + (f", {ctx.world_size} processes" if ctx.active else "")
-               + (f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""))
+    return (f"[bold]{cfg.model}[/bold] ({source}) on {len(data.train_y)} "
+            f"train / {len(data.val_y)} val images, {len(data.classes)} classes, {cfg.img_size}px, "
+            f"{device}/{precision}" + (f", {ctx.world_size} processes" if ctx.active else "")
+            + (f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""))
 
-    global_epoch = len(history)
-    stopped = False
-    for pi in range(start_phase, len(phases)):
-        phase = phases[pi]
-        set_trainable(model, phase)
-        net = ctx.wrap(model, device)
-        opt, sched = make_optimizer(model, phase, cfg, steps)
-        first = 0
-        if pi == start_phase and opt_state is not None and start_epoch > 0:
-            opt.load_state_dict(opt_state)
-            sched.load_state_dict(sched_state)
-            first = start_epoch
-        else:
-            bad_epochs = 0
-            if pi > 0:  # the checkpoint kept is the best of the last phase: fine-tuning, not its warm-up
-                best = {"val_loss": float("inf"), "val_accuracy": 0.0, "epoch": best["epoch"]}
-        for e in range(first, phase.epochs):
-            t0 = time.time()
-            label = f"{phase.name} {e + 1}/{phase.epochs}"
-            with outc.progress(f"epoch {global_epoch + 1} ({label})", len(data.train_y)) as bar:
-                loss, acc, *mask_part = run_epoch(net, model, phase, data, pre, cfg, opt, sched, loss_fn, device,
-                                                  precision, augmenter, global_epoch, bar, ctx)
-            vloss, vacc = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
-                                          channels_last=cfg.channels_last, ctx=ctx)
-            global_epoch += 1
-            row = {"epoch": global_epoch, "phase": phase.name, "loss": loss, "accuracy": acc, "val_loss": vloss,
-                   "val_accuracy": vacc, "lr": float(opt.param_groups[0]["lr"]), "seconds": time.time() - t0}
-            if mask_part:
-                row["mask_loss"] = mask_part[0]
-                row.update(evaluate_maps(model, data.val_x, data.val_masks, pre, device, precision))
-            history.append(row)
-            improved = vloss < best["val_loss"] - 1e-6
-            if improved:
-                best = {"val_loss": vloss, "val_accuracy": vacc, "epoch": global_epoch}
-                bad_epochs = 0
-            elif counts_for_patience(phase, e):
-                bad_epochs += 1
-            last_in_phase = e + 1 == phase.epochs
-            # (the phase's last epoch ends it anyway: no "early" stop to announce)
-            stop = phase.early_stopping and cfg.patience > 0 and bad_epochs >= cfg.patience and not last_in_phase
-            if ctx.is_main and averages_weights(cfg, phases, pi, e):
-                swa = add_to_average(swa, model.state_dict(), global_epoch)
-            if ctx.is_main:
-                if improved:
-                    run.save_checkpoint(run.best, best_checkpoint(model, global_epoch, vloss, vacc, cfg, classes))
-                run.save_checkpoint(run.last, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "phase": pi + 1 if last_in_phase else pi, "epoch_in_phase": 0 if last_in_phase else e + 1,
-                    "bad_epochs": bad_epochs, "history": history, "best": best, "stopped": stop, "swa": swa,
-                })
-                write_history(run.history, history)
-            dice = (f" dice {row['val_dice']:.3f}" if row.get("val_dice") is not None else "")
-            outc.print(f"epoch {global_epoch:3d} {label:<14} loss {loss:.4f} acc {acc:.3f} | "
-                       f"val loss {vloss:.4f} acc {vacc:.3f}{dice} | lr {row['lr']:.2e} | {row['seconds']:.1f}s"
-                       + (" *" if improved else ""))
-            if stop:
-                outc.print(f"early stopping: no validation-loss improvement for {cfg.patience} epochs")
-                stopped = True
-                break
-        if stopped:
-            break
 
-    ctx.barrier()
-    if not ctx.is_main:
-        return TrainResult(run.root, {}, history, meta)
-    if not run.best.is_file():
-        raise RunError(f"{run.root}: no epoch was trained (epochs=0?)")
-    meta["best_epoch"] = best["epoch"]
-    meta["weights"] = {"kind": "lowest validation loss", "epochs": [best["epoch"]]}
-    if swa and swa.get("epochs"):  # the kept model becomes the average (written again after a resume)
-        model.load_state_dict(averaged_state(swa, model.state_dict()))
-        vloss, vacc = evaluate_arrays(model, data.val_x, data.val_y, pre, device, precision,
-                                      channels_last=cfg.channels_last)
-        run.save_checkpoint(run.best, best_checkpoint(model, swa["epochs"][-1], vloss, vacc, cfg, classes,
-                                                      swa_epochs=swa["epochs"]))
-        meta["best_epoch"] = swa["epochs"][-1]
-        meta["weights"] = {"kind": "weight average (swa)", "epochs": swa["epochs"], "val_loss": vloss,
-                           "val_accuracy": vacc}
-        outc.print(f"kept: the average of the weights of epochs {swa['epochs'][0]}-{swa['epochs'][-1]} "
-                   f"(val loss {vloss:.4f} acc {vacc:.3f})")
-    # The final stage: calibration, input check, final evaluation, report. Until all of it is written the run is
-    # "finalising" (loaders refuse it; `train --resume` does the final stage again), then "complete", last.
-    meta["status"] = "finalising"
+class _Steps:
+    """What the engine calls for a run: a phase's set-up (layers to train, optimizer), one training epoch
+    (:func:`run_epoch`) and validation (:func:`validation_sums`, :func:`evaluate_maps`)."""
+
+    def __init__(self, model: nn.Module, data: PreparedData, pre: Preprocessor, cfg: TrainConfig, device,
+                 precision: str, ctx: DistContext):
+        self.model, self.data, self.pre, self.cfg = model, data, pre, cfg
+        self.device, self.precision, self.ctx = device, precision, ctx
+        weights = class_weight_tensor(data.train_y, len(data.classes)).to(device) if cfg.class_weights else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.augmenter = Augmenter(seed=cfg.seed, mri=cfg.mri_augment) if cfg.augment else None
+        self.steps = len(_batches(ctx.shard(len(data.train_y), cfg.batch_size, cfg.seed, 0),
+                                  ctx.local_batch(cfg.batch_size)))
+
+    def setup_phase(self, state: TrainState) -> None:
+        set_trainable(self.model, state.phase)
+        state.net = self.ctx.wrap(self.model, self.device)
+        state.optimizer, state.scheduler = make_optimizer(self.model, state.phase, self.cfg, self.steps)
+
+    def train_epoch(self, state: TrainState) -> dict:
+        sums = run_epoch(state.net, self.model, state.phase, self.data, self.pre, self.cfg, state.optimizer,
+                         state.scheduler, self.loss_fn, self.device, self.precision, self.augmenter, state.epoch,
+                         state.progress, self.ctx)
+        return {**sums, "lr": float(state.optimizer.param_groups[0]["lr"])}
+
+    def validate(self, state: TrainState) -> dict:
+        d = self.data
+        cols: dict = validation_sums(self.model, d.val_x, d.val_y, self.pre, self.device, self.precision,
+                                     channels_last=self.cfg.channels_last, ctx=self.ctx)
+        if getattr(self.model, "decoder", None) is not None:
+            cols.update(evaluate_maps(self.model, d.val_x, d.val_masks, self.pre, self.device, self.precision))
+        return cols
+
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """Validation loss and accuracy of ``model`` (this process alone: the kept weights, on rank 0)."""
+        return evaluate_arrays(model, self.data.val_x, self.data.val_y, self.pre, self.device, self.precision,
+                               channels_last=self.cfg.channels_last)
+
+
+def run_handlers(cfg: TrainConfig, run: RunDir, ctx: DistContext, outc: _Console, steps: _Steps,
+                 resume_from: dict | None, headline: str) -> list[Handler]:
+    """The built-in handlers of a run, in the order their hooks run (see :mod:`braintumor.engine`); with
+    ``cfg.track``, rank 0 also logs to MLflow / TensorBoard (:mod:`braintumor.tracking`)."""
+    handlers = [ReduceAcrossRanks(ctx), EarlyStopping(cfg.patience), Checkpoints(resume_from),
+                WeightAveraging(steps.evaluate), HistoryWriter(), ConsoleLog(outc, headline, len(steps.data.train_y))]
+    if ctx.is_main and getattr(cfg, "track", None):
+        from .tracking import TrackingHandler
+
+        handlers.append(TrackingHandler(cfg.track, run.root))
+    return handlers
+
+
+# ------------------------------------------------------------------------------------------- the final stage
+
+
+def final_stage(state: TrainState, data: PreparedData, device, t_start: float) -> None:
+    """The end of a run (rank 0, after the engine chose the weights to keep), one named piece after another.
+
+    Until all of it is written the run is ``finalising`` (loaders refuse it; ``train --resume`` does the final stage
+    again), then ``complete``, last.
+    """
+    set_status(state, "finalising", t_start)
+    predictor = final_calibration(state, data, device)
+    if state.cfg.ood_check:
+        final_input_check(state, predictor, data)
+    proba = final_evaluation(state, predictor, data)
+    final_metrics(state, data, proba)
+    write_report(state.run.root)
+    final_model_card(state)
+    set_status(state, "complete", t_start)  # last: everything above is written (each file atomically)
+    predictor.metadata = state.meta
+
+
+def set_status(state: TrainState, status: str, t_start: float) -> None:
+    """``metadata.json``'s ``status`` (and ``wall_seconds`` so far), written."""
+    meta = state.meta
+    meta["status"] = status
     meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
-    run.write_json(run.metadata, meta)
-    # Final evaluation of the kept checkpoint, in fp32, through the same Predictor used for prediction.
+    state.run.write_json(state.run.metadata, meta)
+
+
+def final_calibration(state: TrainState, data: PreparedData, device) -> Predictor:
+    """The kept checkpoint as the :class:`Predictor` used for prediction (fp32), with the temperature and decision
+    threshold fitted on the validation split (:func:`calibrate`) written into ``metadata.json``."""
+    run = state.run
     predictor = Predictor.from_run(run.root, device=str(device), allow_incomplete=True)
-    post = calibrate(predictor, data, cfg)
+    post = calibrate(predictor, data, state.cfg)
     if post:
-        meta.update(post)
-        run.write_json(run.metadata, meta)
+        state.meta.update(post)
+        run.write_json(run.metadata, state.meta)
         predictor = Predictor.from_run(run.root, device=str(device), allow_incomplete=True)
-    if cfg.ood_check:
-        check = fit_check(predictor, data, cfg)
-        meta["input_check"] = check.to_metadata()
-        run.write_json(run.metadata, meta)
-        outc.print(f"input check: threshold {check.threshold:.3g} on the pooled features "
-                   f"({check.distance.dim}-d); validation flagged unfamiliar "
-                   f"{check.summary['val_flagged_unfamiliar']:.1%}, uncertain {check.summary['val_uncertain']:.1%}")
-        predictor.input_check, predictor.metadata = check, meta  # the fitted check, without reloading the weights
-    proba = predictor.proba_prepared(data.val_x)
-    ev = report_predictions(data.val_y, proba, classes, run.root, data.val_paths, meta["positive_class"],
-                            meta.get("threshold"), title="validation")
-    if history:
-        plot_curves(history, run.curves)
-    metrics = dict(ev.metrics)
-    from .stats import bootstrap_ci  # the validation split is a hold-out: give its metrics 95% intervals
+    return predictor
 
-    metrics["ci"] = bootstrap_ci(data.val_y, proba, classes, meta["positive_class"], meta.get("threshold"))
-    metrics["best_epoch"] = best["epoch"]
+
+def final_input_check(state: TrainState, predictor: Predictor, data: PreparedData) -> None:
+    """The input check (:func:`fit_check`) fitted, saved, described in ``metadata.json`` and given to ``predictor``."""
+    check = fit_check(predictor, data, state.cfg)
+    state.meta["input_check"] = check.to_metadata()
+    state.run.write_json(state.run.metadata, state.meta)
+    state.say(f"input check: threshold {check.threshold:.3g} on the pooled features "
+              f"({check.distance.dim}-d); validation flagged unfamiliar "
+              f"{check.summary['val_flagged_unfamiliar']:.1%}, uncertain {check.summary['val_uncertain']:.1%}")
+    predictor.input_check, predictor.metadata = check, state.meta  # the fitted check, without reloading the weights
+
+
+def final_evaluation(state: TrainState, predictor: Predictor, data: PreparedData) -> np.ndarray:
+    """The kept model on the validation split, in fp32 through ``predictor``: predictions, figures
+    (``state.evaluation``) and the training curves; returns the probabilities."""
+    meta = state.meta
+    proba = predictor.proba_prepared(data.val_x)
+    state.evaluation = report_predictions(data.val_y, proba, data.classes, state.run.root, data.val_paths,
+                                          meta["positive_class"], meta.get("threshold"), title="validation")
+    if state.history:
+        plot_curves(state.history, state.run.curves)
+    return proba
+
+
+def final_metrics(state: TrainState, data: PreparedData, proba: np.ndarray) -> None:
+    """``metrics.json``: the final evaluation's metrics with 95% bootstrap intervals (the validation split is a
+    hold-out), the best epoch and the wall time (``state.metrics``)."""
+    from .stats import bootstrap_ci
+
+    meta = state.meta
+    metrics = dict(state.evaluation.metrics)
+    metrics["ci"] = bootstrap_ci(data.val_y, proba, data.classes, meta["positive_class"], meta.get("threshold"))
+    metrics["best_epoch"] = state.best["epoch"]
     metrics["wall_seconds"] = meta["wall_seconds"]
-    run.write_json(run.metrics, metrics)
-    write_report(run.root)
-    meta["status"] = "complete"  # last: everything above is written (each file atomically)
-    meta["wall_seconds"] = meta.get("wall_seconds_before_resume", 0.0) + (time.time() - t_start)
-    run.write_json(run.metadata, meta)
-    predictor.metadata = meta
-    return TrainResult(run.root, metrics, history, meta, ev)
+    state.run.write_json(state.run.metrics, metrics)
+    state.metrics = metrics
+
+
+def final_model_card(state: TrainState) -> None:
+    """``model_card.md`` (:mod:`braintumor.model_card`)."""
+    from .model_card import write_model_card
+
+    write_model_card(state.run.root)
