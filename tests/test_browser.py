@@ -230,3 +230,44 @@ def test_page_asks_for_the_api_key_and_sends_it(keyed_server, phantoms_test, tmp
     assert [r["status"] for r in access if r["path"] == "/v1/predict"] == [200]
     assert {401, 200} <= {r["status"] for r in access if r["path"] == "/v1/model"}
     assert API_KEY not in log.read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_audit_section_reads_as_findings(trained_run, tmp_path):
+    """A run's report.html in the browser: no dictionary dump in the rendered text, and the audit section's first
+    screen holds the duplicates and the source-confounder findings (planted in a phantom folder)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    from braintumor.data.audit import audit
+    from braintumor.report import write_report
+    from test_report import write_planted_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "report.html"))
+    (run / "audit.json").write_text(json.dumps(audit(write_planted_folder(tmp_path / "data")).to_dict()))
+    report = write_report(run, n_samples=1, n_gradcam=0, n_boot=20)
+    height = 800
+    external: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": height})
+            page.on("request", lambda req: external.append(req.url)
+                    if not req.url.startswith(("file:", "data:")) else None)
+            page.goto(report.as_uri() + "#audit")
+            body = page.inner_text("body")
+            assert '{"' not in body and "{'" not in body and "': " not in body
+            section = page.locator("#audit")
+            top = section.bounding_box()["y"]
+            for words in ("3 groups of duplicates (6 images), 1 of them across classes",
+                          "Classes differ by source: a model could tell yes from no"):
+                item = page.locator("#audit ul.findings li", has_text=words)
+                assert item.count() == 1 and item.is_visible(), words
+                box = item.bounding_box()
+                assert box["y"] + box["height"] - top <= height, (words, box, top)  # on the section's first screen
+            thumbs = page.locator("#audit .grid.small img")
+            assert thumbs.count() == 6
+            assert all(thumbs.nth(k).evaluate("img => img.complete && img.naturalWidth > 0") for k in range(6))
+            page.screenshot(path=str(tmp_path / "audit.png"))
+        finally:
+            browser.close()
+    assert external == [], f"the report requested external assets: {external}"

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -25,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import RunError
@@ -243,3 +245,16 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
+    """A run's (or an evaluation's) ``predictions.csv`` -> paths, true labels, predicted labels, probabilities,
+    class names."""
+    from .display import name_from_row
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = [k[2:] for k in (rows[0].keys() if rows else []) if k.startswith("p_")]
+    proba = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64)
+    return ([name_from_row(r) for r in rows], [r["label"] for r in rows], [r["predicted"] for r in rows],
+            proba.reshape(len(rows), len(classes)), classes)
