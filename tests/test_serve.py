@@ -278,3 +278,30 @@ def test_create_app_unknown_backend(trained_run):
 
     with pytest.raises(UsageError, match="unknown backend"):
         create_app(trained_run.run_dir, backend="tensorrt")
+
+
+# ------------------------------------------------------------------------------ the model card
+
+
+def test_v1_model_returns_the_model_card(client, trained_run, onnx_file, tmp_path):
+    from braintumor.model_card import CARD_FILE, embedded_model_card, model_card_text
+
+    run = trained_run.run_dir
+    card = client.get("/v1/model").json()["model_card"]
+    assert card == (run / CARD_FILE).read_text()  # the run's model_card.md, as training wrote it
+    assert "## Evaluation" in card and "Research use only. Not a medical device" in card
+    assert f"| accuracy | {trained_run.metrics['accuracy']:.3f} |" in card
+
+    old = copy_run(run, tmp_path / "old")  # a run made before cards existed: generated from its files
+    assert not (old / CARD_FILE).exists()
+    with TestClient(create_app(old, backend="torch")) as c:
+        generated = c.get("/v1/model").json()["model_card"]
+    assert generated == model_card_text(old) and "No `metrics.json` in this run" in generated
+    assert not (old / CARD_FILE).exists()  # serving writes nothing into the run folder
+
+    with TestClient(create_app(onnx_file)) as oc:  # an ONNX file: the card embedded at export
+        served = oc.get("/v1/model").json()["model_card"]
+    assert served == card
+    from braintumor.export import OnnxPredictor
+
+    assert served == embedded_model_card(OnnxPredictor(onnx_file).session)

@@ -6,8 +6,8 @@ tumour-map decoder, see :mod:`braintumor.models.segmentation`) adds a third outp
 the tumour probability map (sigmoid of the decoder's logits), from the same backbone pass. Everything else a
 prediction needs (classes, the preprocessing, input size, normalisation, temperature, threshold, positive class,
 model name, data and weights fingerprints) is embedded in the file's ``metadata_props``: ``braintumor.metadata``
-holds the run's metadata as JSON, and a few flat keys (``classes``, ``img_size``...) make it readable in tools such
-as Netron.
+holds the run's metadata as JSON, a few flat keys (``classes``, ``img_size``...) make it readable in tools such
+as Netron, and ``model_card`` holds the run's model card (Markdown, :mod:`braintumor.model_card`).
 
 At export the ONNX model is run next to the torch model on real images (the run's validation images from
 ``split.csv``, or images you give); the export FAILS (:class:`ParityError`, no file written) when the largest
@@ -172,7 +172,25 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
                              f"the training data)")
     if stamp is not None:
         props["checkpoint_sha256"] = stamp["sha256"]
+    card = _model_card(predictor, meta)
+    if card is not None:
+        from .model_card import MODEL_CARD_KEY
+
+        props[MODEL_CARD_KEY] = card
     return props
+
+
+def _model_card(predictor: Predictor, meta: dict) -> str | None:
+    """The card embedded in an export: the run folder's (its ``model_card.md``, else generated), or
+    one generated from the metadata of a predictor without a run folder; ``None`` when it cannot be made."""
+    from .model_card import render_model_card, run_model_card
+
+    try:
+        if predictor.run_dir is not None:
+            return run_model_card(predictor.run_dir)
+        return render_model_card(meta)
+    except (BrainTumorError, OSError):  # the card never costs the export
+        return None
 
 
 def _export_bytes(predictor: Predictor) -> bytes:

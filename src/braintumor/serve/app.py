@@ -28,9 +28,18 @@
   JSON line per request, and ``cors_origins`` opens the API to other origins (off by default); see
   :mod:`braintumor.serve.controls`, :mod:`~braintumor.serve.security`, :mod:`~braintumor.serve.metrics`.
   Header and body read timeouts against slow clients live in the server (:mod:`braintumor.serve.server`).
+* ``GET /v1/model`` also returns the model card (``model_card``, Markdown, :mod:`braintumor.model_card`): the run's
+  ``model_card.md``, the card embedded in an ONNX file, or one generated for older runs and exports.
 * The page (``GET /``) is one self-contained HTML file with inline CSS/JS: no CDN, no external asset (enforced by
   its Content-Security-Policy). ``/docs`` is an offline, server-rendered API reference built from the OpenAPI
   schema (FastAPI's Swagger UI would load its scripts from a CDN); the schema itself is at ``/openapi.json``.
+
+How :func:`create_app` builds the app, one named piece each, in this order (defined below it):
+:func:`_require_fastapi`, :func:`_settings` (the options checked, as :class:`AppSettings`), :func:`_load_service`
+(the :class:`ModelService`), :func:`_add_error_handlers`, :func:`_add_predict_route` (``POST /v1/predict``, with
+:func:`_read_body`, :func:`_image_bytes` and :func:`_answer_upload`), :func:`_add_model_routes` (``GET /v1/model``,
+``/healthz``), :func:`_add_page_routes` (``/``, ``/docs``), :func:`_add_metrics_route` (``/metrics``) and
+:func:`_add_middleware` (security headers, service controls, CORS).
 
 Example:
     >>> from fastapi.testclient import TestClient
@@ -51,14 +60,16 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..backends import BACKENDS, load_predictor
 from ..errors import UnreadableImageError, UsageError
-from ..inference import BACKENDS, Assessment, Predictor, load_predictor
+from ..inference import Assessment, Predictor
 from ..ood import NOT_BRAIN, UNCERTAIN, UNFAMILIAR, VERDICT_TEXT, image_stats
 from .controls import DecodeGate, Rejected, ServiceControls
 from .metrics import ServiceMetrics
@@ -141,6 +152,25 @@ class ModelService:
         self.mapper = next((m for m in (predictor, explainer) if m is not None and getattr(m, "has_tumour_map", False)),
                            None)
         self._map_lock = self._lock if self.mapper is predictor else self._explain_lock
+        self._card: str | None = None
+        self._card_lock = threading.Lock()
+
+    def model_card(self) -> str:
+        """The served model's card (Markdown), made once on first use: the run folder's ``model_card.md`` (or one
+        generated for a run made before cards existed), else the card embedded in the ONNX file, else one generated
+        from its metadata (:func:`braintumor.model_card.predictor_model_card`)."""
+        with self._card_lock:
+            if self._card is None:
+                from ..model_card import NOTICE as CARD_NOTICE
+                from ..model_card import md, predictor_model_card
+
+                try:
+                    self._card = predictor_model_card(self.predictor)
+                except Exception as exc:  # noqa: BLE001 - GET /v1/model answers whatever a run folder holds
+                    _log.warning("no model card for %s (%s: %s)", self.model.get("version"), type(exc).__name__, exc)
+                    self._card = (f"# Model card: {md(self.model.get('name'))}\n\n> {CARD_NOTICE}\n\nThe full card "
+                                  f"could not be made from this model's files ({type(exc).__name__}).\n")
+            return self._card
 
     @property
     def has_tumour_map(self) -> bool:
@@ -470,7 +500,7 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
             than the operator's ``BRAINTUMOR_MAX_*`` (:mod:`braintumor.data.limits`).
         backend: for a run folder, the engine of plain predictions: ``auto`` (onnxruntime on the CPU when it is
             installed, the export made on demand and cached; else torch), ``onnx`` or ``torch`` (see
-            :func:`~braintumor.inference.load_predictor`). Grad-CAM always runs on the run's torch model.
+            :func:`~braintumor.backends.load_predictor`). Grad-CAM always runs on the run's torch model.
         notice: called with one line when ``auto`` falls back to torch or an export is made.
         ood_check: apply the run's input check (:mod:`braintumor.ood`); ``False``: every ``verdict`` is the class
             and ``in_distribution`` is null, whatever a request asks (``--no-ood-check``).
@@ -500,16 +530,73 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         >>> app = create_app("runs/demo", api_keys=["k3y-for-the-pacs"], rate_limit="120/minute",
         ...                  cors_origins=["https://viewer.example.org"])  # doctest: +SKIP
     """
+    _require_fastapi()
+    settings = _settings(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_voxels=max_voxels,
+                         max_decompressed_bytes=max_decompressed_bytes, body_timeout=body_timeout, api_keys=api_keys,
+                         rate_limit=rate_limit, cors_origins=cors_origins, max_concurrent=max_concurrent,
+                         queue_timeout=queue_timeout, request_timeout=request_timeout, access_log=access_log)
+    service = _load_service(model, backend, notice, ood_check, precision)
+    stats = ServiceMetrics({**service.model, "backend": service.info.get("backend")}) if metrics else None
+    gate = DecodeGate(settings.max_concurrent, queue_timeout, request_timeout, metrics=stats)
+
+    from fastapi import FastAPI
+
+    app = FastAPI(
+        title="braintumor", version=__version__, docs_url=None, redoc_url=None,
+        description=f"Brain-MRI tumour classifier. {NOTICE}",
+    )
+    app.state.service = service
+    app.state.gate = gate
+    app.state.metrics = stats
+    app.state.limits = settings.limits
+    _add_error_handlers(app)
+    _add_predict_route(app, service, gate, settings)
+    _add_model_routes(app, service, gate, settings)
+    _add_page_routes(app)
+    _add_metrics_route(app, stats)
+    _add_middleware(app, service, stats, settings)
+    return app
+
+
+# ------------------------------------------------------------------------------ the pieces of create_app, in order
+
+
+def _require_fastapi() -> None:
+    """UsageError naming the missing package when the ``serve`` extra is not installed."""
     try:
-        import anyio
-        from fastapi import FastAPI, Query, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import HTMLResponse, JSONResponse, Response
-        from starlette.requests import ClientDisconnect
+        import anyio  # noqa: F401
+        import fastapi  # noqa: F401
+        import starlette  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"serving needs the 'serve' extra ({exc.name} is missing): "
                          f"pip install 'braintumor[serve]'") from None
 
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The checked options of :func:`create_app` that its routes and middleware share."""
+
+    max_upload_bytes: int
+    #: pixels of one image, never more than the operator's limit
+    max_pixels: int
+    #: the size caps uploads are decoded under (:func:`service_limits`; ``None`` without the limits module)
+    limits: object | None
+    body_timeout: float
+    max_concurrent: int
+    keys: list[str]
+    limiter: RateLimiter | None
+    origins: list[str]
+    access_log: bool
+
+    @property
+    def limit_mb(self) -> float:
+        return self.max_upload_bytes / (1024 * 1024)
+
+
+def _settings(*, max_upload_bytes, max_pixels, max_voxels, max_decompressed_bytes, body_timeout, api_keys,
+              rate_limit, cors_origins, max_concurrent, queue_timeout, request_timeout, access_log) -> AppSettings:
+    """The options checked (UsageError naming the option, the value and what is allowed) and resolved: API keys,
+    rate limit, CORS origins, the number of decoding slots, the size caps."""
     keys = api_keys_from([]) if api_keys is None else api_keys_from(api_keys, env={})
     limiter = RateLimiter.parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
     origins = _cors_origins(cors_origins)
@@ -522,7 +609,14 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
     limits = service_limits(max_pixels, max_voxels, max_decompressed_bytes)
     if limits is not None:
         max_pixels = limits.max_pixels
+    return AppSettings(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, limits=limits,
+                       body_timeout=body_timeout, max_concurrent=int(slots), keys=keys, limiter=limiter,
+                       origins=origins, access_log=access_log)
 
+
+def _load_service(model, backend: str, notice, ood_check: bool, precision: str) -> ModelService:
+    """The :class:`ModelService` of ``model``: for a run folder, the ``backend``'s predictor plus the torch model
+    for Grad-CAM (also the source of an on-demand ONNX export)."""
     backend = {"onnxruntime": "onnx"}.get(str(backend).lower(), str(backend).lower())
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}': choose auto, onnx or torch")
@@ -535,19 +629,15 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                                    precision=precision)
     else:
         predictor = load_predictor(model, backend=backend, notice=notice, precision=precision)
-    service = ModelService(predictor, explainer, ood_check=ood_check)
-    limit_mb = max_upload_bytes / (1024 * 1024)
-    stats = ServiceMetrics({**service.model, "backend": service.info.get("backend")}) if metrics else None
-    gate = DecodeGate(int(slots), queue_timeout, request_timeout, metrics=stats)
+    return ModelService(predictor, explainer, ood_check=ood_check)
 
-    app = FastAPI(
-        title="braintumor", version=__version__, docs_url=None, redoc_url=None,
-        description=f"Brain-MRI tumour classifier. {NOTICE}",
-    )
-    app.state.service = service
-    app.state.gate = gate
-    app.state.metrics = stats
-    app.state.limits = limits
+
+def _add_error_handlers(app) -> None:
+    """Every refusal as ``{"detail": one line}``: :class:`Rejected` with its status and headers, a client gone
+    mid-upload as 499 (logged), a bad query parameter as 422."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.requests import ClientDisconnect
 
     @app.exception_handler(Rejected)
     async def _rejected(request, exc: Rejected):
@@ -564,71 +654,80 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         msgs = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors())
         return JSONResponse({"detail": f"invalid request: {msgs}"}, status_code=422)
 
-    @app.middleware("http")
-    async def _headers(request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
 
-    async def read_body(request: Request) -> bytes:
-        cap = max_upload_bytes + _MULTIPART_SLACK
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                raise RejectedInput(400, "invalid Content-Length header")
-            if int(declared) > cap:
-                raise RejectedInput(413, f"upload too large: {int(declared)} bytes (limit {limit_mb:g} MB)")
-        buf = bytearray()
+async def _read_body(request, settings: AppSettings) -> bytes:
+    """The request body, refused past ``max_upload_bytes`` (413, from ``Content-Length`` or while streaming) or
+    when it does not arrive within ``body_timeout`` (408)."""
+    import anyio
+
+    cap = settings.max_upload_bytes + _MULTIPART_SLACK
+    limit_mb, body_timeout = settings.limit_mb, settings.body_timeout
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise RejectedInput(400, "invalid Content-Length header")
+        if int(declared) > cap:
+            raise RejectedInput(413, f"upload too large: {int(declared)} bytes (limit {limit_mb:g} MB)")
+    buf = bytearray()
+    try:
+        with anyio.fail_after(body_timeout):
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > cap:
+                    raise RejectedInput(413, f"upload too large (limit {limit_mb:g} MB)")
+    except TimeoutError:
+        raise RejectedInput(408, f"upload too slow: {len(buf)} bytes received in {body_timeout:g} s, the time "
+                                 f"allowed for the whole request body", {"Connection": "close"}) from None
+    return bytes(buf)
+
+
+async def _image_bytes(request, body: bytes, settings: AppSettings) -> tuple[bytes, str | None]:
+    """The uploaded file's bytes and name from a read ``body``: the multipart field ``file``, or a raw ``image/*``
+    body (400 malformed form, 413 too large, 415 another content type, 422 no file)."""
+    from starlette.requests import Request
+
+    max_upload_bytes, limit_mb = settings.max_upload_bytes, settings.limit_mb
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         try:
-            with anyio.fail_after(body_timeout):
-                async for chunk in request.stream():
-                    buf += chunk
-                    if len(buf) > cap:
-                        raise RejectedInput(413, f"upload too large (limit {limit_mb:g} MB)")
-        except TimeoutError:
-            raise RejectedInput(408, f"upload too slow: {len(buf)} bytes received in {body_timeout:g} s, the time "
-                                     f"allowed for the whole request body", {"Connection": "close"}) from None
-        return bytes(buf)
+            form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
+        except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's fault
+            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            raise RejectedInput(400, f"malformed form body: {detail}") from None
+        upload = form.get(FIELD)
+        if upload is None or isinstance(upload, str):
+            got = sorted(form.keys())
+            why = "is text, not a file" if isinstance(upload, str) else f"is missing (got fields: {got})"
+            raise RejectedInput(422, f"multipart field '{FIELD}' {why}; send the image as "
+                                     f"-F '{FIELD}=@scan.png'")
+        data = await upload.read()
+        await form.close()
+        if len(data) > max_upload_bytes:
+            raise RejectedInput(413, f"upload too large: {len(data)} bytes (limit {limit_mb:g} MB)")
+        return data, upload.filename
+    if not body:
+        raise RejectedInput(422, f"empty request: send the image as multipart/form-data field '{FIELD}' "
+                                 f"(or the raw bytes with Content-Type image/*)")
+    if ctype.startswith("image/") or ctype.startswith("application/octet-stream"):
+        if len(body) > max_upload_bytes:
+            raise RejectedInput(413, f"upload too large: {len(body)} bytes (limit {limit_mb:g} MB)")
+        return body, None
+    raise RejectedInput(415, f"unsupported Content-Type '{ctype or 'none'}': send multipart/form-data with "
+                             f"field '{FIELD}' (or the raw image with Content-Type image/*)")
 
-    async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str | None]:
-        ctype = request.headers.get("content-type", "").lower()
-        if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            sent = False
 
-            async def replay():
-                nonlocal sent
-                if sent:
-                    return {"type": "http.request", "body": b"", "more_body": False}
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            try:
-                form = await Request(request.scope, replay).form(max_files=4, max_fields=32)
-            except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's fault
-                detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-                raise RejectedInput(400, f"malformed form body: {detail}") from None
-            upload = form.get(FIELD)
-            if upload is None or isinstance(upload, str):
-                got = sorted(form.keys())
-                why = "is text, not a file" if isinstance(upload, str) else f"is missing (got fields: {got})"
-                raise RejectedInput(422, f"multipart field '{FIELD}' {why}; send the image as "
-                                         f"-F '{FIELD}=@scan.png'")
-            data = await upload.read()
-            await form.close()
-            if len(data) > max_upload_bytes:
-                raise RejectedInput(413, f"upload too large: {len(data)} bytes (limit {limit_mb:g} MB)")
-            return data, upload.filename
-        if not body:
-            raise RejectedInput(422, f"empty request: send the image as multipart/form-data field '{FIELD}' "
-                                     f"(or the raw bytes with Content-Type image/*)")
-        if ctype.startswith("image/") or ctype.startswith("application/octet-stream"):
-            if len(body) > max_upload_bytes:
-                raise RejectedInput(413, f"upload too large: {len(body)} bytes (limit {limit_mb:g} MB)")
-            return body, None
-        raise RejectedInput(415, f"unsupported Content-Type '{ctype or 'none'}': send multipart/form-data with "
-                                 f"field '{FIELD}' (or the raw image with Content-Type image/*)")
-
-    predict_body = {"required": True, "content": {
+def _predict_openapi(settings: AppSettings) -> tuple[dict, dict]:
+    """``POST /v1/predict``'s documented responses and request body (OpenAPI)."""
+    body = {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
                                            "properties": {FIELD: {"type": "string", "format": "binary"}}}},
         "image/*": {"schema": {"type": "string", "format": "binary"}}}}
@@ -640,15 +739,41 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
                                    "without a tumour map"},
               401: {"description": "no valid API key (when the server requires one)"},
               408: {"description": "the upload did not arrive in time"},
-              413: {"description": f"upload over {limit_mb:g} MB, or image over {max_pixels} pixels (or a volume or "
-                                   f"compressed stream over the server's limits)"},
+              413: {"description": f"upload over {settings.limit_mb:g} MB, or image over {settings.max_pixels} "
+                                   f"pixels (or a volume or compressed stream over the server's limits)"},
               415: {"description": "not an image"},
               422: {"description": "corrupt, truncated or too small image; missing 'file' field"},
               429: {"description": "rate limit exceeded (see Retry-After)"},
               503: {"description": "server busy: no decoding slot free in time (see Retry-After)"},
               504: {"description": "decoding and prediction took longer than the server's time limit"}}
+    return {**responses, **errors}, body
 
-    @app.post("/v1/predict", summary="Classify one image", responses={**responses, **errors},
+
+def _answer_upload(service: ModelService, data: bytes, filename: str | None, settings: AppSettings, *,
+                   explain: bool, outline: bool, outline_threshold: float, ood_check: bool):
+    """Decoding and inference of one upload (run in one of the gate's slots): ``((height, width, 3), the
+    prediction, the outline or None, the overlay or None)``."""
+    img, spacing = decode_upload_with_spacing(data, filename, settings.max_pixels, settings.limits)
+    shape = overlay = None
+    if outline:
+        out, shape, prepared = service.predict_outline(img, spacing, outline_threshold, ood_check)
+        if explain:
+            _, overlay = service.predict_explain(img, prepared, out)
+    elif explain:
+        out, overlay = service.predict_explain(img, None, None, ood_check)
+    else:
+        out = service.predict(img, None, ood_check)
+    return img.shape, out, shape, overlay
+
+
+def _add_predict_route(app, service: ModelService, gate: DecodeGate, settings: AppSettings) -> None:
+    """``POST /v1/predict``: read the upload (:func:`_read_body`, :func:`_image_bytes`), decode and predict in one of
+    the gate's slots (:func:`_answer_upload`), add the overlay, outline and model fields."""
+    from fastapi import Query, Request
+
+    responses, predict_body = _predict_openapi(settings)
+
+    @app.post("/v1/predict", summary="Classify one image", responses=responses,
               openapi_extra={"requestBody": predict_body})
     async def predict(request: Request,
                       explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64); run folders "
@@ -692,25 +817,16 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
             from ..outline import NO_DECODER
 
             raise RejectedInput(400, f"outline=true: {NO_DECODER}")
-        body = await read_body(request)
-        data, filename = await image_bytes(request, body)
+        body = await _read_body(request, settings)
+        data, filename = await _image_bytes(request, body, settings)
         del body
 
         def work():
-            """Decoding and inference of this upload, in one of the gate's slots."""
-            img, spacing = decode_upload_with_spacing(data, filename, max_pixels, limits)
-            shape = overlay = None
-            if outline:
-                out, shape, prepared = service.predict_outline(img, spacing, outline_threshold, ood_check)
-                if explain:
-                    _, overlay = service.predict_explain(img, prepared, out)
-            elif explain:
-                out, overlay = service.predict_explain(img, None, None, ood_check)
-            else:
-                out = service.predict(img, None, ood_check)
-            return img.shape, out, shape, overlay
+            return _answer_upload(service, data, filename, settings, explain=explain, outline=outline,
+                                  outline_threshold=outline_threshold, ood_check=ood_check)
 
         (height, width, _), out, shape, overlay = await gate.run(work)
+        predictor = service.predictor
         out.update({"threshold": predictor.threshold, "positive_class": predictor.positive_class,
                     "model": service.model, "image": {"width": int(width), "height": int(height)}})
         if explain:
@@ -724,24 +840,41 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
+
+def _add_model_routes(app, service: ModelService, gate: DecodeGate, settings: AppSettings) -> None:
+    """``GET /v1/model`` (what is served, its limits and its model card) and ``GET /healthz``."""
+    import anyio
+
     @app.get("/v1/model", summary="The served model")
     async def model_info():
         """Name, version (run), weights fingerprint, classes, input size, temperature, threshold, limits, whether
         Grad-CAM (``explain_available``) and outlines (``tumour_map``) are available, and the input check
         (``input_check``: ``available``, ``enabled``, ``threshold``, ``min_confidence``, ``rules``; a run made
-        before the check existed says ``available: false`` with a ``note``)."""
+        before the check existed says ``available: false`` with a ``note``). ``model_card``: the model card
+        (Markdown: intended use, training data, preprocessing, validation metrics with 95% intervals, calibration,
+        known failure modes, licence of the weights), from the run's ``model_card.md``, the ONNX file's metadata,
+        or generated for older runs; render it as untrusted Markdown (no raw HTML)."""
+        limits = settings.limits
         caps = {"max_voxels": limits.max_voxels, "max_decompressed_bytes": limits.max_decompressed_bytes} \
             if limits is not None else {}
+        card = await anyio.to_thread.run_sync(service.model_card)
         return dict(service.info, explain_available=service.can_explain, tumour_map=service.has_tumour_map,
                     notice=NOTICE,
-                    limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, **caps, "field": FIELD,
-                            "max_concurrent": gate.slots, "request_timeout_s": gate.request_timeout,
-                            "rate_limit": None if limiter is None else limiter.describe(),
-                            "api_key_required": bool(keys)})
+                    limits={"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels, **caps,
+                            "field": FIELD, "max_concurrent": gate.slots, "request_timeout_s": gate.request_timeout,
+                            "rate_limit": None if settings.limiter is None else settings.limiter.describe(),
+                            "api_key_required": bool(settings.keys)},
+                    model_card=card)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz():
         return {"status": "ok", "model": service.model}
+
+
+def _add_page_routes(app) -> None:
+    """``GET /`` (the page), ``GET /docs`` (the offline API reference) and ``GET /favicon.ico`` (none: 204), each
+    under its Content-Security-Policy."""
+    from fastapi.responses import HTMLResponse, Response
 
     page = _page()
 
@@ -757,6 +890,11 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
     async def favicon():
         return Response(status_code=204)
 
+
+def _add_metrics_route(app, stats: ServiceMetrics | None) -> None:
+    """``GET /metrics``: Prometheus text (404 when metrics are off or ``prometheus-client`` is missing)."""
+    from fastapi.responses import Response
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_text():
         if stats is None or not stats.available:
@@ -765,14 +903,25 @@ def create_app(model: str | Path | Predictor, *, max_upload_bytes: int = DEFAULT
         text, ctype = stats.render()
         return Response(text, media_type=ctype)
 
-    app.add_middleware(ServiceControls, keys=keys, limiter=limiter, metrics=stats, model=service.model,
-                       access_log=access_log)
-    if origins:
+
+def _add_middleware(app, service: ModelService, stats: ServiceMetrics | None, settings: AppSettings) -> None:
+    """From the inside out: ``X-Content-Type-Options: nosniff`` on every response, the service controls (API keys,
+    rate limit, metrics, access log; :class:`~braintumor.serve.controls.ServiceControls`), then CORS when origins
+    are allowed."""
+
+    @app.middleware("http")
+    async def _headers(request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    app.add_middleware(ServiceControls, keys=settings.keys, limiter=settings.limiter, metrics=stats,
+                       model=service.model, access_log=settings.access_log)
+    if settings.origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
-    return app
 
 
 def _check_number(name: str, value, whole: bool = False) -> None:
