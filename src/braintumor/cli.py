@@ -168,6 +168,9 @@ def train(
     min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
                                                 help="Abstention: below this calibrated probability of the "
                                                      "predicted class the verdict is 'uncertain' (default 0.6)."),
+    track: str | None = typer.Option(None, "--track", help="Also log the run to mlflow (MLFLOW_TRACKING_URI, else "
+                                     "./mlruns/mlflow.db) or tensorboard (RUN/tensorboard/); needs "
+                                     "pip install 'braintumor[track]'."),
 ):
     """Train a classifier on DATA_DIR/<class>/<images> (one folder or several sources) and write a run folder.
 
@@ -178,6 +181,8 @@ def train(
 
     With tumour masks (a tumour map beside the class): braintumor train data/figshare/images
     --masks data/figshare/masks --group-by id-blocks:40 --out runs/figshare-seg
+
+    Tracked in MLflow (see docs/guide/tracking.md): braintumor train data/brain_mri_yes_no --track mlflow
     """
     from .config import TrainConfig
     from .training import train as run_train
@@ -198,7 +203,7 @@ def train(
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
                      exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None,
-                     ood_check=ood_check, min_confidence=min_confidence)
+                     ood_check=ood_check, min_confidence=min_confidence, track=track)
         base.update({k: v for k, v in given.items() if v is not None})
         if not base.get("data_dir"):
             raise typer.BadParameter("give DATA_DIR (or data_dir in --config, or --resume RUN_DIR)")
@@ -310,6 +315,8 @@ def cv(
                                       "too (see train --help)."),
     group_by: str | None = typer.Option(None, "--group-by", help="Patient groups kept inside one fold: id-runs, "
                                         "id-blocks:N or a CSV path,group."),
+    track: str | None = typer.Option(None, "--track", help="Also log to mlflow (one run, a nested run per fold) or "
+                                     "tensorboard (each fold's RUN/tensorboard/); see train --help."),
 ):
     """Cross-validate: one model per fold (group-aware), mean and 95% CI per metric, pooled out-of-fold results.
 
@@ -317,6 +324,8 @@ def cv(
 
     Across sources (train on all but one, test on the one left out): braintumor cv data/nickparvar/Training
     data/brain_mri_yes_no --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no --by-source
+
+    Tracked in MLflow (a parent run, one nested run per fold): braintumor cv data/brain_mri_yes_no --track mlflow
     """
     from .crossval import CV_METRICS, LABEL_CHECK_BELOW
     from .crossval import cv as run_cv
@@ -327,7 +336,7 @@ def cv(
                  seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
                  init_from=str(init_from) if init_from else None, masks=str(masks) if masks else None,
-                 group_by=group_by)
+                 group_by=group_by, track=track)
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,
@@ -599,8 +608,8 @@ def predict(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from .backends import load_predictor
     from .errors import UsageError
-    from .inference import load_predictor
 
     fmt = fmt.lower()
     if fmt not in ("table", "csv", "json"):

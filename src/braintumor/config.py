@@ -76,6 +76,11 @@ class TrainConfig:
     ``ood_quantile`` of a log-normal fitted to the validation distances) and stores the abstention limit
     ``min_confidence`` (below it a prediction's verdict is ``uncertain``).
 
+    Experiment tracking (:mod:`braintumor.tracking`): ``track="mlflow"`` or ``"tensorboard"`` also logs the run's
+    parameters, per-epoch metrics, final metrics with their intervals and its files to MLflow
+    (``MLFLOW_TRACKING_URI``, else the SQLite store ``./mlruns/mlflow.db``) or to TensorBoard event files in
+    ``<run>/tensorboard/``. Off by default.
+
     Example:
         >>> from braintumor import TrainConfig
         >>> cfg = TrainConfig(data_dir="data/phantoms", img_size=96, epochs_frozen=2, epochs=3)
@@ -129,6 +134,7 @@ class TrainConfig:
     target_sensitivity: float | None = None
     init_from: str | None = None
     exclude_copies_of: str | None = None
+    track: str | None = None
 
     def __post_init__(self):
         # Every value through the one schema (braintumor.schema): types, bounds, choices; one line naming the

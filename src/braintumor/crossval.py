@@ -32,23 +32,20 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import TrainConfig
+from .crossval_sources import SourceCVResult, evaluate_fold, run_by_source
 from .data.discover import ImageFolder
 from .data.split import assert_disjoint_groups, kfold
 from .errors import DataError, UsageError
+from .report import LABEL_CHECK_BELOW
 from .rundir import RunDir
-
-if TYPE_CHECKING:
-    from .crossval_sources import SourceCVResult
+from .tracking import check_available, flat_metrics, metric_key, run_files, track_group
 
 CV_METRICS = ("accuracy", "balanced_accuracy", "f1", "macro_f1", "roc_auc", "pr_auc", "sensitivity", "specificity",
               "mcc")
-#: :func:`labels_to_check` lists images whose out-of-fold probability of their own label is below this.
-LABEL_CHECK_BELOW = 0.2
 
 
 @dataclass
@@ -144,24 +141,6 @@ def _grouped(ds: ImageFolder, cfg: TrainConfig) -> ImageFolder:
     return group_folder(ds, cfg)
 
 
-def _evaluate_fold(run_dir: Path, test: ImageFolder):
-    """Predict the test fold with the fold's Predictor (its preprocessing, temperature and threshold)."""
-    from .data.cache import load_images
-    from .evaluation import report_predictions
-    from .inference import Predictor
-
-    pred = Predictor.from_run(run_dir)
-    loaded = load_images(test.paths, pred.preprocessor)
-    y = np.asarray(test.labels)[loaded.kept]
-    proba = pred.proba_prepared(loaded.images)
-    every = test.paths  # a property that builds the whole list: once, not once per image
-    paths = [str(every[i]) for i in loaded.kept]
-    groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
-    ev = report_predictions(y, proba, pred.classes, run_dir / "test", paths, pred.positive_class, pred.threshold,
-                            title="test fold")
-    return ev, groups, pred
-
-
 def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, console, label: str,
             keep_checkpoints: bool) -> CVResult:
     from .metrics import predict_labels
@@ -186,7 +165,7 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
         t0 = time.time()
         fold_cfg = replace(cfg, seed=cfg.seed + 1000 * r + f)
         res = train(fold_cfg, out=run_dir, folder=ds.subset(tr), console=None)
-        ev, test_groups, pred = _evaluate_fold(run_dir, ds.subset(te))
+        ev, test_groups, pred = evaluate_fold(run_dir, ds.subset(te))
         seconds = time.time() - t0
         positive = pred.positive_class
         row = {"repeat": r, "fold": f, "n_train": res.metadata["data"]["n_train"],
@@ -333,8 +312,14 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     top, p = None, out.absolute()
     while not p.exists() and p != p.parent:
         top, p = p, p.parent
+    params = {**cfg.to_dict(), "folds": folds, "repeats": repeats, "show_leakage": show_leakage,
+              "by_source": by_source}
     try:
-        return _cv(ds, cfg, folds, repeats, out, show_leakage, console, keep_checkpoints, report, by_source)
+        # tracked (cfg.track): one run for the whole cross-validation, the folds' runs nested under it
+        with track_group(cfg.track, out, params) as group:
+            result = _cv(ds, cfg, folds, repeats, out, show_leakage, console, keep_checkpoints, report, by_source)
+            group.complete(tracked_metrics(result), run_files(out))
+        return result
     except BaseException:
         if top is not None:
             import shutil
@@ -348,12 +333,13 @@ def _check_before_work(cfg: TrainConfig, ds: ImageFolder, out: Path, folds: int)
 
     Raises:
         UsageError: ``--out`` a file (or inside the data), ``target_sensitivity`` for more than two classes,
-            nothing to train, an unfit ``init_from``.
+            nothing to train, an unfit ``init_from``, a ``track`` whose package is not installed.
     """
     from .evaluation import check_out_folder
     from .models import get_spec
     from .training import check_classes, check_options
 
+    check_available(cfg.track)
     check_out_folder(out, data_dirs=cfg.data_dirs, what="cross-validation results go into a folder", any_run=False)
     check_classes(cfg, ds)
     spec = get_spec(cfg.model)
@@ -365,8 +351,6 @@ def _cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, 
         keep_checkpoints: bool, report: bool, by_source: bool) -> CVResult | SourceCVResult:
     grouped_ds = _grouped(ds, cfg)
     if by_source:
-        from .crossval_sources import run_by_source
-
         result = run_by_source(grouped_ds, cfg, out, console, keep_checkpoints)
         if report:
             from .report import write_cv_report
@@ -396,3 +380,34 @@ def _cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, 
 
         write_cv_report(out)
     return result
+
+
+def tracked_metrics(result: CVResult | SourceCVResult) -> dict[str, float]:
+    """What a tracked cross-validation logs as its final metrics (see :mod:`braintumor.tracking`).
+
+    k-fold: the pooled out-of-fold metrics with their bootstrap intervals (``accuracy``, ``accuracy_ci_low``...),
+    the fold mean, spread and interval (``folds/accuracy_mean``...) and, with ``show_leakage``, the naive split's
+    means and the inflation (``leakage/accuracy_naive``...). Leave-one-source-out: each row's metrics and intervals
+    (``cross/<source>/balanced_accuracy``, ``within/<model>/<source>/...``).
+
+    Example:
+        >>> res = cv("data/phantoms", folds=3, model="cnn", img_size=64, epochs=3)   # doctest: +SKIP
+        >>> sorted(tracked_metrics(res))[:3]                                            # doctest: +SKIP
+        ['accuracy', 'accuracy_ci_high', 'accuracy_ci_low']
+    """
+    if isinstance(result, SourceCVResult):
+        out: dict[str, float] = {}
+        for r in result.rows:
+            where = metric_key(r["tested_on"]) if r["kind"] == "cross" else \
+                f"{metric_key(r['model'])}/{metric_key(r['tested_on'])}"
+            out.update(flat_metrics({**r["metrics"], "ci": r["ci"], "n": r["n"]}, f"{r['kind']}/{where}/"))
+        return out
+    out = flat_metrics({**result.pooled, "ci": result.pooled_ci})
+    for k, s in result.summary.items():
+        for stat, name in (("mean", "mean"), ("std", "std"), ("low", "ci_low"), ("high", "ci_high")):
+            if isinstance(s.get(stat), int | float):
+                out[f"folds/{metric_key(k)}_{name}"] = float(s[stat])
+    for k, leak in (result.leakage or {}).items():
+        out[f"leakage/{metric_key(k)}_naive"] = float(leak["naive"])
+        out[f"leakage/{metric_key(k)}_inflation"] = float(leak["inflation"])
+    return out

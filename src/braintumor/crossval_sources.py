@@ -45,10 +45,9 @@ import numpy as np
 from .config import TrainConfig
 from .data.discover import ImageFolder
 from .errors import DataError, UsageError
+from .report import SOURCE_METRICS
 from .rundir import RunDir
 
-#: the metrics of the by-source table
-SOURCE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
 #: a cross-source balanced accuracy this far below the same model's within-source one is called out
 DISAGREE_BY = 0.05
 #: cross-source errors kept per held-out source (the most confident first)
@@ -125,6 +124,36 @@ def _read_val(run_dir: Path, classes: list[str]) -> tuple[list[str], np.ndarray,
         [source_of.get(p, "") for p in paths]
 
 
+def evaluate_fold(run_dir: Path, test: ImageFolder):
+    """Predict held-out images with a fold's run (its preprocessing, temperature and threshold) and write the
+    evaluation into ``RUN/test/`` (used by both :func:`braintumor.cv` and :func:`run_by_source`).
+
+    Returns:
+        ``(evaluation, groups, predictor)``: the :func:`~braintumor.evaluation.report_predictions` result of the
+        images that could be read, their groups (their paths when ``test`` has none), the run's predictor.
+
+    Example:
+        >>> ev, groups, pred = evaluate_fold("runs/cv/folds/r0-f0", test_folder)     # doctest: +SKIP
+        >>> ev.metrics["accuracy"], (Path("runs/cv/folds/r0-f0") / "test" / "metrics.json").is_file()  # doctest: +SKIP
+        (0.95, True)
+    """
+    from .data.cache import load_images
+    from .evaluation import report_predictions
+    from .inference import Predictor
+
+    run_dir = Path(run_dir)
+    pred = Predictor.from_run(run_dir)
+    loaded = load_images(test.paths, pred.preprocessor)
+    y = np.asarray(test.labels)[loaded.kept]
+    proba = pred.proba_prepared(loaded.images)
+    every = test.paths  # a property that builds the whole list: once, not once per image
+    paths = [str(every[i]) for i in loaded.kept]
+    groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
+    ev = report_predictions(y, proba, pred.classes, run_dir / "test", paths, pred.positive_class, pred.threshold,
+                            title="test fold")
+    return ev, groups, pred
+
+
 def _row(trained_on, tested_on, kind, n, metrics, ci, **extra) -> dict:
     return {"trained_on": trained_on, "tested_on": tested_on, "kind": kind, "n": int(n), "metrics": metrics,
             "ci": ci, **extra}
@@ -165,7 +194,6 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
     Raises:
         UsageError: fewer than two sources.
     """
-    from .crossval import _evaluate_fold
     from .training import train
 
     names = list(dict.fromkeys(ds.sources))
@@ -200,7 +228,7 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
                           f"{'training' if side == 'train' else 'test'} side")
         t0 = time.time()
         train(replace(cfg, seed=cfg.seed + k), out=run_dir, folder=ds.subset(tr), console=None)
-        ev, _groups, pred = _evaluate_fold(run_dir, ds.subset(keep))
+        ev, _groups, pred = evaluate_fold(run_dir, ds.subset(keep))
         model = f"without {held}"
         m, ci = _metrics_with_ci(ev.y_true, ev.proba, classes, pred.positive_class, pred.threshold, cfg.seed)
         cross = _row(trained_on, held, "cross", len(ev.y_true), m, ci, model=model, copies_excluded=n_copies,

@@ -161,6 +161,7 @@ class ConfigSchema(BaseModel):
     target_sensitivity: Annotated[Float, Field(gt=0, lt=1)] | None = None
     init_from: PathText | None = None
     exclude_copies_of: PathText | None = None
+    track: Literal["mlflow", "tensorboard"] | None = None
 
 
 _WHOLE = "a whole number"
@@ -187,7 +188,7 @@ CONFIG_ALLOWED: dict[str, str] = _describe(
     device="auto, cpu, cuda, cuda:N or mps", ood_check="true or false",
     ood_quantile="a number >= 0.5 and < 1", min_confidence="a number from 0 to 1 (0: never uncertain)",
     target_sensitivity="null or a number between 0 and 1 (both excluded)", init_from="null or a run folder (text)",
-    exclude_copies_of="null or a folder (text)",
+    exclude_copies_of="null or a folder (text)", track="null (no tracking), mlflow or tensorboard",
 )
 
 
