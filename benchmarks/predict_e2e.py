@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import cpu_seconds, emit, load_average, machine, run_copy  # noqa: E402
 
+from braintumor.backends import load_predictor  # noqa: E402
 from braintumor.data.discover import list_images  # noqa: E402
 from braintumor.data.read import read_image  # noqa: E402
-from braintumor.inference import load_predictor  # noqa: E402
 
 
 def _top_functions(fn, n: int = 12) -> list[dict]:

@@ -58,7 +58,7 @@ def _fake_run(root: Path, model_name: str, img_size: int) -> Path:
 
 
 def part_inference(run: Path, batch: int, repeat: int) -> dict:
-    from braintumor.inference import load_predictor
+    from braintumor.backends import load_predictor
 
     ours = load_predictor(run, device="cpu", backend="torch")
     fast = load_predictor(run, device="cpu", backend="onnx")
@@ -84,7 +84,7 @@ def part_inference(run: Path, batch: int, repeat: int) -> dict:
 def part_predict(run: Path, paths: list[Path], batch: int, repeat: int) -> dict:
     from PIL import Image
 
-    from braintumor.inference import load_predictor
+    from braintumor.backends import load_predictor
 
     torch_pred = load_predictor(run, device="cpu", backend="torch")
     ours = load_predictor(run, device="cpu", backend="auto")

@@ -364,8 +364,9 @@ def test_prediction_reads_dicom_with_the_runs_training_window(trained_run, tmp_p
     """A run trained with BRAINTUMOR_DICOM_WINDOW=C,W predicts with the same window, and says so on a conflict."""
     import warnings
 
+    from braintumor.backends import load_predictor
     from braintumor.data.dicom import WINDOW_ENV
-    from braintumor.inference import Predictor, load_predictor
+    from braintumor.inference import Predictor
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run_dir, run)

@@ -12,10 +12,11 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from braintumor.backends import load_predictor  # noqa: E402
 from braintumor.data.read import read_image  # noqa: E402
 from braintumor.errors import RunError  # noqa: E402
 from braintumor.export import METADATA_KEY, OnnxPredictor, ParityError, export_onnx  # noqa: E402
-from braintumor.inference import Predictor, load_predictor  # noqa: E402
+from braintumor.inference import Predictor
 from braintumor.models import available_models, build_model, get_spec  # noqa: E402
 from braintumor.preprocess import Preprocessor  # noqa: E402
 from braintumor.rundir import RunDir  # noqa: E402

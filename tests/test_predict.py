@@ -160,7 +160,7 @@ def _assert_same_predictions(a, b, atol=1e-4):
 
 def test_auto_backend_exports_once_reuses_and_matches_torch(trained_run, phantoms_test, tmp_path):
     pytest.importorskip("onnxruntime")
-    from braintumor.inference import load_predictor
+    from braintumor.backends import load_predictor
 
     run = copy_run(trained_run.run_dir, tmp_path / "run")
     notes: list[str] = []
@@ -207,7 +207,7 @@ def test_stale_export_is_redone_when_the_checkpoint_or_metadata_change(trained_r
 
     import torch
 
-    from braintumor.inference import load_predictor
+    from braintumor.backends import load_predictor
     from braintumor.rundir import RunDir
 
     run = copy_run(trained_run.run_dir, tmp_path / "run")
@@ -241,7 +241,7 @@ def test_stale_export_is_redone_when_the_checkpoint_or_metadata_change(trained_r
 def test_read_only_run_folder_uses_the_user_cache(trained_run, phantoms_test, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     import braintumor.export as ex
-    from braintumor.inference import load_predictor
+    from braintumor.backends import load_predictor
 
     run = copy_run(trained_run.run_dir, tmp_path / "run")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -267,7 +267,7 @@ def test_read_only_run_folder_uses_the_user_cache(trained_run, phantoms_test, tm
 def test_missing_onnxruntime_falls_back_to_torch(trained_run, phantoms_test, tmp_path, monkeypatch):
     import sys
 
-    from braintumor.inference import load_predictor
+    from braintumor.backends import load_predictor
 
     run = copy_run(trained_run.run_dir, tmp_path / "run")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError

@@ -89,9 +89,9 @@ def test_bad_recipe_or_method_is_one_line(quantized, tmp_path):
 def test_predict_uses_int8_by_default_only_when_it_passed(quantized, trained_run, tmp_path):
     from typer.testing import CliRunner
 
+    from braintumor.backends import load_predictor
     from braintumor.cli import app
     from braintumor.errors import RunError
-    from braintumor.inference import load_predictor
 
     run, _ = quantized
     assert load_predictor(run, backend="auto").precision == "int8"

@@ -15,10 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from braintumor.backends import load_predictor
 from braintumor.cli import app
 from braintumor.config import TrainConfig
 from braintumor.errors import RunError, UsageError
-from braintumor.inference import Predictor, load_predictor, load_run
+from braintumor.inference import Predictor, load_run
 from braintumor.rundir import RunDir
 from braintumor.schema import parse_json, read_config_file, validate_config, validate_metadata
 from conftest import copy_run, old_run_copy

@@ -309,8 +309,9 @@ def test_api_outline(masked_run, plain_run, map_phantoms):
 
 def test_onnx_export_has_the_tumour_map_with_parity(masked_run, plain_run, map_phantoms, tmp_path):
     pytest.importorskip("onnxruntime")
+    from braintumor.backends import load_predictor
     from braintumor.export import OnnxPredictor, export_onnx
-    from braintumor.inference import Predictor, load_predictor
+    from braintumor.inference import Predictor
 
     res = export_onnx(masked_run, tmp_path / "m.onnx")
     assert res.max_abs_diff <= 1e-4 and res.map_max_abs_diff is not None and res.map_max_abs_diff <= 1e-3

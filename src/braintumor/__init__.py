@@ -57,7 +57,7 @@ _LAZY = {
     # prediction
     "Predictor": ("braintumor.inference", "Predictor"),
     "load_run": ("braintumor.inference", "load_run"),
-    "load_predictor": ("braintumor.inference", "load_predictor"),
+    "load_predictor": ("braintumor.backends", "load_predictor"),
     "Preprocessor": ("braintumor.preprocess", "Preprocessor"),
     # explanation
     "explain": ("braintumor.explanation", "explain"),

@@ -256,7 +256,7 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     elif str(backend).lower() == "torch":
         pred = Predictor.from_run(model)
     else:
-        from .inference import load_predictor
+        from .backends import load_predictor
 
         pred = load_predictor(model, backend=backend, notice=notice, precision="fp32")
     from .data.slices import run_slices
