@@ -202,3 +202,23 @@ def test_render_handles_malformed_values():
     assert all(s in text for s in SECTIONS)
     assert "| f1 | 0.500 | - |" in text and "| accuracy |" not in text
     assert "average of epochs 3-5" in text and "x&lt;y" in text and "No temperature recorded" in text
+
+
+def test_cli_writes_a_card_for_an_old_run_and_evaluate_refreshes_it(trained_run, phantoms_test, tmp_path):
+    from typer.testing import CliRunner
+
+    from braintumor.cli import app
+    from braintumor.evaluation import evaluate
+
+    old = shutil.copytree(trained_run.run_dir, tmp_path / "old", ignore=shutil.ignore_patterns("*.onnx", "evaluations"))
+    (old / CARD_FILE).unlink()                                     # a run made before cards existed
+    r = CliRunner().invoke(app, ["model-card", str(old)])
+    assert r.exit_code == 0, r.output
+    card = (old / CARD_FILE).read_text()
+    assert "## Intended use" in card and "phantoms_test" not in card
+    evaluate(old, phantoms_test)                                   # into old/evaluations/<folder name>/
+    name = phantoms_test.resolve().name
+    assert (old / "evaluations" / name / "metrics.json").is_file()
+    assert name.replace("_", "\\_") in (old / CARD_FILE).read_text()   # refreshed: lists the evaluation
+    r = CliRunner().invoke(app, ["model-card", str(tmp_path / "nothing")])
+    assert r.exit_code != 0 and "Traceback" not in r.output

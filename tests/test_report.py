@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from braintumor.report import RUN_SECTIONS, audit_findings, audit_html, write_report
+from braintumor.audit_report import audit_findings, audit_html
+from braintumor.report import RUN_SECTIONS, write_report
 
 
 def _check_self_contained(page: str) -> None:

@@ -775,6 +775,25 @@ def fit_input_check_cmd(
                   f"{s.get('val_flagged_not_brain', 0):.1%}, uncertain {s['val_uncertain']:.1%}")
 
 
+@app.command("model-card")
+@handle_errors
+def model_card_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `braintumor train`."),
+):
+    """Write (or bring up to date) RUN_DIR/model_card.md: intended use, data, preprocessing, metrics with CIs,
+    calibration, input check, evaluations, known failure modes, licence of the weights.
+
+    Training writes the card, and fit-input-check and evaluate (into RUN_DIR/evaluations/) refresh it; this
+    command gives a run made before cards existed its own, or rewrites one by hand.
+
+    Example: braintumor model-card runs/navoneel
+    """
+    from .model_card import write_model_card
+
+    path = write_model_card(run_dir)
+    console.print(f"model card: {markup(path)}", highlight=False)
+
+
 def _check_export_out(out: Path, run_dir: Path) -> None:
     """``export --out``: a new file or an existing ``.onnx`` file, never a folder or another file of the run."""
     from .display import printable

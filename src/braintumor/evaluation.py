@@ -324,6 +324,11 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         res.metrics["ci"] = bootstrap_ci(y, proba, classes_out, positive, threshold, n_boot=n_boot)
     if res.out_dir is not None:
         RunDir(res.out_dir).write_json(Path(res.out_dir) / "metrics.json", res.metrics)
+        run_dir = getattr(pred, "run_dir", None)
+        if run_dir is not None and Path(res.out_dir).resolve().parent == (Path(run_dir) / "evaluations").resolve():
+            from .model_card import refresh_model_card
+
+            refresh_model_card(run_dir)  # the card lists the run's evaluations
     return res
 
 

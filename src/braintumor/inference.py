@@ -572,4 +572,7 @@ def refit_input_check(run_dir: str | Path, *, quantile: float | None = None, min
     check.save(run.root)
     meta["input_check"] = check.to_metadata()
     run.write_json(run.metadata, meta)
+    from .model_card import refresh_model_card
+
+    refresh_model_card(run.root)  # the card describes the check
     return check

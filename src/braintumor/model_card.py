@@ -661,6 +661,19 @@ def write_model_card(run_dir: str | Path) -> Path:
     return path
 
 
+def refresh_model_card(run_dir: str | Path) -> Path | None:
+    """Write the card of a run again when it has one (after ``fit-input-check`` or an evaluation into
+    ``RUN/evaluations/``); a run made before cards existed is left as it is. A card that cannot be written costs
+    nothing else: ``None``.
+    """
+    if not (Path(run_dir) / CARD_FILE).is_file():
+        return None
+    try:
+        return write_model_card(run_dir)
+    except (BrainTumorError, OSError):
+        return None
+
+
 def run_model_card(run_dir: str | Path) -> str:
     """The card of a run folder: its ``model_card.md`` as written (by training, or :func:`write_model_card` after a
     change), else one generated from its files (runs made before cards existed; nothing is written).
