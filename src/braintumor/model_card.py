@@ -181,10 +181,11 @@ def _per_source(root: Path, meta: dict) -> list[dict] | None:
     from .data.split import read_split_file
     from .metrics import classification_metrics
     from .rundir import read_predictions
+    from .stats import bootstrap_ci
 
     try:
         source_of = {r["path"]: r["source"] for r in read_split_file(root) if r["subset"] == "val"}
-        paths, labels, predicted, proba, classes = read_predictions(root / "predictions.csv")
+        paths, labels, _, proba, classes = read_predictions(root / "predictions.csv")
     except (BrainTumorError, OSError, ValueError, KeyError, IndexError):
         return None
     if not classes or not source_of:
@@ -198,49 +199,9 @@ def _per_source(root: Path, meta: dict) -> list[dict] | None:
             continue
         y = [classes.index(labels[i]) for i in rows]
         m = classification_metrics(y, proba[rows], classes, positive, threshold)
-        m["ci"] = accuracy_ci(y, [classes.index(predicted[i]) if predicted[i] in classes else -1 for i in rows],
-                              len(classes))
+        m["ci"] = bootstrap_ci(y, proba[rows], classes, positive, threshold, n_boot=N_BOOT)
         out.append({"source": name, "metrics": m})
     return out or None
-
-
-def accuracy_ci(y_true, y_pred, n_classes: int, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0) -> dict:
-    """Percentile-bootstrap intervals of accuracy and balanced accuracy (the mean recall of the classes present),
-    from per-class counts of each resample (one matrix product per block of resamples): milliseconds where
-    :func:`braintumor.stats.bootstrap_ci` (every metric, one resample at a time) takes seconds per thousand images.
-
-    Example:
-        >>> from braintumor.model_card import accuracy_ci
-        >>> ci = accuracy_ci([0, 0, 1, 1] * 10, [0, 1, 1, 1] * 10, 2)
-        >>> ci["accuracy"]["estimate"], ci["balanced_accuracy"]["estimate"]
-        (0.75, 0.75)
-    """
-    import numpy as np
-
-    y, yp = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    n = len(y)
-    if n == 0:
-        return {}
-    onehot = (y[:, None] == np.arange(n_classes)).astype(np.float64)  # (n, k)
-    counts = np.concatenate([onehot, onehot * (y == yp)[:, None]], axis=1)  # images and hits per class
-    rng = np.random.default_rng(seed)
-    per_class = []
-    for start in range(0, n_boot, 100):
-        b = min(100, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        weights = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        per_class.append(weights @ counts)
-    boot = np.concatenate([counts.sum(axis=0, keepdims=True), *per_class])  # row 0: the data itself
-    total, hits = boot[:, :n_classes], boot[:, n_classes:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        balanced = np.nanmean(np.where(total > 0, hits / total, np.nan), axis=1)
-    out: dict = {}
-    for key, values in (("accuracy", hits.sum(axis=1) / n), ("balanced_accuracy", balanced)):
-        samples = values[1:][np.isfinite(values[1:])]
-        if np.isfinite(values[0]) and len(samples):
-            lo, hi = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-            out[key] = {"estimate": float(values[0]), "low": float(lo), "high": float(hi)}
-    return dict(out, n_boot=n_boot, level=1 - alpha)
 
 
 def _evaluations(root: Path) -> list[tuple[str, dict]]:
