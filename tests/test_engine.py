@@ -252,13 +252,19 @@ def record_case_with(train, case: str, data: Path, out: Path, **kw):
 
 
 def test_a_handler_given_to_train_stops_it_and_a_resume_does_not_go_on(golden_data, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
     from braintumor.training import train
 
     _no_report(monkeypatch)
     cfg = TrainConfig(data_dir=str(golden_data), model="cnn", img_size=32, epochs=4, batch_size=16, seed=1,
                       precision="fp32")
-    res = train(cfg, out=tmp_path / "stopped", handlers=[StopAfter(2)])
+    said = io.StringIO()
+    res = train(cfg, out=tmp_path / "stopped", handlers=[StopAfter(2)], console=Console(file=said, width=200))
     assert [h["epoch"] for h in res.history] == [1, 2]
+    assert "stopped after epoch 2 (a handler set state.stop)" in said.getvalue()  # the console says why
     assert res.metadata["status"] == "complete" and res.metrics["best_epoch"] in (1, 2)
     assert RunDir(res.run_dir).load_checkpoint("last")["stopped"]  # saved again once the handler stopped it
     again = train(None, out=tmp_path / "stopped", resume=True)  # the final stage again; no epoch rerun

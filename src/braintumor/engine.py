@@ -116,7 +116,7 @@ class TrainState:
     improved: bool = False                    # this epoch's validation loss is the phase's best so far
     bad_epochs: int = 0                       # epochs without improvement that count for early stopping
     stop: bool = False                        # a handler asks the loop to stop after this epoch
-    stop_reason: str = ""                     # said on the console after the epoch's line
+    stop_reason: str = ""                     # said on the console when the phase ends
     swa: dict | None = None                   # the running weight average ({"state", "epochs"}), or None
     sums: dict = field(default_factory=dict)  # this epoch's Means of this process (before ReduceAcrossRanks)
     progress: Any = None                      # the running epoch's progress bar (.advance(n, info)), or None
@@ -507,8 +507,11 @@ class ConsoleLog(Handler):
         self.console.print(f"epoch {state.epoch:3d} {label:<14} loss {row['loss']:.4f} acc {row['accuracy']:.3f} | "
                            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}{dice} | "
                            f"lr {row['lr']:.2e} | {row['seconds']:.1f}s" + (" *" if state.improved else ""))
-        if state.stop and state.stop_reason:
-            self.console.print(state.stop_reason)
+
+    def on_phase_end(self, state: TrainState) -> None:
+        # Said here, after every handler's epoch_end: a stop asked for by a handler given to train() is said too.
+        if self.console is not None and state.stop:
+            self.console.print(state.stop_reason or f"stopped after epoch {state.epoch} (a handler set state.stop)")
 
     def on_exception(self, state: TrainState, exc: BaseException) -> None:
         self._close()
