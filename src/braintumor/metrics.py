@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 def predict_labels(proba: np.ndarray, threshold: float | None = None, positive: int = 1) -> np.ndarray:
@@ -33,6 +32,8 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
     For binary problems the positive class's sensitivity, specificity, precision and F1 are also given at the top
     level (``sensitivity``, ``specificity``, ``precision``, ``f1``).
     """
+    from sklearn import metrics as skm  # on first use: importing scikit-learn costs ~0.7 s
+
     y = np.asarray(y_true, dtype=int)
     proba = np.asarray(proba, dtype=np.float64)
     proba = proba / proba.sum(axis=1, keepdims=True)
@@ -79,6 +80,8 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
 
 def roc_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
     """ROC-AUC; ``None`` when only one class is present."""
+    from sklearn import metrics as skm  # on first use: importing scikit-learn costs ~0.7 s
+
     present = np.unique(y)
     if len(present) < 2:
         return None
@@ -91,6 +94,8 @@ def roc_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
 
 def pr_auc(y: np.ndarray, proba: np.ndarray, pos: int | None) -> float | None:
     """PR-AUC as average precision; ``None`` when only one class is present."""
+    from sklearn import metrics as skm  # on first use: importing scikit-learn costs ~0.7 s
+
     present = np.unique(y)
     if len(present) < 2:
         return None

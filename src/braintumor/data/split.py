@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
 from ..errors import DataError
 
@@ -47,6 +46,9 @@ def train_val_split(labels: Sequence[int], groups: Sequence | None = None, val_f
     if (counts[counts > 0] < 2).any():
         raise DataError("every class needs at least 2 images for a train/validation split")
     idx = np.arange(len(y))
+    # scikit-learn on first use: importing it costs ~1 s, and prediction (which imports this package) never splits
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
     if g is None:
         n_val = max(int(round(val_fraction * len(y))), int((counts > 0).sum()))
         sss = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
@@ -64,6 +66,8 @@ def train_val_split(labels: Sequence[int], groups: Sequence | None = None, val_f
 def kfold(labels: Sequence[int], groups: Sequence | None = None, n_splits: int = 5, repeats: int = 1,
           seed: int = 0) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield ``(repeat, fold, train_idx, test_idx)`` for (repeated) stratified (group) k-fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     y, g = _check(labels, groups)
     idx = np.arange(len(y))
     for r in range(repeats):
