@@ -90,10 +90,8 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
 
 def _int8_predictor(run_dir: Path, meta: dict, required: bool) -> Predictor | None:
     """The run's current, checked INT8 model as a predictor reporting the run (``None``: there is none)."""
-    try:
-        from .quantize import INT8_FILE, int8_for_run
-    except ImportError:  # pragma: no cover - ships with the package
-        return None
+    from .quantize import INT8_FILE, int8_for_run
+
     try:
         pred = int8_for_run(run_dir)
     except ImportError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 import re
 from pathlib import Path
@@ -51,6 +52,21 @@ def _text(name) -> str:
     if isinstance(name, bytes):
         return os.fsdecode(name)
     return os.fspath(name) if isinstance(name, os.PathLike) and isinstance(os.fspath(name), str) else str(name)
+
+
+def finite_number(v) -> float | None:
+    """``v`` as a float when it is a finite real number (bools excluded), else ``None``: numbers read from files
+    others wrote (metrics, metadata) are untrusted.
+
+    Example:
+        >>> from braintumor.display import finite_number
+        >>> finite_number(3), finite_number(True), finite_number(float("nan")), finite_number("0.9")
+        (3.0, None, None, None)
+    """
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 def printable(name) -> str:

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 from pathlib import Path
 
+from .display import finite_number as _num
 from .display import printable
 from .errors import BrainTumorError
 from .rundir import RunDir, atomic_write_text
@@ -88,13 +88,6 @@ def md(text) -> str:
 def _yaml_str(text) -> str:
     """A YAML scalar holding ``text`` exactly (a JSON string is a YAML flow scalar)."""
     return json.dumps(printable(text), ensure_ascii=True)
-
-
-def _num(v) -> float | None:
-    """``v`` when it is a finite real number (bools excluded), else ``None``: values from files are untrusted."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
-    return None
 
 
 def _g(v) -> str:

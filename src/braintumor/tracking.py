@@ -33,7 +33,6 @@ import contextvars
 import importlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -41,6 +40,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .display import finite_number
 from .engine import Handler, TrainState
 from .errors import BrainTumorError, UsageError
 
@@ -113,13 +113,6 @@ def params_of(config: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in config.items()}
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 def metric_key(name: Any) -> str:
     """A metric name MLflow and TensorBoard accept (class names can hold any character).
 
@@ -134,9 +127,9 @@ def metric_key(name: Any) -> str:
 def _interval(iv: Any) -> tuple[float, float] | None:
     """``{"low", "high", ...}`` or ``[low, high]`` -> ``(low, high)``; anything else -> ``None``."""
     if isinstance(iv, Mapping):
-        lo, hi = _number(iv.get("low")), _number(iv.get("high"))
+        lo, hi = finite_number(iv.get("low")), finite_number(iv.get("high"))
     elif isinstance(iv, list | tuple) and len(iv) == 2:
-        lo, hi = _number(iv[0]), _number(iv[1])
+        lo, hi = finite_number(iv[0]), finite_number(iv[1])
     else:
         return None
     return None if lo is None or hi is None else (lo, hi)
@@ -155,11 +148,11 @@ def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, floa
     """
     out: dict[str, float] = {}
     for k, v in metrics.items():
-        if (x := _number(v)) is not None:
+        if (x := finite_number(v)) is not None:
             out[prefix + metric_key(k)] = x
     for c, values in (metrics.get("per_class") or {}).items():
         for k, v in (values.items() if isinstance(values, Mapping) else ()):
-            if (x := _number(v)) is not None:
+            if (x := finite_number(v)) is not None:
                 out[f"{prefix}per_class/{metric_key(c)}/{metric_key(k)}"] = x
     ci = metrics.get("ci")
     for k, iv in (ci.items() if isinstance(ci, Mapping) else ()):
@@ -473,7 +466,7 @@ class TrackingHandler(Handler):
         if not state.history:
             return
         row = state.history[-1]
-        values = {metric_key(k): x for k, v in row.items() if k != "epoch" and (x := _number(v)) is not None}
+        values = {metric_key(k): x for k, v in row.items() if k != "epoch" and (x := finite_number(v)) is not None}
         self.tracker.log_metrics(values, int(row.get("epoch", state.epoch)))
 
     def on_run_complete(self, state: TrainState) -> None:
