@@ -55,6 +55,37 @@ def test_cv_writes_every_file(cv_result):
     assert set(CV_METRICS) <= set(rows[0])
 
 
+def test_cv_measures_the_input_check_on_held_out_folds(cv_result):
+    """Each held-out image is assessed by the input check of the fold that never saw it; cv.json pools them."""
+    out = cv_result.out_dir
+    doc = json.loads((out / "cv.json").read_text())
+    ic = doc["input_check"]
+    assert ic == cv_result.input_check and ic["n"] == doc["n_oof"] == 60
+    parts = [json.loads((out / "folds" / f"r0-f{f}" / "test" / "metrics.json").read_text())["input_check"]
+             for f in range(3)]
+    assert sum(p["n"] for p in parts) == 60
+    for key in ("flagged", "not_brain_mri", "unfamiliar", "uncertain", "answered"):
+        assert ic["counts"][key] == sum(p["counts"][key] for p in parts), key
+    assert ic["counts"]["flagged"] == ic["counts"]["not_brain_mri"] + ic["counts"]["unfamiliar"]
+    assert ic["flagged"] == round(ic["counts"]["flagged"] / 60, 4)
+    lo, hi = ic["flagged_ci"]
+    assert 0.0 <= lo <= ic["flagged"] <= hi <= 1.0 and hi - lo > 0.02
+    assert [f["flagged"] for f in doc["folds"]] == [p["flagged"] for p in parts]
+    # phantoms like the training ones: the check lets most of them through
+    assert ic["flagged"] <= 0.25
+    assert "Input check on held-out folds" in (out / "report.html").read_text()
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from braintumor.stats import wilson_ci
+
+    lo, hi = wilson_ci(1, 10)
+    assert round(lo, 4) == 0.0179 and round(hi, 4) == 0.4042  # Wilson score interval, z = 1.96
+    assert wilson_ci(0, 50)[0] == 0.0 and wilson_ci(50, 50)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        wilson_ci(11, 10)
+
+
 def test_labels_to_check_lists_confident_contradictions_averaged_over_repeats():
     p = lambda *v: np.array(v)  # noqa: E731
     oof = [(0, 0, "no/a.png", "g1", 0, 1, p(0.05, 0.95)), (1, 2, "no/a.png", "g1", 0, 1, p(0.15, 0.85)),  # mean 0.10
@@ -127,6 +158,7 @@ def test_cv_cli(phantoms, tmp_path):
                                  "1", "--out", str(tmp_path / "cv")])
     assert r.exit_code == 0, r.output
     assert "mean [95% CI]" in r.output and "wall time per fold" in r.output
+    assert "held-out images flagged" in r.output  # the input check's false-alarm rate, measured on the folds
     assert (tmp_path / "cv" / "report.html").is_file()
     r = CliRunner().invoke(app, ["cv", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "Traceback" not in r.output

@@ -240,6 +240,11 @@ def test_cv_by_source_exposes_a_planted_cue_and_a_lever_recovers_it(cue_sources,
     doc = json.loads((tmp_path / "plain" / "cv.json").read_text())
     assert doc["kind"] == "by-source" and {r["kind"] for r in doc["rows"]} == {"cross", "within"}
     assert all("low" in r["ci"]["balanced_accuracy"] for r in doc["rows"])
+    # each held-out source is also scored by the input check of the model that never saw it
+    for r in doc["rows"]:
+        if r["kind"] == "cross":
+            test_metrics = json.loads((tmp_path / "plain" / r["run"] / "test" / "metrics.json").read_text())
+            assert r["flagged"] == test_metrics["input_check"]["flagged"] and 0.0 <= r["flagged"] <= 1.0
     assert doc["errors"] and all(e["source"] in ("srcA", "srcB") for e in doc["errors"])
     html = (tmp_path / "plain" / "report.html").read_text()
     assert "Cross-source errors" in html and "overstates" in html and "could not be built" not in html

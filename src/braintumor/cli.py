@@ -256,6 +256,10 @@ def evaluate(
         console.print(f"input check: flagged {chk['flagged']:.1%} (not_brain_mri {chk['not_brain_mri']:.1%}, "
                       f"unfamiliar {chk['unfamiliar']:.1%}), uncertain {chk['uncertain']:.1%}{acc} "
                       f"(metrics above: all images)")
+    det = (res.metrics.get("tumour_map") or {}).get("detector")
+    if det:
+        console.print(f"tumour map as a detector (a region >= 0.5 found): sensitivity {det['sensitivity']:.3f}, "
+                      f"specificity {det['specificity']:.3f}, ROC-AUC of its maximum {det['roc_auc']:.3f}")
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
     console.print(f"written to [bold]{markup(res.out_dir)}[/bold]", highlight=False)
@@ -366,6 +370,12 @@ def cv(
     console.print(t)
     secs = ", ".join(f"{f['seconds']:.0f}" for f in res.folds)
     console.print(f"wall time per fold (s): {secs}")
+    ic = res.input_check
+    if ic and ic["n"]:
+        lo, hi = ic["flagged_ci"]
+        console.print(f"input check: {ic['counts']['flagged']} of {ic['n']} held-out images flagged "
+                      f"({100 * ic['flagged']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]), each by the check of the fold "
+                      "that never saw it: its false-alarm rate on images like these")
     check = res.labels_to_check
     if check:
         console.print(f"{len(check)} image(s) whose out-of-fold model gives their own label p < "
@@ -379,13 +389,14 @@ def cv(
 
 def _print_by_source(res) -> None:
     t = Table(title="leave one source out (95% CI)", show_header=True)
-    for col in ("trained on", "tested on", "kind", "n", "bal. acc.", "sens.", "spec.", "AUC"):
+    for col in ("trained on", "tested on", "kind", "n", "bal. acc.", "sens.", "spec.", "AUC", "flagged"):
         t.add_column(col, justify="left" if col in ("trained on", "tested on", "kind") else "right")
     for r in res.rows:
         m, ci = r["metrics"], r["ci"]
         ba, c = m.get("balanced_accuracy"), ci.get("balanced_accuracy")
         cells = ["-" if ba is None else f"{ba:.3f} [{c['low']:.2f}, {c['high']:.2f}]" if c else f"{ba:.3f}"]
         cells += ["-" if m.get(k) is None else f"{m[k]:.3f}" for k in ("sensitivity", "specificity", "roc_auc")]
+        cells.append("-" if r.get("flagged") is None else f"{100 * r['flagged']:.1f}%")
         t.add_row(" + ".join(r["trained_on"]), r["tested_on"], r["kind"], str(r["n"]), *cells)
     console.print(t)
     for s in res.skipped:

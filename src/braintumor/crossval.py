@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .crossval_sources import SourceCVResult, evaluate_fold, run_by_source
+from .crossval_sources import SourceCVResult, evaluate_fold, flagged_summary, run_by_source
 from .data.discover import ImageFolder
 from .data.split import assert_disjoint_groups, kfold
 from .errors import DataError, UsageError
@@ -70,6 +70,7 @@ class CVResult:
     leakage: dict | None = None
     naive: CVResult | None = None
     labels_to_check: list[dict] = field(default_factory=list)
+    input_check: dict | None = None
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={self.summary[k]['mean']:.3f}" for k in ("accuracy", "roc_auc")
@@ -84,7 +85,7 @@ class CVResult:
     def to_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "grouped": self.grouped, "n_groups": self.n_groups,
                 "folds": self.folds, "summary": self.summary, "pooled": self.pooled, "pooled_ci": self.pooled_ci,
-                "leakage": self.leakage, "labels_to_check": self.labels_to_check}
+                "leakage": self.leakage, "labels_to_check": self.labels_to_check, "input_check": self.input_check}
 
 
 def labels_to_check(oof: list[tuple], classes: list[str], below: float = LABEL_CHECK_BELOW) -> list[dict]:
@@ -149,7 +150,7 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
 
     groups = ds.groups
     out.mkdir(parents=True, exist_ok=True)
-    rows, oof = [], []
+    rows, oof, checks = [], [], []
     classes = ds.classes
     positive = None
     from .training import split_strata
@@ -174,6 +175,10 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
                "temperature": (res.metadata.get("calibration") or {}).get("temperature"),
                "threshold": pred.threshold}
         row.update({k: ev.metrics.get(k) for k in CV_METRICS})
+        check = ev.metrics.get("input_check")
+        if check is not None:  # held-out images the fold's input check never saw: its false-alarm rate
+            row["flagged"] = check["flagged"]
+            checks.append(check)
         rows.append(row)
         pos_idx = classes.index(positive) if positive in classes else 1
         y_pred = predict_labels(ev.proba, pred.threshold, pos_idx)
@@ -200,7 +205,7 @@ def _run_cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Pa
     _write_outputs(out, rows, oof, classes, y, proba, pooled, positive, label)
     n_groups = len(set(groups)) if groups is not None else None
     result = CVResult(out, rows, summary, pooled, pooled_ci, groups is not None, n_groups,
-                      labels_to_check=labels_to_check(oof, classes))
+                      labels_to_check=labels_to_check(oof, classes), input_check=flagged_summary(checks))
     RunDir(out).write_json(out / "cv.json", {
         "kind": "cv", "split": label, "n_folds": folds, "repeats": repeats, "classes": classes,
         "positive_class": positive, "grouped": groups is not None, "n_images": len(ds), "n_groups": n_groups,

@@ -18,7 +18,8 @@ errors are listed (``errors``; the report shows them with the model's Grad-CAM).
 Output folder::
 
     CV/
-      cv.json           kind "by-source": rows (trained on / tested on / kind / metrics / ci), findings, errors
+      cv.json           kind "by-source": rows (trained on / tested on / kind / metrics / ci; cross rows also
+                        ``flagged``: the share of the held-out source the model's input check flags), findings, errors
       by_source.csv     the table
       report.html
       folds/without-<source>/   the run trained without that source (+ test/: its predictions on that source)
@@ -128,6 +129,11 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
     """Predict held-out images with a fold's run (its preprocessing, temperature and threshold) and write the
     evaluation into ``RUN/test/`` (used by both :func:`braintumor.cv` and :func:`run_by_source`).
 
+    When the run has a fitted input check (:mod:`braintumor.ood`), the same model pass scores every held-out image
+    and ``metrics["input_check"]`` says how many it flags (:func:`~braintumor.evaluation.input_check_metrics`):
+    images the check never saw, so the share flagged is its false-alarm rate on in-distribution data (or, for a
+    held-out source, how unfamiliar that source looks).
+
     Returns:
         ``(evaluation, groups, predictor)``: the :func:`~braintumor.evaluation.report_predictions` result of the
         images that could be read, their groups (their paths when ``test`` has none), the run's predictor.
@@ -138,20 +144,58 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
         (0.95, True)
     """
     from .data.cache import load_images
-    from .evaluation import report_predictions
+    from .evaluation import input_check_metrics, report_predictions
     from .inference import Predictor
+    from .metrics import predict_labels
 
     run_dir = Path(run_dir)
     pred = Predictor.from_run(run_dir)
-    loaded = load_images(test.paths, pred.preprocessor)
+    checked = pred.input_check is not None and pred.check_inputs
+    loaded = load_images(test.paths, pred.preprocessor, stats=checked)
     y = np.asarray(test.labels)[loaded.kept]
-    proba = pred.proba_prepared(loaded.images)
+    checks = None
+    if checked:  # one model pass: probabilities and the input check's scores
+        outputs = pred.outputs_prepared(loaded.images, scores=True)
+        proba = outputs.proba
+        checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, outputs.scores)
+    else:
+        proba = pred.proba_prepared(loaded.images)
     every = test.paths  # a property that builds the whole list: once, not once per image
     paths = [str(every[i]) for i in loaded.kept]
     groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
     ev = report_predictions(y, proba, pred.classes, run_dir / "test", paths, pred.positive_class, pred.threshold,
-                            title="test fold")
+                            title="test fold", checks=checks)
+    if checks is not None:
+        y_pred = predict_labels(proba, pred.threshold, pred.positive_index)
+        ev.metrics["input_check"] = input_check_metrics(y, y_pred, checks, pred.input_check)
+        RunDir(ev.out_dir).write_json(Path(ev.out_dir) / "metrics.json", ev.metrics)
     return ev, groups, pred
+
+
+def flagged_summary(parts: list[dict]) -> dict | None:
+    """Pool the ``input_check`` blocks of several evaluations (folds): images flagged (``not_brain_mri`` or
+    ``unfamiliar``) among all of them, with a Wilson 95% interval, and the counts of each verdict.
+
+    Returns ``None`` when no part has an input check.
+
+    Example:
+        >>> flagged_summary([{"n": 50, "counts": {"flagged": 1, "not_brain_mri": 0, "unfamiliar": 1,
+        ...                                        "uncertain": 3, "answered": 46}},
+        ...                  {"n": 50, "counts": {"flagged": 0, "not_brain_mri": 0, "unfamiliar": 0,
+        ...                                        "uncertain": 2, "answered": 48}}])["flagged"]
+        0.01
+    """
+    from .stats import wilson_ci
+
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    n = sum(int(p["n"]) for p in parts)
+    counts = {k: sum(int(p["counts"].get(k, 0)) for p in parts) for k in parts[0]["counts"]}
+    lo, hi = wilson_ci(counts["flagged"], n)
+    return {"n": n, "flagged": round(counts["flagged"] / n, 4) if n else None,
+            "flagged_ci": [round(lo, 4), round(hi, 4)], "counts": counts,
+            "uncertain": round(counts.get("uncertain", 0) / n, 4) if n else None}
 
 
 def _row(trained_on, tested_on, kind, n, metrics, ci, **extra) -> dict:
@@ -231,9 +275,10 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
         ev, _groups, pred = evaluate_fold(run_dir, ds.subset(keep))
         model = f"without {held}"
         m, ci = _metrics_with_ci(ev.y_true, ev.proba, classes, pred.positive_class, pred.threshold, cfg.seed)
+        check = ev.metrics.get("input_check")
         cross = _row(trained_on, held, "cross", len(ev.y_true), m, ci, model=model, copies_excluded=n_copies,
                      copies_excluded_from=side, run=str(run_dir.relative_to(out)),
-                     seconds=round(time.time() - t0, 1))
+                     seconds=round(time.time() - t0, 1), flagged=None if check is None else check["flagged"])
         rows.append(cross)
         vpaths, vy, vproba, vsrc = _read_val(run_dir, classes)
         for name in trained_on:
@@ -297,10 +342,11 @@ def _write(out: Path, result: SourceCVResult, cfg: TrainConfig, ds: ImageFolder)
 
     atomic_write_text(out / "by_source.csv", csv_text(
         ["trained_on", "tested_on", "kind", "n", *SOURCE_METRICS,
-         *[f"{k}_{b}" for k in SOURCE_METRICS for b in ("low", "high")]],
+         *[f"{k}_{b}" for k in SOURCE_METRICS for b in ("low", "high")], "flagged"],
         [["+".join(r["trained_on"]), r["tested_on"], r["kind"], r["n"],
           *[_f(r["metrics"].get(k)) for k in SOURCE_METRICS],
-          *[_f((r["ci"].get(k) or {}).get(b)) for k in SOURCE_METRICS for b in ("low", "high")]]
+          *[_f((r["ci"].get(k) or {}).get(b)) for k in SOURCE_METRICS for b in ("low", "high")],
+          _f(r.get("flagged"))]
          for r in result.rows], name_columns=()))
     RunDir(out).write_json(out / "cv.json", {
         "kind": "by-source", "classes": ds.classes, "n_images": len(ds),

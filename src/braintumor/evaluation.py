@@ -276,8 +276,11 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     else:
         ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
     checked = getattr(pred, "input_check", None) is not None and getattr(pred, "check_inputs", True)
+    mapped = bool(getattr(pred, "has_tumour_map", False))  # a run trained with masks: its map as a detector too
     every = ds.paths  # a property that builds the whole list: once, not once per image
     kept, skipped, probas, score_parts = [], [], [], []
+    map_max: list[float] = []
+    found: list[bool] = []
     checks: list | None = [] if checked else None
     for start in range(0, len(every), max(1, int(chunk))):  # read, prepare and predict a chunk at a time
         loaded = load_images(every[start:start + chunk], pred.preprocessor, strict=strict, on_skip=on_skip,
@@ -286,11 +289,17 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         if not loaded.kept:
             continue
         kept += [start + i for i in loaded.kept]
-        if checked:  # one model pass gives the probabilities and the input check's scores
-            outputs = pred.outputs_prepared(loaded.images, scores=True, batch_size=batch_size)
+        if checked or mapped:  # one model pass: probabilities, the input check's scores, the tumour maps
+            outputs = pred.outputs_prepared(loaded.images, maps=mapped, scores=checked, batch_size=batch_size)
             part = outputs.proba
-            score_parts.append(outputs.scores)
-            checks += pred.assess(part, pred.labels_from_proba(part), loaded.stats, outputs.scores)
+            if checked:
+                score_parts.append(outputs.scores)
+                checks += pred.assess(part, pred.labels_from_proba(part), loaded.stats, outputs.scores)
+            if mapped:
+                from .outline import lesion_found
+
+                map_max += [float(m.max()) for m in outputs.maps]
+                found += [lesion_found(m) for m in outputs.maps]
         else:
             part = pred.proba_prepared(loaded.images, batch_size)
         probas.append(part)
@@ -318,6 +327,8 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
             plot_ood_scores(scores, pred.input_check.summary, Path(res.out_dir) / "ood_scores.png",
                             title=f"{Path(data_dir).name}: input check",
                             not_brain=[a.verdict == NOT_BRAIN for a in checks])
+    if mapped:
+        res.metrics["tumour_map"] = map_detection_metrics(y, classes_out, map_max, found)
     if ci and len(y):  # percentile-bootstrap 95% intervals (braintumor.stats), saved with the metrics
         from .stats import bootstrap_ci
 
@@ -330,6 +341,46 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
 
             refresh_model_card(run_dir)  # the card lists the run's evaluations
     return res
+
+
+def map_detection_metrics(y_true: Sequence[int], classes: Sequence[str], map_max: Sequence[float],
+                          found: Sequence[bool]) -> dict:
+    """The ``tumour_map`` block of an evaluation's ``metrics.json`` (runs trained with masks): the tumour map used
+    as a detector, independently of the class head.
+
+    Keys: ``threshold`` (0.5, :data:`braintumor.outline.THRESHOLD`) and ``rule`` (in words); ``per_class``: per
+    folder class ``{n, found, mean_max}`` (the share of images whose map outlines a region, as ``predict
+    --outline`` would, and the mean of the map's maximum); when the classes split into no-tumour folders
+    (:data:`~braintumor.data.classes.NEGATIVE_NAMES`) and tumour folders, ``detector``: ``sensitivity``,
+    ``specificity``, ``balanced_accuracy`` of "a region was found", and ``roc_auc`` of the map's maximum as a
+    tumour score.
+
+    Example:
+        >>> m = map_detection_metrics([1, 1, 0, 0], ["no", "yes"], [0.9, 0.3, 0.2, 0.7], [True, False, False, True])
+        >>> m["detector"]["sensitivity"], m["detector"]["specificity"], m["detector"]["roc_auc"]
+        (0.5, 0.5, 0.75)
+    """
+    from .data.classes import NEGATIVE_NAMES
+    from .outline import THRESHOLD
+    from .stats import binary_auc
+
+    y = np.asarray(y_true, dtype=int)
+    mx, fd = np.asarray(map_max, dtype=np.float64), np.asarray(found, dtype=bool)
+    out: dict = {"threshold": THRESHOLD, "rule": "a connected region of the map >= threshold, specks dropped "
+                                                  "(as predict --outline)", "per_class": {}}
+    for i, c in enumerate(classes):
+        sel = y == i
+        if sel.any():
+            out["per_class"][c] = {"n": int(sel.sum()), "found": round(float(fd[sel].mean()), 4),
+                                   "mean_max": round(float(mx[sel].mean()), 4)}
+    neg = np.isin(y, [i for i, c in enumerate(classes) if c.lower() in NEGATIVE_NAMES])
+    if neg.any() and (~neg).any():
+        sens, spec = float(fd[~neg].mean()), float((~fd[neg]).mean())
+        out["detector"] = {"n_tumour": int((~neg).sum()), "n_no_tumour": int(neg.sum()),
+                           "sensitivity": round(sens, 4), "specificity": round(spec, 4),
+                           "balanced_accuracy": round((sens + spec) / 2, 4),
+                           "roc_auc": round(float(binary_auc((~neg).astype(int), mx)), 4)}
+    return out
 
 
 def _subset_metrics(y: np.ndarray, y_pred: np.ndarray, mask: np.ndarray) -> dict:

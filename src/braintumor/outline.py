@@ -291,6 +291,24 @@ def _bbox(geo: Geometry, sl: tuple[slice, slice]) -> list[float]:
     return [_r(x[0]), _r(y[0]), _r(x[1]), _r(y[1])]
 
 
+def lesion_found(prob: np.ndarray, *, threshold: float = THRESHOLD, min_area: int | None = None) -> bool:
+    """Whether :func:`outline` of a map ``(S, S)`` would find a region (``found``), without tracing it: a
+    connected region (8-connectivity) of ``prob >= threshold`` of at least ``min_area`` prepared pixels
+    (default :func:`default_min_area`).
+
+    Example:
+        >>> m = np.zeros((64, 64), np.float32); m[10:14, 10:14] = 0.9
+        >>> lesion_found(m), lesion_found(m, min_area=20), lesion_found(m * 0.5)
+        (True, False, False)
+    """
+    p = np.asarray(prob, dtype=np.float32)
+    if p.ndim != 2 or p.shape[0] != p.shape[1]:
+        raise ValueError(f"expected a square (S, S) map, got shape {p.shape}")
+    min_area = default_min_area(p.shape[0]) if min_area is None else max(1, int(min_area))
+    labels, n = ndimage.label(np.nan_to_num(p) >= threshold, structure=np.ones((3, 3), bool))
+    return bool(n) and int(np.bincount(labels.ravel())[1:].max()) >= min_area
+
+
 def outline(prob: np.ndarray, geometry: Geometry | None = None, *, threshold: float = THRESHOLD,
             min_area: int | None = None, spacing: Sequence[float] | None = None, tolerance: float = 0.5,
             max_components: int = MAX_COMPONENTS) -> dict:

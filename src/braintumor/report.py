@@ -195,6 +195,7 @@ def write_cv_report(cv_dir: str | Path) -> Path:
         ("confusion", "Pooled confusion matrix", _cv_section_confusion), ("roc", "Pooled ROC", _cv_section_roc),
         ("calibration", "Calibration (pooled out-of-fold)", _cv_section_calibration),
         ("labels", "Labels to check", _cv_section_labels),
+        ("input-check", "Input check on held-out folds", _cv_section_input_check),
         ("leakage", "Naive-split inflation", _cv_section_leakage), ("caveats", "Caveats", _cv_section_caveats)]
     page = _page(f"braintumor cross-validation: {root.name}",
                  f"{doc['config'].get('model')} on {doc['config'].get('data_dir')}", sections, _CVContext(root, doc))
@@ -546,6 +547,27 @@ def _cv_section_labels(ctx: _CVContext) -> str:
             '<p class="muted">Thumbnails show the original images.</p>')
 
 
+def _cv_section_input_check(ctx: _CVContext) -> str:
+    ic = ctx.doc.get("input_check")
+    if not ic:
+        return ('<p class="muted">Not measured: the folds\' runs have no input check (trained with '
+                "<code>--no-ood-check</code>, or before it existed).</p>")
+    c = ic["counts"]
+    lo, hi = ic["flagged_ci"]
+    rows = [["held-out images", ic["n"]], ["flagged (not_brain_mri or unfamiliar)",
+                                           f"{c['flagged']} ({_share(ic['flagged'])}, 95% CI {_share(lo)} to "
+                                           f"{_share(hi)})"],
+            ["of which not_brain_mri (rules)", c.get("not_brain_mri", 0)],
+            ["of which unfamiliar (feature distance)", c.get("unfamiliar", 0)],
+            ["uncertain (answered with no class)", f"{c.get('uncertain', 0)} ({_share(ic.get('uncertain'))})"]]
+    per_fold = [_share(f.get("flagged")) for f in ctx.doc["folds"] if "flagged" in f]
+    return (_table(["", ""], rows)
+            + f'<p class="muted">Each image was checked by the input check of the fold that never saw it (its '
+              "threshold came from that fold's inner validation split), so the share flagged is the check's "
+              "false-alarm rate on images like these: brain MRI the model was made for. Per fold: "
+              f"{', '.join(per_fold)}.</p>")
+
+
 def _cv_section_leakage(ctx: _CVContext) -> str:
     leak = ctx.doc.get("leakage")
     if not leak:
@@ -584,13 +606,15 @@ def _source_section_summary(ctx: _SourceContext) -> str:
 
 
 def _source_section_table(ctx: _SourceContext) -> str:
-    body = _table(["trained on", "tested on", "kind", "images", "copies left out", *SOURCE_METRICS],
+    body = _table(["trained on", "tested on", "kind", "images", "copies left out", *SOURCE_METRICS, "flagged"],
                   [[" + ".join(r["trained_on"]), r["tested_on"], r["kind"], r["n"],
                     r.get("copies_excluded", "-") if r["kind"] == "cross" else "-",
-                    *[ctx.cell(r, k) for k in SOURCE_METRICS]] for r in ctx.rows])
+                    *[ctx.cell(r, k) for k in SOURCE_METRICS],
+                    _share(r.get("flagged"))] for r in ctx.rows])
     return ("<p>Cross-source rows test a model on the source left out of its training; within-source rows test "
             "the same model on its group-aware inner validation images of each training source (the usual "
-            "single-data-set figure). 95% bootstrap intervals over images.</p>" + body
+            "single-data-set figure). 95% bootstrap intervals over images. <em>flagged</em>: the share of the "
+            "held-out source that the model's input check calls unfamiliar or not brain MRI.</p>" + body
             + '<p class="muted">Also in <code>by_source.csv</code> and <code>cv.json</code>.</p>')
 
 

@@ -232,6 +232,28 @@ def mean_ci(values: Sequence[float], alpha: float = 0.05, bounds: tuple[float, f
     return {"mean": mean, "std": sd, "low": low, "high": high, "n": n}
 
 
+def wilson_ci(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score ``1 - alpha`` interval of a proportion ``successes / n`` (sensible at 0 and near it, where
+    the normal approximation is not); ``(nan, nan)`` for ``n == 0``.
+
+    Example:
+        >>> lo, hi = wilson_ci(0, 253)
+        >>> lo, round(hi, 4)
+        (0.0, 0.015)
+    """
+    from statistics import NormalDist
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
 def format_ci(estimate: float | None, low: float | None = None, high: float | None = None, digits: int = 3) -> str:
     """``0.912 [0.853, 0.961]``; just the estimate when there is no interval; ``-`` when there is nothing."""
     if estimate is None or not np.isfinite(estimate):
