@@ -411,6 +411,15 @@ def test_evaluate_reports_the_tumour_map_as_a_detector(masked_run, plain_run, tm
     r = runner.invoke(app, ["evaluate", str(masked_run), "--data", str(data), "--out", str(tmp_path / "ev3")])
     assert r.exit_code == 0, r.output
     assert "tumour map as a detector" in r.output
+    # cross-validation folds (cv, cv --by-source) score their held-out images the same way, in the same pass
+    from braintumor.crossval_sources import evaluate_fold
+    from braintumor.data.discover import discover
+
+    fold = tmp_path / "fold"
+    shutil.copytree(masked_run, fold)
+    ev, _groups, _pred = evaluate_fold(fold, discover(data))
+    assert ev.metrics["tumour_map"]["detector"] == det
+    assert json.loads((fold / "test" / "metrics.json").read_text())["tumour_map"]["detector"] == det
 
 
 def test_report_without_decoder_has_no_tumour_map_section(plain_run):

@@ -399,6 +399,12 @@ def _print_by_source(res) -> None:
         cells.append("-" if r.get("flagged") is None else f"{100 * r['flagged']:.1f}%")
         t.add_row(" + ".join(r["trained_on"]), r["tested_on"], r["kind"], str(r["n"]), *cells)
     console.print(t)
+    for r in res.rows:
+        det = r.get("map_detector")
+        if det:  # runs trained with masks: the tumour map as a detector on the held-out source
+            console.print(f"tumour map on {markup(r['tested_on'])} (a region >= 0.5 found): sensitivity "
+                          f"{det['sensitivity']:.3f}, specificity {det['specificity']:.3f}, "
+                          f"ROC-AUC {det['roc_auc']:.3f}")
     for s in res.skipped:
         console.print(f"[yellow]not left out[/yellow] {markup(s['held_out'])}: {markup(s['reason'])}")
     for f in res.findings:

@@ -19,7 +19,8 @@ Output folder::
 
     CV/
       cv.json           kind "by-source": rows (trained on / tested on / kind / metrics / ci; cross rows also
-                        ``flagged``: the share of the held-out source the model's input check flags), findings, errors
+                        ``flagged``: the share of the held-out source the model's input check flags, and
+                        ``map_detector`` for runs trained with masks), findings, errors
       by_source.csv     the table
       report.html
       folds/without-<source>/   the run trained without that source (+ test/: its predictions on that source)
@@ -132,7 +133,9 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
     When the run has a fitted input check (:mod:`braintumor.ood`), the same model pass scores every held-out image
     and ``metrics["input_check"]`` says how many it flags (:func:`~braintumor.evaluation.input_check_metrics`):
     images the check never saw, so the share flagged is its false-alarm rate on in-distribution data (or, for a
-    held-out source, how unfamiliar that source looks).
+    held-out source, how unfamiliar that source looks). A run trained with masks also gets
+    ``metrics["tumour_map"]`` (:func:`~braintumor.evaluation.map_detection_metrics`: its tumour map as a detector),
+    from the same pass.
 
     Returns:
         ``(evaluation, groups, predictor)``: the :func:`~braintumor.evaluation.report_predictions` result of the
@@ -153,11 +156,13 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
     checked = pred.input_check is not None and pred.check_inputs
     loaded = load_images(test.paths, pred.preprocessor, stats=checked)
     y = np.asarray(test.labels)[loaded.kept]
-    checks = None
-    if checked:  # one model pass: probabilities and the input check's scores
-        outputs = pred.outputs_prepared(loaded.images, scores=True)
-        proba = outputs.proba
-        checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, outputs.scores)
+    mapped = pred.has_tumour_map  # a run trained with masks: its map as a detector too
+    checks = maps = None
+    if checked or mapped:  # one model pass: probabilities, the input check's scores, the tumour maps
+        outputs = pred.outputs_prepared(loaded.images, maps=mapped, scores=checked)
+        proba, maps = outputs.proba, outputs.maps
+        if checked:
+            checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, outputs.scores)
     else:
         proba = pred.proba_prepared(loaded.images)
     every = test.paths  # a property that builds the whole list: once, not once per image
@@ -168,6 +173,13 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
     if checks is not None:
         y_pred = predict_labels(proba, pred.threshold, pred.positive_index)
         ev.metrics["input_check"] = input_check_metrics(y, y_pred, checks, pred.input_check)
+    if maps is not None:
+        from .evaluation import map_detection_metrics
+        from .outline import lesion_found
+
+        ev.metrics["tumour_map"] = map_detection_metrics(y, pred.classes, [float(m.max()) for m in maps],
+                                                         [lesion_found(m) for m in maps])
+    if checks is not None or maps is not None:
         RunDir(ev.out_dir).write_json(Path(ev.out_dir) / "metrics.json", ev.metrics)
     return ev, groups, pred
 
@@ -278,7 +290,8 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
         check = ev.metrics.get("input_check")
         cross = _row(trained_on, held, "cross", len(ev.y_true), m, ci, model=model, copies_excluded=n_copies,
                      copies_excluded_from=side, run=str(run_dir.relative_to(out)),
-                     seconds=round(time.time() - t0, 1), flagged=None if check is None else check["flagged"])
+                     seconds=round(time.time() - t0, 1), flagged=None if check is None else check["flagged"],
+                     map_detector=(ev.metrics.get("tumour_map") or {}).get("detector"))
         rows.append(cross)
         vpaths, vy, vproba, vsrc = _read_val(run_dir, classes)
         for name in trained_on:
