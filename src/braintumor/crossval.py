@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .crossval_sources import SourceCVResult, evaluate_fold, flagged_summary, run_by_source
+from .crossval_sources import SourceCVResult, evaluate_fold, run_by_source
 from .data.discover import ImageFolder
 from .data.split import assert_disjoint_groups, kfold
 from .errors import DataError, UsageError
+from .evaluation import flagged_summary
 from .report import LABEL_CHECK_BELOW
 from .rundir import RunDir
 from .tracking import check_available, flat_metrics, metric_key, run_files, track_group

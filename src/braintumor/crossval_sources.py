@@ -147,24 +147,17 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
         (0.95, True)
     """
     from .data.cache import load_images
-    from .evaluation import input_check_metrics, report_predictions
+    from .evaluation import checks_and_maps, input_check_metrics, map_detection_metrics, model_pass, report_predictions
     from .inference import Predictor
     from .metrics import predict_labels
 
     run_dir = Path(run_dir)
     pred = Predictor.from_run(run_dir)
-    checked = pred.input_check is not None and pred.check_inputs
+    checked, mapped = checks_and_maps(pred)
     loaded = load_images(test.paths, pred.preprocessor, stats=checked)
     y = np.asarray(test.labels)[loaded.kept]
-    mapped = pred.has_tumour_map  # a run trained with masks: its map as a detector too
-    checks = maps = None
-    if checked or mapped:  # one model pass: probabilities, the input check's scores, the tumour maps
-        outputs = pred.outputs_prepared(loaded.images, maps=mapped, scores=checked)
-        proba, maps = outputs.proba, outputs.maps
-        if checked:
-            checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, outputs.scores)
-    else:
-        proba = pred.proba_prepared(loaded.images)
+    got = model_pass(pred, loaded, checked=checked, mapped=mapped)
+    proba, checks = got.proba, got.checks
     every = test.paths  # a property that builds the whole list: once, not once per image
     paths = [str(every[i]) for i in loaded.kept]
     groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
@@ -173,41 +166,11 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
     if checks is not None:
         y_pred = predict_labels(proba, pred.threshold, pred.positive_index)
         ev.metrics["input_check"] = input_check_metrics(y, y_pred, checks, pred.input_check)
-    if maps is not None:
-        from .evaluation import map_detection_metrics
-        from .outline import lesion_found
-
-        ev.metrics["tumour_map"] = map_detection_metrics(y, pred.classes, [float(m.max()) for m in maps],
-                                                         [lesion_found(m) for m in maps])
-    if checks is not None or maps is not None:
+    if mapped:
+        ev.metrics["tumour_map"] = map_detection_metrics(y, pred.classes, got.map_max, got.found)
+    if checked or mapped:
         RunDir(ev.out_dir).write_json(Path(ev.out_dir) / "metrics.json", ev.metrics)
     return ev, groups, pred
-
-
-def flagged_summary(parts: list[dict]) -> dict | None:
-    """Pool the ``input_check`` blocks of several evaluations (folds): images flagged (``not_brain_mri`` or
-    ``unfamiliar``) among all of them, with a Wilson 95% interval, and the counts of each verdict.
-
-    Returns ``None`` when no part has an input check.
-
-    Example:
-        >>> flagged_summary([{"n": 50, "counts": {"flagged": 1, "not_brain_mri": 0, "unfamiliar": 1,
-        ...                                        "uncertain": 3, "answered": 46}},
-        ...                  {"n": 50, "counts": {"flagged": 0, "not_brain_mri": 0, "unfamiliar": 0,
-        ...                                        "uncertain": 2, "answered": 48}}])["flagged"]
-        0.01
-    """
-    from .stats import wilson_ci
-
-    parts = [p for p in parts if p]
-    if not parts:
-        return None
-    n = sum(int(p["n"]) for p in parts)
-    counts = {k: sum(int(p["counts"].get(k, 0)) for p in parts) for k in parts[0]["counts"]}
-    lo, hi = wilson_ci(counts["flagged"], n)
-    return {"n": n, "flagged": round(counts["flagged"] / n, 4) if n else None,
-            "flagged_ci": [round(lo, 4), round(hi, 4)], "counts": counts,
-            "uncertain": round(counts.get("uncertain", 0) / n, 4) if n else None}
 
 
 def _row(trained_on, tested_on, kind, n, metrics, ci, **extra) -> dict:

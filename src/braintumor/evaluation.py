@@ -275,8 +275,7 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         threshold = _mapped_threshold(pred, cmap, positive)
     else:
         ds = discover(data_dir, classes=pred.classes, slices=run_slices(pred.metadata))
-    checked = getattr(pred, "input_check", None) is not None and getattr(pred, "check_inputs", True)
-    mapped = bool(getattr(pred, "has_tumour_map", False))  # a run trained with masks: its map as a detector too
+    checked, mapped = checks_and_maps(pred)
     every = ds.paths  # a property that builds the whole list: once, not once per image
     kept, skipped, probas, score_parts = [], [], [], []
     map_max: list[float] = []
@@ -289,20 +288,14 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         if not loaded.kept:
             continue
         kept += [start + i for i in loaded.kept]
-        if checked or mapped:  # one model pass: probabilities, the input check's scores, the tumour maps
-            outputs = pred.outputs_prepared(loaded.images, maps=mapped, scores=checked, batch_size=batch_size)
-            part = outputs.proba
-            if checked:
-                score_parts.append(outputs.scores)
-                checks += pred.assess(part, pred.labels_from_proba(part), loaded.stats, outputs.scores)
-            if mapped:
-                from .outline import lesion_found
-
-                map_max += [float(m.max()) for m in outputs.maps]
-                found += [lesion_found(m) for m in outputs.maps]
-        else:
-            part = pred.proba_prepared(loaded.images, batch_size)
-        probas.append(part)
+        got = model_pass(pred, loaded, checked=checked, mapped=mapped, batch_size=batch_size)
+        if checked:
+            score_parts.append(got.scores)
+            checks += got.checks
+        if mapped:
+            map_max += got.map_max
+            found += got.found
+        probas.append(got.proba)
     proba = np.concatenate(probas) if probas else np.empty((0, len(pred.classes)), np.float32)
     scores = np.concatenate(score_parts) if score_parts else None
     y = np.asarray(ds.labels)[kept] if kept else np.empty(0, int)
@@ -341,6 +334,78 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
 
             refresh_model_card(run_dir)  # the card lists the run's evaluations
     return res
+
+
+def checks_and_maps(pred) -> tuple[bool, bool]:
+    """Whether an evaluation with ``pred`` assesses its inputs (the run has an input check and it is on) and scores
+    its tumour map (a run trained with masks)."""
+    checked = getattr(pred, "input_check", None) is not None and getattr(pred, "check_inputs", True)
+    return checked, bool(getattr(pred, "has_tumour_map", False))
+
+
+@dataclass
+class PassOutputs:
+    """What :func:`model_pass` gives for a set of prepared images."""
+
+    proba: np.ndarray
+    scores: np.ndarray | None = None
+    checks: list | None = None
+    map_max: list[float] | None = None
+    found: list[bool] | None = None
+
+
+def model_pass(pred, loaded, *, checked: bool, mapped: bool, batch_size: int = 64) -> PassOutputs:
+    """Probabilities of ``loaded`` (:func:`~braintumor.data.cache.load_images`; with ``stats`` when ``checked``)
+    and, in the same model pass, the input check's scores and verdicts (``checked``) and, per image, the tumour
+    map's maximum and whether it outlines a region (``mapped``; :func:`~braintumor.outline.lesion_found`). Maps
+    are reduced batch by batch, never kept, so memory does not grow with the number of images."""
+    if not (checked or mapped):
+        return PassOutputs(pred.proba_prepared(loaded.images, batch_size))
+    from .outline import lesion_found
+
+    probas, scores, map_max, found = [], [], [], []
+    for i in range(0, len(loaded.images), batch_size):
+        out = pred.outputs_prepared(loaded.images[i:i + batch_size], maps=mapped, scores=checked,
+                                    batch_size=batch_size)
+        probas.append(out.proba)
+        if checked:
+            scores.append(out.scores)
+        if mapped:
+            map_max += [float(m.max()) for m in out.maps]
+            found += [lesion_found(m) for m in out.maps]
+    proba = np.concatenate(probas) if probas else np.zeros((0, len(pred.classes)), np.float32)
+    res = PassOutputs(proba, map_max=map_max if mapped else None, found=found if mapped else None)
+    if checked:
+        res.scores = np.concatenate(scores) if scores else np.zeros(0, np.float64)
+        res.checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, res.scores)
+    return res
+
+
+def flagged_summary(parts: list[dict]) -> dict | None:
+    """Pool the ``input_check`` blocks (:func:`input_check_metrics`) of several evaluations (folds): images flagged
+    (``not_brain_mri`` or ``unfamiliar``) among all of them, with a Wilson 95% interval, and the counts of each
+    verdict.
+
+    Returns ``None`` when no part has an input check.
+
+    Example:
+        >>> flagged_summary([{"n": 50, "counts": {"flagged": 1, "not_brain_mri": 0, "unfamiliar": 1,
+        ...                                        "uncertain": 3, "answered": 46}},
+        ...                  {"n": 50, "counts": {"flagged": 0, "not_brain_mri": 0, "unfamiliar": 0,
+        ...                                        "uncertain": 2, "answered": 48}}])["flagged"]
+        0.01
+    """
+    from .stats import wilson_ci
+
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    n = sum(int(p["n"]) for p in parts)
+    counts = {k: sum(int(p["counts"].get(k, 0)) for p in parts) for k in parts[0]["counts"]}
+    lo, hi = wilson_ci(counts["flagged"], n)
+    return {"n": n, "flagged": round(counts["flagged"] / n, 4) if n else None,
+            "flagged_ci": [round(lo, 4), round(hi, 4)], "counts": counts,
+            "uncertain": round(counts.get("uncertain", 0) / n, 4) if n else None}
 
 
 def map_detection_metrics(y_true: Sequence[int], classes: Sequence[str], map_max: Sequence[float],

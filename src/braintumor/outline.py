@@ -305,8 +305,14 @@ def lesion_found(prob: np.ndarray, *, threshold: float = THRESHOLD, min_area: in
     if p.ndim != 2 or p.shape[0] != p.shape[1]:
         raise ValueError(f"expected a square (S, S) map, got shape {p.shape}")
     min_area = default_min_area(p.shape[0]) if min_area is None else max(1, int(min_area))
-    labels, n = ndimage.label(np.nan_to_num(p) >= threshold, structure=np.ones((3, 3), bool))
-    return bool(n) and int(np.bincount(labels.ravel())[1:].max()) >= min_area
+    _labels, sizes = _regions(np.nan_to_num(p), threshold)
+    return bool(len(sizes)) and int(sizes.max()) >= min_area
+
+
+def _regions(p: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Connected regions (8-connectivity) of ``p >= threshold``: the label image and each region's size."""
+    labels, n = ndimage.label(p >= threshold, structure=np.ones((3, 3), bool))
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
 
 
 def outline(prob: np.ndarray, geometry: Geometry | None = None, *, threshold: float = THRESHOLD,
@@ -347,8 +353,8 @@ def outline(prob: np.ndarray, geometry: Geometry | None = None, *, threshold: fl
     px_mm2 = spacing[0] * spacing[1] if spacing else None
     area1 = geo.scale ** 2  # original pixels per prepared pixel
 
-    labels, n = ndimage.label(p >= threshold, structure=np.ones((3, 3), bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    labels, sizes = _regions(p, threshold)
+    n = len(sizes)
     kept = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= min_area]
     objects = ndimage.find_objects(labels) if n else []
     comps = []
