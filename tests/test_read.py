@@ -90,3 +90,38 @@ def test_tiny_image_rejected(tmp_path):
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(p)
     with pytest.raises(UnreadableImageError, match="too small"):
         read_image(p)
+
+
+def test_keep_grey_gives_the_same_prepared_pixels_and_statistics(tmp_path):
+    """``load_images`` reads grey sources as (H, W) (no channel copies): the prepared image and the input check's
+    statistics must be exactly those of the (H, W, 3) read, whatever the crop detection and size."""
+    from braintumor.data.cache import load_images
+    from braintumor.input_rules import image_stats
+    from braintumor.preprocess import Preprocessor
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for k, (h, w) in enumerate([(512, 512), (300, 420), (97, 61), (700, 500)]):
+        yy, xx = np.mgrid[:h, :w]
+        head = ((yy - h / 2) ** 2 / (0.4 * h) ** 2 + (xx - w / 2) ** 2 / (0.35 * w) ** 2 < 1) * 110.0
+        img = np.clip(head + rng.normal(0, 25, (h, w)) * (head > 0) + rng.normal(0, 3, (h, w)), 0, 255)
+        grey = img.astype(np.uint8)
+        for fmt, suffix in (("PNG", "png"), ("JPEG", "jpg")):
+            p = tmp_path / f"g{k}.{suffix}"
+            Image.fromarray(grey).save(p, format=fmt)          # mode L: read as (H, W) with keep_grey
+            paths.append(p)
+        p = tmp_path / f"deep{k}.png"
+        Image.fromarray((grey.astype(np.uint16) * 40 + 7)).save(p)   # 16-bit grey
+        paths.append(p)
+    assert read_image(paths[0], keep_grey=True).ndim == 2
+    assert read_image(paths[2], keep_grey=True).ndim == 2
+    for side in (0, 256, 64):
+        for size in (224, 64):
+            pre = Preprocessor(img_size=size, crop_detect_side=side)
+            loaded = load_images(paths, pre, stats=True)
+            assert loaded.kept == list(range(len(paths)))
+            for i, p in enumerate(paths):
+                rgb = read_image(p)
+                assert rgb.ndim == 3
+                assert np.array_equal(loaded.images[i], pre.prepare(rgb)), (p.name, side, size)
+                assert loaded.stats[i] == image_stats(rgb), p.name

@@ -49,7 +49,7 @@ def _as_ref(item) -> Path:
 
 def _load_one(path: Path, pre: Preprocessor, stats: bool = False):
     try:
-        img = read_image(path)
+        img = read_image(path, keep_grey=True)  # (H, W) for grey sources: same prepared pixels and stats
         if stats:
             from ..input_rules import image_stats
 

@@ -168,8 +168,10 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def _pil_to_rgb(img: Image.Image, keep_grey: bool = False) -> np.ndarray:
     mode = img.mode
+    if keep_grey and mode == "L":
+        return np.asarray(img)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         # Composite onto black: MRI backgrounds are black, a white matte would create a fake frame.
         rgba = img.convert("RGBA")
@@ -177,13 +179,13 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
         return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         grey = to_uint8(np.asarray(img))
-        return np.repeat(grey[..., None], 3, axis=2)
+        return grey if keep_grey else np.repeat(grey[..., None], 3, axis=2)
     if mode == "RGB":
         return np.asarray(img)
     return np.asarray(img.convert("RGB"))
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _read_raster(path: Path, keep_grey: bool = False) -> np.ndarray:
     lim = _limits.current_limits()
     try:
         with warnings.catch_warnings():
@@ -195,7 +197,7 @@ def _read_raster(path: Path) -> np.ndarray:
                 img.load()
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
-                arr = _pil_to_rgb(img)
+                arr = _pil_to_rgb(img, keep_grey)
     except UnreadableImageError:
         raise
     except UnidentifiedImageError:
@@ -231,7 +233,8 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text.strip() else type(exc).__name__)[:200]
 
 
-def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | None = None) -> np.ndarray:
+def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | None = None,
+               keep_grey: bool = False) -> np.ndarray:
     """Read one file (or one slice of a volume) as an ``(H, W, 3)`` ``uint8`` RGB array.
 
     Args:
@@ -240,6 +243,10 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
         frame: the slice of a multi-slice source (default: the reference's, else the middle slice).
         limits: the size caps for this call (default: those in force, see :mod:`braintumor.data.limits`);
             checked from the header before anything is decoded or decompressed.
+        keep_grey: return a single-channel source (an 8-bit greyscale raster, a DICOM or NIfTI slice) as an
+            ``(H, W)`` array instead of three equal channels. The :class:`~braintumor.preprocess.Preprocessor` and
+            the input check's image statistics give exactly the same results for both shapes, for less work
+            (:func:`braintumor.data.cache.load_images` reads this way).
 
     Raises:
         UnreadableImageError: the file is missing, not an image, truncated, too small or too large, or the frame
@@ -254,7 +261,7 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
     """
     if limits is not None:
         with use_limits(limits):
-            return read_image(path, frame)
+            return read_image(path, frame, keep_grey=keep_grey)
     path = Path(path)
     if frame is None and not _exists(path):
         path, frame = split_ref(path)
@@ -268,8 +275,8 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
     else:
         if frame not in (None, 0):
             raise UnreadableImageError(path, f"frame {frame} out of range (a 2-D image has 1 frame)")
-        arr = reader(path) if reader is not None else _read_raster(path)
-    if arr.ndim == 2:
+        arr = reader(path) if reader is not None else _read_raster(path, keep_grey)
+    if arr.ndim == 2 and not keep_grey:
         arr = np.repeat(arr[..., None], 3, axis=2)
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIDE:
