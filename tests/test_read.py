@@ -111,7 +111,7 @@ def test_keep_grey_gives_the_same_prepared_pixels_and_statistics(tmp_path):
             Image.fromarray(grey).save(p, format=fmt)          # mode L: read as (H, W) with keep_grey
             paths.append(p)
         p = tmp_path / f"deep{k}.png"
-        Image.fromarray((grey.astype(np.uint16) * 40 + 7)).save(p)   # 16-bit grey
+        Image.fromarray(grey.astype(np.uint16) * 40 + 7).save(p)   # 16-bit grey
         paths.append(p)
     assert read_image(paths[0], keep_grey=True).ndim == 2
     assert read_image(paths[2], keep_grey=True).ndim == 2
