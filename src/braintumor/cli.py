@@ -258,8 +258,7 @@ def evaluate(
                       f"(metrics above: all images)")
     det = (res.metrics.get("tumour_map") or {}).get("detector")
     if det:
-        console.print(f"tumour map as a detector (a region >= 0.5 found): sensitivity {det['sensitivity']:.3f}, "
-                      f"specificity {det['specificity']:.3f}, ROC-AUC of its maximum {det['roc_auc']:.3f}")
+        console.print(_detector_line("tumour map as a detector", det))
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
     console.print(f"written to [bold]{markup(res.out_dir)}[/bold]", highlight=False)
@@ -387,6 +386,12 @@ def cv(
                   "report.html)", highlight=False)
 
 
+def _detector_line(what: str, det: dict) -> str:
+    """One console line for a tumour map scored as a detector (``metrics.json`` ``tumour_map.detector``)."""
+    return (f"{what} (a region >= 0.5 found): sensitivity {det['sensitivity']:.3f}, specificity "
+            f"{det['specificity']:.3f}, ROC-AUC of its maximum {det['roc_auc']:.3f}")
+
+
 def _print_by_source(res) -> None:
     t = Table(title="leave one source out (95% CI)", show_header=True)
     for col in ("trained on", "tested on", "kind", "n", "bal. acc.", "sens.", "spec.", "AUC", "flagged"):
@@ -402,9 +407,7 @@ def _print_by_source(res) -> None:
     for r in res.rows:
         det = r.get("map_detector")
         if det:  # runs trained with masks: the tumour map as a detector on the held-out source
-            console.print(f"tumour map on {markup(r['tested_on'])} (a region >= 0.5 found): sensitivity "
-                          f"{det['sensitivity']:.3f}, specificity {det['specificity']:.3f}, "
-                          f"ROC-AUC {det['roc_auc']:.3f}")
+            console.print(_detector_line(f"tumour map on {markup(r['tested_on'])}", det))
     for s in res.skipped:
         console.print(f"[yellow]not left out[/yellow] {markup(s['held_out'])}: {markup(s['reason'])}")
     for f in res.findings:
