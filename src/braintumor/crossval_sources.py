@@ -147,9 +147,8 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
         (0.95, True)
     """
     from .data.cache import load_images
-    from .evaluation import checks_and_maps, input_check_metrics, map_detection_metrics, model_pass, report_predictions
+    from .evaluation import checks_and_maps, model_pass, pass_metrics, report_predictions
     from .inference import Predictor
-    from .metrics import predict_labels
 
     run_dir = Path(run_dir)
     pred = Predictor.from_run(run_dir)
@@ -157,17 +156,13 @@ def evaluate_fold(run_dir: Path, test: ImageFolder):
     loaded = load_images(test.paths, pred.preprocessor, stats=checked)
     y = np.asarray(test.labels)[loaded.kept]
     got = model_pass(pred, loaded, checked=checked, mapped=mapped)
-    proba, checks = got.proba, got.checks
+    proba = got.proba
     every = test.paths  # a property that builds the whole list: once, not once per image
     paths = [str(every[i]) for i in loaded.kept]
     groups = [test.groups[i] for i in loaded.kept] if test.groups else paths
     ev = report_predictions(y, proba, pred.classes, run_dir / "test", paths, pred.positive_class, pred.threshold,
-                            title="test fold", checks=checks)
-    if checks is not None:
-        y_pred = predict_labels(proba, pred.threshold, pred.positive_index)
-        ev.metrics["input_check"] = input_check_metrics(y, y_pred, checks, pred.input_check)
-    if mapped:
-        ev.metrics["tumour_map"] = map_detection_metrics(y, pred.classes, got.map_max, got.found)
+                            title="test fold", checks=got.checks)
+    pass_metrics(ev.metrics, y, proba, pred.classes, pred.threshold, got, pred.input_check)
     if checked or mapped:
         RunDir(ev.out_dir).write_json(Path(ev.out_dir) / "metrics.json", ev.metrics)
     return ev, groups, pred

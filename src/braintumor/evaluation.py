@@ -310,18 +310,17 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
     if classes:
         res.metrics["class_map"] = cmap
     res.skipped = skipped
+    pass_metrics(res.metrics, y, proba, classes_out, threshold,
+                 PassOutputs(proba, scores, checks, map_max if mapped else None, found if mapped else None),
+                 pred.input_check if checked else None)
     if checks is not None:
         res.assessments = checks
-        y_pred = _predicted(res.metrics, proba, classes_out, threshold)
-        res.metrics["input_check"] = input_check_metrics(y, y_pred, checks, pred.input_check)
         if res.out_dir is not None and scores is not None and len(scores):
             from .ood import NOT_BRAIN
 
             plot_ood_scores(scores, pred.input_check.summary, Path(res.out_dir) / "ood_scores.png",
                             title=f"{Path(data_dir).name}: input check",
                             not_brain=[a.verdict == NOT_BRAIN for a in checks])
-    if mapped:
-        res.metrics["tumour_map"] = map_detection_metrics(y, classes_out, map_max, found)
     if ci and len(y):  # percentile-bootstrap 95% intervals (braintumor.stats), saved with the metrics
         from .stats import bootstrap_ci
 
@@ -379,6 +378,20 @@ def model_pass(pred, loaded, *, checked: bool, mapped: bool, batch_size: int = 6
         res.scores = np.concatenate(scores) if scores else np.zeros(0, np.float64)
         res.checks = pred.assess(proba, pred.labels_from_proba(proba), loaded.stats, res.scores)
     return res
+
+
+def pass_metrics(metrics: dict, y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str],
+                 threshold: float | None, got: PassOutputs, check=None) -> None:
+    """Add to an evaluation's ``metrics`` what :func:`model_pass` measured beside the probabilities: the
+    ``input_check`` block (:func:`input_check_metrics`, when the pass assessed its inputs; ``check`` is the run's
+    :class:`~braintumor.ood.InputCheck`) and the ``tumour_map`` block (:func:`map_detection_metrics`, when it scored
+    tumour maps). ``proba`` and ``classes`` are those the metrics were computed on (after any class mapping);
+    the predicted labels are counted as :func:`~braintumor.metrics.classification_metrics` counts them."""
+    if got.checks is not None:
+        metrics["input_check"] = input_check_metrics(y_true, _predicted(metrics, proba, classes, threshold),
+                                                     got.checks, check)
+    if got.found is not None:
+        metrics["tumour_map"] = map_detection_metrics(y_true, classes, got.map_max, got.found)
 
 
 def flagged_summary(parts: list[dict]) -> dict | None:
