@@ -80,6 +80,26 @@ def test_distinct_phantoms_never_merge(phantoms):
     assert len(set(groups)) == 400
 
 
+def test_proposal_equals_the_dense_matrix(phantoms):
+    """The chunked proposal (upper triangle within one set, the full rectangle between two) finds exactly the pairs
+    of the whole correlation matrix, up to float rounding at the threshold."""
+    from braintumor.data import discover
+    from braintumor.data.audit import PROPOSE_MIN, _propose, _thumbs, _unit_rows, scan
+
+    th = _thumbs(scan(discover(phantoms).paths))
+    ok = np.ones(len(th), bool)
+
+    def same_pairs(found, c, upper):
+        dense = {(a, b) for a, b in np.argwhere(c >= PROPOSE_MIN).tolist() if a < b or not upper}
+        return len(dense) > 500 and all(abs(c[a, b] - PROPOSE_MIN) < 1e-4 for a, b in dense ^ found)
+
+    z = _unit_rows(th)
+    i, j = _propose(th, None, ok, None, chunk=37)
+    assert same_pairs(set(zip(i.tolist(), j.tolist(), strict=True)), z @ z.T, upper=True)
+    i, j = _propose(th[:150], th[150:], ok[:150], ok[150:], chunk=37)
+    assert same_pairs(set(zip(i.tolist(), j.tolist(), strict=True)), z[:150] @ z[150:].T, upper=False)
+
+
 def test_audit_report_on_copies(copies_dir):
     r = audit(copies_dir)
     assert isinstance(r, AuditReport)

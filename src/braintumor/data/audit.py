@@ -144,6 +144,14 @@ def _thumb(work: np.ndarray, size: int = THUMB) -> tuple[np.ndarray, float]:
     return np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR)), frac
 
 
+def _pixel_sha(img: np.ndarray) -> str:
+    """SHA-256 of the decoded pixels and their shape; an image whose three channels are equal hashes as its single
+    channel, so a greyscale file and an RGB file of the same grey pixels match."""
+    if img.ndim == 3 and (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all():
+        img = np.ascontiguousarray(img[..., 0])
+    return hashlib.sha256(np.asarray(img.shape, np.int64).tobytes() + img.tobytes()).hexdigest()
+
+
 def _scan_one(path: Path) -> ImageInfo:
     try:
         sha, nbytes = _file_sha(path)
@@ -151,7 +159,7 @@ def _scan_one(path: Path) -> ImageInfo:
         return ImageInfo(str(path), "", 0, error=f"cannot open ({exc.strerror or exc})")
     info = ImageInfo(str(path), sha, nbytes)
     try:
-        rgb = read_image(path)
+        img = read_image(path, keep_grey=True)
     except UnreadableImageError as exc:
         info.error = exc.reason
         return info
@@ -163,13 +171,17 @@ def _scan_one(path: Path) -> ImageInfo:
             info.format, info.mode = im.format, im.mode
     except Exception:  # noqa: BLE001 - read by a registered reader (DICOM, NIfTI): PIL cannot say
         info.format = Path(path).suffix.lstrip(".").upper() or None
-    info.height, info.width = rgb.shape[:2]
-    info.pixel_sha = hashlib.sha256(np.asarray(rgb.shape, np.int64).tobytes() + rgb.tobytes()).hexdigest()
-    step = max(1, min(rgb.shape[:2]) // 128)
-    sub = rgb[::step, ::step].astype(np.int16)
-    info.is_colour = bool(max(np.abs(sub[..., 0] - sub[..., 1]).mean(), np.abs(sub[..., 1] - sub[..., 2]).mean())
-                          > 2.0)
-    work = _work_image(np.asarray(Image.fromarray(rgb).convert("L")))
+    info.height, info.width = img.shape[:2]
+    info.pixel_sha = _pixel_sha(img)
+    if img.ndim == 3:
+        step = max(1, min(img.shape[:2]) // 128)
+        sub = img[::step, ::step].astype(np.int16)
+        info.is_colour = bool(max(np.abs(sub[..., 0] - sub[..., 1]).mean(),
+                                  np.abs(sub[..., 1] - sub[..., 2]).mean()) > 2.0)
+        grey = np.asarray(Image.fromarray(img).convert("L"))
+    else:
+        grey = img  # PIL's "L" of three equal channels is that channel
+    work = _work_image(grey)
     hist = np.bincount(work.ravel(), minlength=256).astype(np.float64)
     cdf = np.cumsum(hist) / hist.sum()
     levels = np.arange(256)
@@ -228,17 +240,21 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def _propose(ta: np.ndarray, tb: np.ndarray | None, ok_a: np.ndarray, ok_b: np.ndarray | None,
              min_ncc: float = PROPOSE_MIN, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs ``(i, j)``: thumbnail correlation ``>= min_ncc`` (``i < j`` within one set)."""
+    """Candidate pairs ``(i, j)``: thumbnail correlation ``>= min_ncc`` (``i < j`` within one set, where only the
+    upper triangle of the correlation matrix is computed)."""
+    same = tb is None
     za = _unit_rows(ta)
-    zb = za if tb is None else _unit_rows(tb)
-    okb = ok_a if tb is None else ok_b
+    zb = za if same else _unit_rows(tb)
+    okb = ok_a if same else ok_b
     out_i, out_j = [], []
     for s in range(0, len(za), chunk):
-        c = za[s:s + chunk] @ zb.T
+        j0 = s if same else 0
+        c = za[s:s + chunk] @ zb[j0:].T
         ii, jj = np.nonzero(c >= min_ncc)
-        ii = ii + s
+        del c
+        ii, jj = ii + s, jj + j0
         keep = ok_a[ii] & okb[jj]
-        if tb is None:
+        if same:
             keep &= jj > ii
         out_i.append(ii[keep])
         out_j.append(jj[keep])
@@ -333,7 +349,8 @@ def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, ba
     sa, sb = _side_a(ta[ui], nb), _side_b(tb[uj], nb)
     order = np.argsort(li, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(li, minlength=len(ui)))]
-    for a in range(len(ui)):
+
+    def score_first(a: int) -> None:
         rows = order[starts[a]:starts[a + 1]]
         kern = _kernels(sa["ab"][a])
         for s in range(0, len(rows), batch):
@@ -359,7 +376,30 @@ def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, ba
             q = srt[at, np.clip(((k - 1) * 0.25).astype(int), 0, None)]
             # Too little texture to judge locally (blank or tiny content): fall back to the aligned global score.
             out[r] = np.where(k >= 6, q, best)
+
+    def score_range(lo: int, hi: int) -> None:
+        for a in range(lo, hi):
+            score_first(a)
+
+    # numpy releases the GIL in the heavy steps: first images in parallel threads, each writing its own rows of
+    # out, with BLAS kept to one thread per worker (its own threads would only contend with them)
+    workers = min(_cpus(), max(1, len(i) // 20_000))
+    if workers == 1:
+        score_range(0, len(ui))
+    else:
+        from threadpoolctl import threadpool_limits
+
+        bounds = np.linspace(0, len(ui), 8 * workers + 1).astype(int)
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda k: score_range(bounds[k], bounds[k + 1]), range(len(bounds) - 1)))
     return out
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class _UnionFind:
