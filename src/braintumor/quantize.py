@@ -4,10 +4,10 @@
 AVX-VNNI) and still faster without. :func:`quantize_run` makes ``RUN/model.int8.onnx`` from the run's FP32 export
 (:func:`braintumor.export.onnx_for_run`) with onnxruntime's static quantisation:
 
-* QDQ format, per-channel INT8 weights, UINT8 activations, ranges calibrated on ``n_calibration`` of the run's own
-  *training* images (``split.csv``), prepared exactly as at prediction time (the run's
-  :class:`~braintumor.preprocess.Preprocessor`); onnxruntime's ``quant_pre_process`` (shape inference and graph
-  optimisation) first;
+* QDQ format, per-channel INT8 weights, UINT8 activations, ranges calibrated (:data:`DEFAULT_METHOD`) on
+  ``n_calibration`` of the run's own *training* images (``split.csv``), prepared exactly as at prediction time (the
+  run's :class:`~braintumor.preprocess.Preprocessor`); onnxruntime's ``quant_pre_process`` (shape inference and
+  graph optimisation) first;
 * the input check's distance (the ``ood_score`` output) and the softmax-free head stay FP32: only the backbone's
   convolutions and matrix products are quantised;
 * the result is measured against FP32 on the run's *validation* images: the share of identical labels and the
@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 import time
@@ -44,6 +46,12 @@ INT8_FILE = "model.int8.onnx"
 DEFAULT_BAR = {"min_label_agreement": 0.995, "max_accuracy_drop": 0.005}
 #: Calibration images (from the run's training split).
 DEFAULT_CALIBRATION = 300
+#: How activation ranges are calibrated: onnxruntime's histogram ``percentile`` (99.999th, the rare extreme values
+#: clipped) rather than ``minmax``. On the five Navoneel CV fold runs (135 calibration images each) it brought INT8
+#: closer to FP32 in every fold, judged on 600 images of another set (Nickparvar Training, unlabelled here): mean
+#: absolute probability difference 0.0156 -> 0.0148 on average, identical labels 98.9% -> 99.0%; calibrating takes
+#: about four times longer (33 s instead of 8 s for those runs).
+DEFAULT_METHOD = "percentile"
 
 
 @dataclass
@@ -59,6 +67,7 @@ class QuantizeResult:
     max_abs_diff: float
     bar: dict = field(default_factory=lambda: dict(DEFAULT_BAR))
     recipe: str = "all"
+    method: str = DEFAULT_METHOD
     selection: dict = field(default_factory=dict)
     n_selection: int = 0
     path: str | None = None
@@ -141,7 +150,7 @@ def _end_nodes(model_path: Path) -> list[str]:
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
-                  per_channel: bool = True, method: str = "minmax", recipe: str = "all") -> Path:
+                  per_channel: bool = True, method: str = DEFAULT_METHOD, recipe: str = "all") -> Path:
     """Statically quantise an FP32 ONNX file (QDQ, INT8 weights per channel, UINT8 activations).
 
     Args:
@@ -176,11 +185,13 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             excluded = _excluded_nodes(pre) + (_end_nodes(pre) if recipe == "keep-ends" else [])
-            quantize_static(str(pre), str(q), _Batches(calibration.astype(np.float32), INPUT_NAME),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method], nodes_to_exclude=excluded,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            # onnxruntime's histogram calibrators print progress lines to stdout: keep them out of our output
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(pre), str(q), _Batches(calibration.astype(np.float32), INPUT_NAME),
+                                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=methods[method], nodes_to_exclude=excluded,
+                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except UsageError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime's quantiser raises many types
@@ -213,7 +224,7 @@ def _split_images(run_root: Path, pre, classes: list[str], subset: str, limit: i
 
 
 def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATION, bar: dict | None = None,
-                 method: str = "minmax", recipes: tuple[str, ...] = RECIPES, n_select: int = 100,
+                 method: str = DEFAULT_METHOD, recipes: tuple[str, ...] = RECIPES, n_select: int = 100,
                  notice=None) -> QuantizeResult:
     """Make, measure and (if it passes) keep ``RUN/model.int8.onnx``; record the result in ``metadata.json``.
 
@@ -278,7 +289,7 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
             f"(bar {bar['min_label_agreement']:.1%}), accuracy {acc8:.3f} vs {acc32:.3f} "
             f"(largest drop allowed {bar['max_accuracy_drop']:.3f})")
         res = QuantizeResult(passed, agree, acc32, acc8, len(val), len(calib), float(np.abs(p32 - p8).max()), bar,
-                             recipe=chosen, selection={k: round(v, 5) for k, v in scores.items()},
+                             recipe=chosen, method=method, selection={k: round(v, 5) for k, v in scores.items()},
                              n_selection=n_sel, reason=reason)
         if passed:
             tmp_target.replace(target)
