@@ -31,6 +31,7 @@ def test_quantize_run_keeps_an_int8_model_that_agrees_with_fp32(quantized):
     assert (run / INT8_FILE).is_file() and not list(run.glob(f".{INT8_FILE}*"))
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["int8"]["passed"] is True and meta["int8"]["path"] == INT8_FILE
+    assert meta["int8"]["method"] == "percentile" == res.method  # the calibration recorded with the decision
     int8 = int8_for_run(run)
     assert isinstance(int8, OnnxPredictor)
     fp32 = onnx_for_run(run)
@@ -84,6 +85,16 @@ def test_bad_recipe_or_method_is_one_line(quantized, tmp_path):
     with pytest.raises(UsageError, match="cannot be quantised"):
         quantize_onnx(tmp_path / "broken.onnx", tmp_path / "q.onnx", x)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_histogram_calibration_prints_nothing(quantized, tmp_path, capfd):
+    """onnxruntime's percentile calibrator prints progress lines; none may reach our output (JSON, CSV on stdout)."""
+    run, _ = quantized
+    x = np.random.default_rng(0).normal(size=(16, 3, 64, 64)).astype(np.float32)
+    capfd.readouterr()
+    quantize_onnx(run / "model.onnx", tmp_path / "q.onnx", x, method="percentile")
+    assert (tmp_path / "q.onnx").is_file()
+    assert capfd.readouterr().out == ""
 
 
 def test_predict_uses_int8_by_default_only_when_it_passed(quantized, trained_run, tmp_path):
