@@ -326,7 +326,7 @@ def _kernels(ab: np.ndarray) -> np.ndarray:
     return k.reshape(len(ab), side * side, -1)
 
 
-def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 2048) -> np.ndarray:
+def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 512) -> np.ndarray:
     """Near-duplicate score of thumbnails ``ta[i]`` and ``tb[j]`` (see the module docstring), in ``[-1, 1]``.
 
     Args:
