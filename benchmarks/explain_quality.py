@@ -22,10 +22,10 @@ is blurred, against the same shape blurred elsewhere in the head; a model that d
 explained by a faithful map pointing at it.
 
 ``--methods`` (real mode's default: the comparison in ``benchmarks/README.md``, occlusion on 24 images) takes
-the package's names (``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``, ``layercam-last``, ``occlusion``,
-``seg``) and benchmark-only layer variants ``RULE@LAYERS[/FUSION]``: RULE one of ``gradcam``, ``hirescam``,
-``layercam``; LAYERS ``s4+s8+s16+s32`` (strides of the registry's ``feature_layers``) or ``all``; FUSION ``max``
-(default), ``mean`` or ``product``. E.g. ``layercam@s16+s32/max``.
+the package's names (``gradcam``, ``gradcam++``, ``hirescam``, ``layercam``, ``layercam-last``, ``layercam-tta``,
+``occlusion``, ``seg``) and benchmark-only layer variants ``RULE@LAYERS[/FUSION]``: RULE one of ``gradcam``,
+``hirescam``, ``layercam``; LAYERS ``s4+s8+s16+s32`` (strides of the registry's ``feature_layers``) or ``all``;
+FUSION ``max`` (default), ``mean`` or ``product``. E.g. ``layercam@s16+s32/max``.
 
 Phantom mode (default):
 
@@ -186,10 +186,10 @@ def variant_layers(predictor, layers: str) -> list[str]:
     return out
 
 
-def compute_maps(predictor, prepared: np.ndarray, idx, spec: str, batch_size: int = 16) -> np.ndarray:
+def compute_maps(predictor, prepared: np.ndarray, idx, spec: str, batch_size: int = 16, originals=None) -> np.ndarray:
     v = parse_variant(spec)
     if v is None:
-        return heatmaps(predictor, prepared, idx, spec, batch_size)
+        return heatmaps(predictor, prepared, idx, spec, batch_size, originals=originals)
     rule, layers, fusion = v
     names = variant_layers(predictor, layers)
     out = []
@@ -241,7 +241,7 @@ def load_real(predictor, folder: Path, masks_dir: Path, limit: int | None) -> di
     proba = predictor.proba_prepared(prepared)
     labels = predictor.labels_from_proba(proba)
     classes = [p.parent.name for p in paths]
-    return dict(paths=paths, prepared=prepared, masks=masks, heads=head_masks(prepared), classes=classes,
+    return dict(paths=paths, raws=raws, prepared=prepared, masks=masks, heads=head_masks(prepared), classes=classes,
                 predicted=[predictor.classes.index(lab) for lab in labels],
                 truth=[predictor.classes.index(c) if c in predictor.classes else -1 for c in classes])
 
@@ -325,7 +325,8 @@ def real_mode(args) -> None:
         if name == "occlusion" and args.occlusion_images:
             sel = spread(args.occlusion_images)
         tm = time.perf_counter()
-        maps = compute_maps(predictor, ds["prepared"][sel], [idx[k] for k in sel], name)
+        maps = compute_maps(predictor, ds["prepared"][sel], [idx[k] for k in sel], name,
+                            originals=[ds["raws"][k] for k in sel])
         ms = (time.perf_counter() - tm) / len(sel) * 1000
         rows = []
         for j, k in enumerate(sel):
@@ -351,7 +352,8 @@ def real_mode(args) -> None:
         r_in = [k for k in rand_sel if int(k) in pos] if rnd_pred is not None and name != "occlusion" else []
         if r_in:
             try:
-                rmaps = compute_maps(rnd_pred, ds["prepared"][r_in], [idx[k] for k in r_in], name)
+                rmaps = compute_maps(rnd_pred, ds["prepared"][r_in], [idx[k] for k in r_in], name,
+                                     originals=[ds["raws"][k] for k in r_in])
                 for k, rm in zip(r_in, rmaps, strict=True):
                     rows[pos[int(k)]]["rho"] = spearman(maps[pos[int(k)]], rm)
             except Exception as exc:  # noqa: BLE001 - e.g. seg on a copy without the decoder

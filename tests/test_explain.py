@@ -125,7 +125,7 @@ def test_acceptance_deletion_auc_below_random(acceptance):
 def test_acceptance_randomisation_sanity(acceptance):
     ts = acceptance
     idx = np.flatnonzero(ts["correct"])[:16]
-    rho, constant = randomisation_check(ts["predictor"], ts["prepared"][idx], [ts["yes"]] * len(idx),
+    rho, constant = randomisation_check(ts["predictor"], ts["prepared"][idx], [ts["yes"]] * len(idx), "gradcam",
                                         maps=ts["maps"][idx], return_constant=True)
     assert rho.shape == (len(idx),)
     assert constant.sum() <= len(idx) // 4, "degenerate (constant) maps would make the correlation look low"
@@ -169,7 +169,7 @@ def test_deletion_auc_beats_a_random_map(predictor, tumour_set_tiny):
 def test_randomisation_sanity_check(predictor, tumour_set_tiny):
     ts = tumour_set_tiny
     idx = np.flatnonzero(ts["correct"])[:8]
-    rho = randomisation_check(predictor, ts["prepared"][idx], [ts["yes"]] * len(idx), maps=ts["maps"][idx])
+    rho = randomisation_check(predictor, ts["prepared"][idx], [ts["yes"]] * len(idx), "gradcam", maps=ts["maps"][idx])
     assert rho.shape == (len(idx),)
     # The maps must depend on the learned weights: identical maps would give 1.0.
     assert float(np.mean(np.abs(rho))) < 0.9
@@ -637,3 +637,38 @@ def test_evaluate_explanations_real_outline_keys(predictor, phantoms_test):
     row = next(r for r in rep.rows if r["has_mask"])
     assert row["dice_best"] >= row["dice_05"] and 0.05 <= row["dice_best_threshold"] <= 0.95
     assert len({tuple(r) for r in rep.rows}) == 1  # one CSV header fits every row
+
+
+def test_layercam_tta_points_at_the_lesion_and_needs_the_originals(predictor, tumour_set_tiny, trained_run,
+                                                                    phantoms_test, tmp_path):
+    """layercam-tta: the originals prepared at 1.5x the side (rounded up to 32) and mirrored; maps at the model's
+    side, unit range, on the planted lesion; without the originals a one-line error; CLI with and without masks."""
+    from braintumor.explanation.saliency import tta_side
+
+    assert tta_side(224) == 352 and tta_side(64) == 96 and tta_side(260) == 416
+    ts = tumour_set_tiny
+    sel = np.flatnonzero(ts["correct"])[:24]
+    originals = [read_image(ts["paths"][k]) for k in sel]
+    maps = heatmaps(predictor, ts["prepared"][sel], [ts["yes"]] * len(sel), "layercam-tta", originals=originals)
+    assert maps.shape == (len(sel), 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    plain = heatmaps(predictor, ts["prepared"][sel], [ts["yes"]] * len(sel), "layercam")
+    assert not np.allclose(maps, plain, atol=1e-3)
+    strict = np.mean([pointing_game(m, k) for m, k in zip(maps, ts["masks"][sel], strict=True)])
+    chance = np.mean([k.mean() for k in ts["masks"][sel]])
+    assert strict >= max(0.5, 3 * chance), (strict, chance)
+    with pytest.raises(UsageError, match="original images"):
+        heatmaps(predictor, ts["prepared"][sel], [ts["yes"]] * len(sel), "layercam-tta")
+    ex = explain(trained_run.run_dir, ts["paths"][sel[0]], method="layercam-tta")
+    assert ex.method == "layercam-tta" and np.allclose(ex.heatmap, maps[0], atol=1e-5)
+    yes = list_images(phantoms_test / "yes")[:3]
+    r = CliRunner().invoke(app, ["explain", str(trained_run.run_dir), *map(str, yes), "--out", str(tmp_path / "a"),
+                                 "--method", "layercam-tta", "--no-ood-check"])
+    assert r.exit_code == 0, r.output
+    assert np.allclose(np.load(tmp_path / "a" / f"{yes[0].name.split('.')[0]}_heatmap.npy"),
+                       explain(trained_run.run_dir, yes[0], method="layercam-tta").heatmap, atol=1e-5)
+    r = CliRunner().invoke(app, ["explain", str(trained_run.run_dir), *map(str, yes), "--out", str(tmp_path / "b"),
+                                 "--method", "tta", "--masks", str(phantoms_test / "_masks"), "--steps", "5"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "b" / "explain_metrics.json").read_text())
+    assert summary["method"] == "layercam-tta" and summary["n_masked"] == 3
+    assert 0 <= summary["randomisation_spearman"] <= 1 and summary["pointing_game"] is not None

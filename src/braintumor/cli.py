@@ -1114,8 +1114,10 @@ def explain_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for figures, overlays and raw heatmaps (.npy)."),
     method: str | None = typer.Option(None, "--method",
                                       help="gradcam, gradcam++, hirescam, layercam (multi-layer), layercam-last, "
+                                           "layercam-tta (layercam at 1.5x the side plus the mirror image), "
                                            "occlusion or seg (the run's tumour-map decoder; runs trained with "
-                                           "--masks). Default: braintumor.explanation.DEFAULT_METHOD."),
+                                           "--masks). Default: braintumor.explanation.DEFAULT_METHOD "
+                                           "(layercam-tta)."),
     target: str | None = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
     masks: Path | None = typer.Option(None, "--masks",
                                       help="Lesion masks (<dir>/<class>/<name> or <dir>/<name>): report pointing "
@@ -1143,6 +1145,7 @@ def explain_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .data.cache import load_images
+    from .data.read import read_image
     from .display import csv_text, json_names
     from .errors import UsageError
     from .explanation import as_predictor, evaluate_explanations, explain_prepared
@@ -1193,9 +1196,12 @@ def explain_cmd(
                 chunk = files[i:i + batch_size]
                 loaded = load_images(chunk, predictor.preprocessor, on_skip=skip, stats=True)
                 ok = [chunk[j] for j in loaded.kept]
+                # layercam-tta prepares the originals again at a larger side (files that read once read again)
+                originals = [read_image(p, keep_grey=True) for p in ok] if method == "layercam-tta" else None
                 if ok:
                     for ex, p in zip(explain_prepared(predictor, loaded.images, method, target,
-                                                      [str(p) for p in ok], batch_size, loaded.stats), ok,
+                                                      [str(p) for p in ok], batch_size, loaded.stats,
+                                                      originals=originals), ok,
                                      strict=True):
                         if ex.withheld:  # the input check rejected it: no map is presented as an explanation
                             withheld.append((p, ex.verdict, "; ".join(ex.ood_reasons)))

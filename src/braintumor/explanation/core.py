@@ -24,7 +24,15 @@ from ..data.read import read_image
 from ..errors import UsageError
 from ..inference import Predictor
 from ..models import get_spec
-from .saliency import DEFAULT_METHOD, cam_maps, check_method, fusion_layers, occlusion_maps
+from .saliency import (
+    DEFAULT_METHOD,
+    cam_maps,
+    check_method,
+    fusion_layers,
+    normalise_maps,
+    occlusion_maps,
+    tta_side,
+)
 
 ImageLike = str | Path | np.ndarray
 
@@ -130,6 +138,7 @@ class Explanation:
         axes = fig.subplots(1, 3)
         names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
                  "layercam": "LayerCAM (multi-layer)", "layercam-last": "LayerCAM (last layer)",
+                 "layercam-tta": "LayerCAM (multi-layer, 1.5x + mirror)",
                  "occlusion": "occlusion", "seg": "tumour map"}
         axes[0].imshow(self.image)
         axes[0].set_title("prepared image")
@@ -225,16 +234,21 @@ def resolve_targets(predictor: Predictor, proba: np.ndarray, target: str | int |
 
 
 def heatmaps(predictor: Predictor, prepared: np.ndarray, class_idx: Sequence[int], method: str = DEFAULT_METHOD,
-             batch_size: int = 16) -> np.ndarray:
+             batch_size: int = 16, originals: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Maps ``(N, S, S)`` for prepared ``uint8`` images and the given class indices (see :mod:`.saliency`).
 
     ``method="seg"`` returns the run's tumour-map decoder output (probabilities in ``[0, 1]``, the same map
-    whatever the class); it raises :class:`UsageError` for a run trained without masks.
+    whatever the class); it raises :class:`UsageError` for a run trained without masks. ``method="layercam-tta"``
+    needs ``originals``: the decoded images ``prepared`` was made from, in the same order (it prepares them again
+    at a larger side); :class:`UsageError` without them.
     """
     method = check_method(method)
     prepared = np.asarray(prepared)
     if method == "seg" and not getattr(predictor, "has_tumour_map", False):
         raise UsageError(NO_DECODER)
+    if method == "layercam-tta" and (originals is None or len(originals) != len(prepared)):
+        raise UsageError("--method layercam-tta needs the original images (it prepares them again at a larger "
+                         "side); explain files or arrays, not prepared images")
     if len(prepared) == 0:
         s = predictor.preprocessor.img_size
         return np.zeros((0, s, s), np.float32)
@@ -244,25 +258,58 @@ def heatmaps(predictor: Predictor, prepared: np.ndarray, class_idx: Sequence[int
         return np.clip(np.nan_to_num(np.concatenate(out)), 0.0, 1.0).astype(np.float32)
     if method == "occlusion":
         return occlusion_maps(predictor.proba_prepared, prepared, class_idx)
-    import torch
-
+    if method == "layercam-tta":
+        return _tta_maps(predictor, originals, class_idx, batch_size)
     layers = cam_layers(predictor, method)
     out = []
     for i in range(0, len(prepared), batch_size):
-        x = predictor.preprocessor.normalise(prepared[i:i + batch_size]).to(predictor.device)
-        if predictor.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(cam_maps(predictor.model, x, layers, list(class_idx[i:i + batch_size]), method))
+        out.append(_cams(predictor, prepared[i:i + batch_size], layers, list(class_idx[i:i + batch_size]), method))
+    return np.concatenate(out)
+
+
+def _cams(predictor: Predictor, prepared: np.ndarray, layers: list[str], class_idx: list[int], method: str
+          ) -> np.ndarray:
+    import torch
+
+    x = predictor.preprocessor.normalise(prepared).to(predictor.device)
+    if predictor.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return cam_maps(predictor.model, x, layers, class_idx, method)
+
+
+def _tta_maps(predictor: Predictor, originals: Sequence[np.ndarray], class_idx: Sequence[int], batch_size: int
+              ) -> np.ndarray:
+    """``layercam-tta``: LayerCAM of each original prepared at :func:`~.saliency.tta_side` and of its mirror image,
+    summed, resized to the model's side and normalised."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    side = predictor.preprocessor.img_size
+    pre = dataclasses.replace(predictor.preprocessor, img_size=tta_side(side))
+    layers = cam_layers(predictor, "layercam")
+    out = []
+    for i in range(0, len(originals), batch_size):
+        x = np.stack([pre.prepare(np.asarray(o)) for o in originals[i:i + batch_size]])
+        idx = list(class_idx[i:i + batch_size])
+        m = _cams(predictor, x, layers, idx, "layercam")
+        m = m + _cams(predictor, np.ascontiguousarray(x[:, :, ::-1]), layers, idx, "layercam")[:, :, ::-1]
+        m = F.interpolate(torch.from_numpy(np.ascontiguousarray(m))[:, None], size=(side, side), mode="bilinear",
+                          align_corners=False)[:, 0].numpy()
+        out.append(normalise_maps(m))
     return np.concatenate(out)
 
 
 def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = DEFAULT_METHOD,
                      target: str | int | None = None, sources: Sequence[str | None] | None = None,
-                     batch_size: int = 16, stats: Sequence | None = None) -> list[Explanation]:
+                     batch_size: int = 16, stats: Sequence | None = None,
+                     originals: Sequence[np.ndarray] | None = None) -> list[Explanation]:
     """Explanations for already prepared ``uint8`` images ``(N, S, S, 3)``.
 
     Each carries the input check's verdict (``stats``: the decoded images' :class:`~braintumor.ood.ImageStats`
-    for the rules; without them only the feature distance is checked).
+    for the rules; without them only the feature distance is checked). ``originals``: the decoded images they
+    were prepared from (``layercam-tta`` needs them).
     """
     method = check_method(method)
     prepared = np.asarray(prepared)
@@ -271,7 +318,7 @@ def explain_prepared(predictor: Predictor, prepared: np.ndarray, method: str = D
     labels = predictor.labels_from_proba(proba)
     checks = predictor.assess(proba, labels, stats, outputs.scores)
     idx = resolve_targets(predictor, proba, target)
-    maps = heatmaps(predictor, prepared, idx, method, batch_size)
+    maps = heatmaps(predictor, prepared, idx, method, batch_size, originals)
     sources = list(sources) if sources is not None else [None] * len(prepared)
     out = []
     for i in range(len(prepared)):
@@ -297,7 +344,8 @@ def explain_batch(predictor, images: Sequence[ImageLike], method: str = DEFAULT_
     sources = [str(im) if isinstance(im, (str, Path)) else None for im in images]
     from ..ood import image_stats
 
-    return explain_prepared(predictor, prepared, method, target, sources, batch_size, [image_stats(r) for r in raw])
+    return explain_prepared(predictor, prepared, method, target, sources, batch_size, [image_stats(r) for r in raw],
+                            originals=raw)
 
 
 def explain(model_or_run, image: ImageLike, method: str = DEFAULT_METHOD, target: str | int | None = None

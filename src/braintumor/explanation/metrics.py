@@ -40,7 +40,7 @@ from ..data.read import read_image
 from ..errors import DataError, UnreadableImageError, UsageError
 from ..inference import Predictor
 from .core import Explanation, explain_prepared, heatmaps
-from .saliency import DEFAULT_METHOD, blur_baseline
+from .saliency import DEFAULT_METHOD, blur_baseline, check_method
 
 # ------------------------------------------------------------------------------------------------ masks
 
@@ -259,17 +259,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def randomisation_check(predictor: Predictor, images: np.ndarray, class_idx: Sequence[int],
                         method: str = DEFAULT_METHOD, maps: np.ndarray | None = None, seed: int = 0,
-                        return_constant: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                        return_constant: bool = False, originals: Sequence[np.ndarray] | None = None
+                        ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per-image Spearman correlation between the trained model's maps and a weight-randomised model's maps.
 
     Both explain the same class per image, on the full maps as the method returns them (input resolution).
     ``maps``: the trained model's maps if already computed. A pair where either map is constant (e.g. a
     Grad-CAM that is all zeros after its ReLU) scores 0; ``return_constant=True`` also returns a boolean array
-    flagging those pairs, so a report can say how many there were.
+    flagging those pairs, so a report can say how many there were. ``originals``: the decoded images (for
+    ``layercam-tta``).
     """
     if maps is None:
-        maps = heatmaps(predictor, images, class_idx, method)
-    rand = heatmaps(randomised_predictor(predictor, seed), images, class_idx, method)
+        maps = heatmaps(predictor, images, class_idx, method, originals=originals)
+    rand = heatmaps(randomised_predictor(predictor, seed), images, class_idx, method, originals=originals)
     rho = np.array([spearman(a, b) for a, b in zip(maps, rand, strict=True)], np.float64)
     if not return_constant:
         return rho
@@ -350,7 +352,8 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
     """
     rows: list[dict] = []
     curves: dict[int, np.ndarray] = {}
-    keep_imgs, keep_idx, keep_maps, keep_masked = [], [], [], []
+    keep_imgs, keep_idx, keep_maps, keep_masked, keep_raws = [], [], [], [], []
+    needs_originals = check_method(method) == "layercam-tta"
     tol_px: float | None = tolerance
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
@@ -366,7 +369,8 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
             prepared = np.stack([predictor.preprocessor.prepare(r) for r in raws])
             if tol_px is None:
                 tol_px = standard_tolerance(prepared.shape[1])
-            exs = explain_prepared(predictor, prepared, method, target, [str(p) for p in ok], batch_size)
+            exs = explain_prepared(predictor, prepared, method, target, [str(p) for p in ok], batch_size,
+                                   originals=raws)
             idx = [predictor.classes.index(e.target) for e in exs]
             maps = np.stack([e.heatmap for e in exs])
             heads = head_masks(prepared)
@@ -399,6 +403,7 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
                         curves[id(row)] = curve
                 rows.append(row)
                 keep_imgs.append(prepared[j])
+                keep_raws.append(raw if needs_originals else None)
                 keep_idx.append(idx[j])
                 keep_maps.append(ex.heatmap)
                 keep_masked.append(row["has_mask"])
@@ -422,7 +427,8 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
         sel = order[:randomisation_images]
         try:
             rho = randomisation_check(predictor, np.stack([keep_imgs[k] for k in sel]), [keep_idx[k] for k in sel],
-                                      method, maps=np.stack([keep_maps[k] for k in sel]), seed=seed)
+                                      method, maps=np.stack([keep_maps[k] for k in sel]), seed=seed,
+                                      originals=[keep_raws[k] for k in sel] if needs_originals else None)
         except UsageError:  # e.g. a tumour-map decoder the randomised copy does not carry
             rho = None
         if rho is not None:
