@@ -407,10 +407,10 @@ def _section_gradcam(ctx: _RunContext) -> str:
                     f"<figcaption>{_esc(Path(paths[i]).name)}<br>true {_esc(labels[i])}, "
                     f'<span class="{cls_ok}">predicted {_esc(ex.label)}</span> ({ex.probability:.2f})'
                     "</figcaption></figure>")
-    return (f'<div class="grid">{"".join(figs)}</div><p class="muted">Grad-CAM at layer '
-            f"{_esc(ctx.meta.get('gradcam_target_layer'))}: where the predicted class's evidence lies. A map on the "
-            "skull, the background or text marks is a warning sign (shortcut learning), not an explanation of "
-            "the tumour.</p>")
+    return (f'<div class="grid">{"".join(figs)}</div><p class="muted">Maps by <code>{_esc(exs[0].method)}</code> '
+            "(the default explanation method, see docs/guide/explain.md): where the predicted class's evidence "
+            "lies. A map on the skull, the background or text marks is a warning sign (shortcut learning), not an "
+            "explanation of the tumour.</p>")
 
 
 def _section_tumour_map(ctx: _RunContext) -> str:

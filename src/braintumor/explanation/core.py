@@ -62,7 +62,7 @@ class Explanation:
     Example:
         >>> ex = explain("runs/demo", "scan.png")                      # doctest: +SKIP
         >>> ex                                                         # doctest: +SKIP
-        Explanation(label='yes', probability=0.970, target='yes', method='layercam', heatmap=(224, 224))
+        Explanation(label='yes', probability=0.970, target='yes', method='layercam-tta', heatmap=(224, 224))
         >>> ex.overlay().shape                                         # doctest: +SKIP
         (224, 224, 3)
     """
