@@ -78,7 +78,7 @@ def test_predict_explain_adds_overlay_png(client, phantoms_test):
     r = client.post("/v1/predict?explain=true", files={"file": (name, data, "image/png")})
     assert r.status_code == 200, r.text
     ov = r.json()["overlay"]
-    assert ov["method"] == "gradcam" and ov["target"] in ("yes", "no")
+    assert ov["method"] == "layercam-tta" and ov["target"] in ("yes", "no")
     img = Image.open(io.BytesIO(base64.b64decode(ov["png_base64"])))
     assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
 

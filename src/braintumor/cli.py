@@ -582,7 +582,8 @@ def predict(
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Write the results to this file (with --format table: csv for .csv, "
                                          "json for .json, else the text table)."),
-    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Write Grad-CAM overlays here (run folder only)."),
+    heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Write heatmap overlays (the default explanation "
+                                                                   "method) here (run folder only)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda... (run folders)."),
     backend: str = typer.Option("auto", "--backend",
@@ -695,7 +696,7 @@ def predict(
                 stems[stem] = stems.get(stem, 0) + 1
                 if stems[stem] > 1:
                     stem = f"{stem}_{stems[stem]}"
-                explain(explainer, p.path, method="gradcam").save(heatmaps, stem)
+                explain(explainer, p.path).save(heatmaps, stem)
                 bar.advance(task)
         err_console.print(f"Grad-CAM overlays of {len(ok)} image(s) in {markup(heatmaps)}", highlight=False)
     out_fmt = fmt

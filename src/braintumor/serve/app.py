@@ -13,7 +13,7 @@
 * Every prediction says whether the input is trustworthy (the run's input check, :mod:`braintumor.ood`, from the
   same model pass): ``verdict`` (the class, ``not_brain_mri``, ``unfamiliar`` or ``uncertain``), ``in_distribution``,
   ``ood_score`` and ``ood_reasons``, beside ``label`` (the model's class, always given). A valid file is a 200
-  whatever its verdict. For ``not_brain_mri`` and ``unfamiliar`` no Grad-CAM overlay or outline is presented as an
+  whatever its verdict. For ``not_brain_mri`` and ``unfamiliar`` no heatmap overlay or outline is presented as an
   explanation (``overlay``/``outline`` null, ``overlay_withheld``/``outline_withheld`` say why). ``ood_check=false``
   (per request) or ``create_app(..., ood_check=False)`` turns the check off: every verdict is the class. Runs made
   before the check existed answer the same way (``in_distribution`` null; ``GET /v1/model`` ``input_check``).
@@ -99,12 +99,12 @@ PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-i
             "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'")
 DOCS_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'"
-#: Verdicts for which no Grad-CAM overlay or tumour outline is given: there is no trustworthy class to explain.
+#: Verdicts for which no heatmap overlay or tumour outline is given: there is no trustworthy class to explain.
 WITHHOLD = (NOT_BRAIN, UNFAMILIAR)
 
 
 def withheld_reason(verdict: str | None, what: str) -> str | None:
-    """Why ``what`` (``"Grad-CAM overlay"``, ``"tumour outline"``) is not given for ``verdict`` (``None``: it is)."""
+    """Why ``what`` (``"heatmap overlay"``, ``"tumour outline"``) is not given for ``verdict`` (``None``: it is)."""
     if verdict not in WITHHOLD:
         return None
     return f"no {what}: the input check's verdict is {verdict} ({VERDICT_TEXT[verdict]})"
@@ -235,7 +235,7 @@ class ModelService:
     def _require_explainer(self):
         if not self.can_explain:
             raise RejectedInput(400, "explain=true needs the torch model of a run folder; this server serves an "
-                                     "ONNX file (start it with the run folder to get Grad-CAM overlays)")
+                                     "ONNX file (start it with the run folder to get heatmap overlays)")
         try:
             from ..explanation import core as module
         except ImportError as exc:  # pragma: no cover - the explain module ships with the package
@@ -248,38 +248,41 @@ class ModelService:
 
         buf = io.BytesIO()
         Image.fromarray(ex.overlay()).save(buf, format="PNG")
-        return {"method": "gradcam", "target": ex.target or ex.label,
+        return {"method": ex.method, "target": ex.target or ex.label,
                 "png_base64": base64.b64encode(buf.getvalue()).decode("ascii")}
 
     def explain(self, image: np.ndarray, prepared: np.ndarray | None = None, target: str | None = None) -> dict:
-        """Grad-CAM of ``target`` (default: the predicted class) as a base64 PNG overlay (run folders only)."""
+        """The heatmap (:data:`~braintumor.explanation.DEFAULT_METHOD`) of ``target`` (default: the predicted class)
+        as a base64 PNG overlay (run folders only)."""
         module = self._require_explainer()
         if prepared is None:
             prepared = self.explainer.preprocessor.prepare(image)[None]
         with self._explain_lock:
-            ex = module.explain_prepared(self.explainer, prepared, method="gradcam", target=target)[0]
+            ex = module.explain_prepared(self.explainer, prepared, method=module.DEFAULT_METHOD, target=target,
+                                         originals=[image])[0]
         return self._overlay(ex)
 
     def predict_explain(self, image: np.ndarray, prepared: np.ndarray | None = None, out: dict | None = None,
                         ood_check: bool = True) -> tuple[dict, dict | None]:
-        """:meth:`predict` plus the Grad-CAM overlay of the predicted label: the image is prepared once, and the
-        torch model runs only the Grad-CAM pass (the probabilities are the prediction's; give ``prepared`` and
-        ``out`` when they are known already).
+        """:meth:`predict` plus the heatmap overlay (:data:`~braintumor.explanation.DEFAULT_METHOD`) of the predicted
+        label: the torch model runs only the heatmap passes (the probabilities are the prediction's; give
+        ``prepared`` and ``out`` when they are known already).
 
-        The overlay is ``None`` (no Grad-CAM pass) when the verdict is ``not_brain_mri`` or ``unfamiliar``: a heat
+        The overlay is ``None`` (no heatmap pass) when the verdict is ``not_brain_mri`` or ``unfamiliar``: a heat
         map of a class the model should not give would read as an explanation (:func:`withheld_reason`)."""
         module = self._require_explainer()
         if prepared is None:
             prepared = self.predictor.preprocessor.prepare(image)[None]
         if out is None:
             out = self.predict(image, prepared, ood_check)
-        if withheld_reason(out.get("verdict"), "Grad-CAM overlay"):
+        if withheld_reason(out.get("verdict"), "heatmap overlay"):
             return out, None
         label = out["label"]
         with self._explain_lock:
-            cam = module.heatmaps(self.explainer, prepared, [self.explainer.classes.index(label)], "gradcam")
+            cam = module.heatmaps(self.explainer, prepared, [self.explainer.classes.index(label)],
+                                  module.DEFAULT_METHOD, originals=[image])
         ex = module.Explanation(heatmap=cam[0], image=prepared[0], label=label, probability=out["probabilities"][label],
-                                probabilities=dict(out["probabilities"]), target=label, method="gradcam")
+                                probabilities=dict(out["probabilities"]), target=label, method=module.DEFAULT_METHOD)
         return out, self._overlay(ex)
 
 
@@ -412,7 +415,7 @@ def _predict_response_model():
         fingerprint: str | None = None
 
     class Overlay(BaseModel):
-        method: str = Field(examples=["gradcam"])
+        method: str = Field(examples=["layercam-tta"])
         target: str
         png_base64: str
 
@@ -432,7 +435,7 @@ def _predict_response_model():
         positive_class: str | None = None
         model: ModelRef
         image: dict[str, int] = Field(description="the uploaded image's width and height in pixels")
-        overlay: Overlay | None = Field(None, description="explain=true: the Grad-CAM overlay, or null when withheld")
+        overlay: Overlay | None = Field(None, description="explain=true: the heatmap overlay, or null when withheld")
         overlay_withheld: str | None = Field(None, description="why the overlay is null (verdict not_brain_mri or "
                                                                "unfamiliar)")
         outline: dict | None = Field(None, description="outline=true: the tumour outline, or null when withheld")
@@ -776,7 +779,7 @@ def _add_predict_route(app, service: ModelService, gate: DecodeGate, settings: A
     @app.post("/v1/predict", summary="Classify one image", responses=responses,
               openapi_extra={"requestBody": predict_body})
     async def predict(request: Request,
-                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64); run folders "
+                      explain: bool = Query(False, description="add a heatmap overlay PNG (base64); run folders "
                                                                "only"),
                       outline: bool = Query(False, description="add the tumour outline (area, bounding box, "
                                                                "contour); models trained with tumour masks only"),
@@ -832,7 +835,7 @@ def _add_predict_route(app, service: ModelService, gate: DecodeGate, settings: A
         if explain:
             out["overlay"] = overlay
             if overlay is None:
-                out["overlay_withheld"] = withheld_reason(out["verdict"], "Grad-CAM overlay")
+                out["overlay_withheld"] = withheld_reason(out["verdict"], "heatmap overlay")
         if outline:
             out["outline"] = shape
             if shape is None:
