@@ -125,3 +125,7 @@ def test_keep_grey_gives_the_same_prepared_pixels_and_statistics(tmp_path):
                 assert rgb.ndim == 3
                 assert np.array_equal(loaded.images[i], pre.prepare(rgb)), (p.name, side, size)
                 assert loaded.stats[i] == image_stats(rgb), p.name
+    # the decoded images themselves on request (what layercam-tta prepares again), not kept otherwise
+    kept = load_images(paths + [tmp_path / "missing.png"], Preprocessor(img_size=64), originals=True)
+    assert len(kept.originals) == len(paths) and loaded.originals is None
+    assert all(np.array_equal(o, read_image(p, keep_grey=True)) for o, p in zip(kept.originals, paths, strict=True))

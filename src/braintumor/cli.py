@@ -698,7 +698,7 @@ def predict(
                     stem = f"{stem}_{stems[stem]}"
                 explain(explainer, p.path).save(heatmaps, stem)
                 bar.advance(task)
-        err_console.print(f"Grad-CAM overlays of {len(ok)} image(s) in {markup(heatmaps)}", highlight=False)
+        err_console.print(f"heatmap overlays of {len(ok)} image(s) in {markup(heatmaps)}", highlight=False)
     out_fmt = fmt
     if out is not None and fmt == "table":
         out_fmt = {".csv": "csv", ".json": "json"}.get(out.suffix.lower(), "table")
@@ -1146,7 +1146,6 @@ def explain_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .data.cache import load_images
-    from .data.read import read_image
     from .display import csv_text, json_names
     from .errors import UsageError
     from .explanation import as_predictor, evaluate_explanations, explain_prepared
@@ -1195,14 +1194,14 @@ def explain_cmd(
         else:
             for i in range(0, len(files), batch_size):
                 chunk = files[i:i + batch_size]
-                loaded = load_images(chunk, predictor.preprocessor, on_skip=skip, stats=True)
+                # layercam-tta prepares the decoded originals again at a larger side: kept from the same read
+                loaded = load_images(chunk, predictor.preprocessor, on_skip=skip, stats=True,
+                                     originals=method == "layercam-tta")
                 ok = [chunk[j] for j in loaded.kept]
-                # layercam-tta prepares the originals again at a larger side (files that read once read again)
-                originals = [read_image(p, keep_grey=True) for p in ok] if method == "layercam-tta" else None
                 if ok:
                     for ex, p in zip(explain_prepared(predictor, loaded.images, method, target,
                                                       [str(p) for p in ok], batch_size, loaded.stats,
-                                                      originals=originals), ok,
+                                                      originals=loaded.originals), ok,
                                      strict=True):
                         if ex.withheld:  # the input check rejected it: no map is presented as an explanation
                             withheld.append((p, ex.verdict, "; ".join(ex.ood_reasons)))

@@ -29,12 +29,14 @@ from .read import frame_ref, read_image, split_ref
 @dataclass
 class LoadedImages:
     """``images[i]`` is the prepared image of ``paths[kept[i]]``; ``skipped`` lists ``(path, reason)``; ``stats[i]``
-    the :class:`~braintumor.ood.ImageStats` of the decoded image (with ``stats=True``)."""
+    the :class:`~braintumor.ood.ImageStats` of the decoded image (with ``stats=True``); ``originals[i]`` the decoded
+    image itself (with ``originals=True``)."""
 
     images: np.ndarray
     kept: list[int]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     stats: list | None = None
+    originals: list | None = None
 
 
 def _as_ref(item) -> Path:
@@ -47,14 +49,16 @@ def _as_ref(item) -> Path:
     return Path(item)
 
 
-def _load_one(path: Path, pre: Preprocessor, stats: bool = False):
+def _load_one(path: Path, pre: Preprocessor, stats: bool = False, original: bool = False):
+    """``(prepared, stats or None, decoded image or None)``, or the :class:`UnreadableImageError`."""
     try:
         img = read_image(path, keep_grey=True)  # (H, W) for grey sources: same prepared pixels and stats
+        st = None
         if stats:
             from ..input_rules import image_stats
 
-            return pre.prepare(img), image_stats(img)
-        return pre.prepare(img)
+            st = image_stats(img)
+        return pre.prepare(img), st, img if original else None
     except UnreadableImageError as exc:
         if exc.path == path:
             return exc
@@ -68,10 +72,11 @@ def _load_one(path: Path, pre: Preprocessor, stats: bool = False):
 def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
                 on_skip: Callable[[Path, str], None] | None = None,
                 progress: Callable[[], None] | None = None, workers: int | None = None,
-                stats: bool = False) -> LoadedImages:
+                stats: bool = False, originals: bool = False) -> LoadedImages:
     """Read and prepare every file (threads: PIL and NumPy release the GIL while decoding).
 
-    ``stats=True`` also keeps each decoded image's :class:`~braintumor.ood.ImageStats` (the input check's rules).
+    ``stats=True`` also keeps each decoded image's :class:`~braintumor.ood.ImageStats` (the input check's rules);
+    ``originals=True`` keeps the decoded images themselves (what ``layercam-tta`` prepares again).
 
     Raises:
         UnreadableImageError: with ``strict=True``, at the first unreadable file.
@@ -82,8 +87,9 @@ def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
     kept: list[int] = []
     skipped: list[tuple[Path, str]] = []
     found: list = []
+    decoded: list = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, res in enumerate(pool.map(lambda p: _load_one(p, pre, stats), paths)):
+        for i, res in enumerate(pool.map(lambda p: _load_one(p, pre, stats, originals), paths)):
             if progress is not None:
                 progress()
             if isinstance(res, UnreadableImageError):
@@ -93,9 +99,12 @@ def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
                 if on_skip is not None:
                     on_skip(res.path, res.reason)
                 continue
+            prepared, st, img = res
             if stats:
-                res, st = res
                 found.append(st)
-            out[len(kept)] = res
+            if originals:
+                decoded.append(img)
+            out[len(kept)] = prepared
             kept.append(i)
-    return LoadedImages(out[: len(kept)], kept, skipped, found if stats else None)
+    return LoadedImages(out[: len(kept)], kept, skipped, found if stats else None,
+                        decoded if originals else None)
