@@ -110,6 +110,22 @@ def test_detected_by_suffix_magic_and_without_suffix(tmp_path):
         assert np.array_equal(img[..., 0], a), name  # 8-bit-range values kept as they are
 
 
+def test_dicom_under_a_raster_name_is_still_read_as_dicom(tmp_path):
+    """Raster names are decoded by PIL first (no look for the DICOM magic); a file PIL does not recognise then
+    goes to the registered readers, so a DICOM file named .png reads exactly as under its own name."""
+    a = _grad()
+    write_dicom(tmp_path / "a.dcm", a)
+    (tmp_path / "a.png").write_bytes((tmp_path / "a.dcm").read_bytes())
+    info: dict = {}
+    img = read_image(tmp_path / "a.png", describe=info)
+    assert np.array_equal(img, read_image(tmp_path / "a.dcm"))
+    assert info == {"format": "DICOM", "mode": None}
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "b.png")
+    info = {}
+    assert read_image(tmp_path / "b.png", describe=info).shape == (32, 40, 3) and info == {"format": "PNG",
+                                                                                          "mode": "L"}
+
+
 # --------------------------------------------------------------------------------------------- pixel values
 
 

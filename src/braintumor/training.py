@@ -84,6 +84,7 @@ from .plots import plot_curves
 from .preprocess import Preprocessor
 from .report import write_report
 from .rundir import RunDir, atomic_write_text
+from .workers import available_cpus
 
 
 @dataclass
@@ -179,10 +180,8 @@ def seed_everything(seed: int) -> None:
 
 
 def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
+    """torch threads for training: every CPU this process may use (:func:`braintumor.workers.available_cpus`)."""
+    return available_cpus()
 
 
 def versions() -> dict:

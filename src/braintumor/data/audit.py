@@ -22,7 +22,11 @@ How near-duplicates are found (measured on the Navoneel and Nickparvar sets, see
    Perceptual hashes (``imagehash`` pHash/dHash/aHash on the same crops) were measured for this step and are
    not used: on these dark-background scans aHash pairs almost everything, pHash misses a few percent of the
    copies at any radius, and dHash needs a radius that admits 0.5-2 million of the 16 million pairs of the
-   5,712-image set, while the dense correlation is exact and takes seconds.
+   5,712-image set, while the dense correlation is exact and takes seconds. Each image keeps its
+   ``MAX_CANDIDATES`` most similar proposals (a pair stays when it is among those of either image): near-copies
+   are each other's closest thumbnails, and folders of look-alikes (one phantom recipe, one sequence) otherwise
+   send millions of pairs to the slower confirmation (10,000 phantoms: 4.7 million, 476,000 after the cap; the
+   groups of the Navoneel, figshare and Nickparvar sets are the same with and without it).
 3. *Confirm*: the thumbnails are aligned (integer shifts up to ``SHIFT`` pixels, best global correlation),
    cut into 8 x 8 blocks, and the lower quartile of the per-block correlations over textured blocks is the
    score. Whole-image scores are dominated by the skull outline (different brains of one sequence reach 0.9
@@ -43,7 +47,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -56,6 +59,7 @@ from PIL import Image
 
 from ..errors import UnreadableImageError
 from ..preprocess import brain_bbox, pad_to_square
+from ..workers import available_cpus, imap_files
 from .discover import discover
 from .read import read_image
 
@@ -65,6 +69,9 @@ THUMB = 64
 WORK_SIDE = 160
 #: Proposal: normalised correlation of the whole thumbnails at least this.
 PROPOSE_MIN = 0.85
+#: Confirmation is tried on a pair only when it is among the first this many proposals of one of its two images
+#: (most similar thumbnails first, pairs already joined by identical bytes or pixels left out).
+MAX_CANDIDATES = 32
 #: Confirmation: lower quartile of the 8 x 8 block correlations at least this.
 NEAR_THRESHOLD = 0.80
 #: Largest shift (thumbnail pixels) tried when aligning two thumbnails.
@@ -118,24 +125,25 @@ def _file_sha(path: Path) -> tuple[str, int]:
 
 
 def _work_image(grey: np.ndarray) -> np.ndarray:
-    """``grey`` resized (area filter) so that its longest side is :data:`WORK_SIDE`: every copy of a scan, whatever
-    its resolution, is then cropped at the same relative precision."""
+    """``grey`` reduced (area filter) so that its longest side is :data:`WORK_SIDE`: every copy of a scan, whatever
+    its resolution, is then cropped at the same relative precision. Smaller images are kept as they are
+    (enlarging adds no detail; the crop's blur is scaled to their size instead, see :func:`_thumb`)."""
     h, w = grey.shape
+    if max(h, w) <= WORK_SIDE:
+        return grey
     scale = WORK_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size == (w, h):
-        return grey
-    return np.asarray(Image.fromarray(grey).resize(size, Image.BOX if scale < 1 else Image.BILINEAR))
+    return np.asarray(Image.fromarray(grey).resize(size, Image.BOX))
 
 
 def _thumb(work: np.ndarray, size: int = THUMB) -> tuple[np.ndarray, float]:
     """Brain-cropped, square-padded, resized greyscale thumbnail and the brain box's share of the image area.
 
     The crop is :func:`braintumor.preprocess.brain_bbox` (the recipe of the :class:`~braintumor.preprocess.
-    Preprocessor`) with its blur scaled to the working size.
+    Preprocessor`) with its blur scaled to the working size (1.5 px at :data:`WORK_SIDE`).
     """
     h, w = work.shape
-    box = brain_bbox(work, blur=1.5)
+    box = brain_bbox(work, blur=1.5 * max(h, w) / WORK_SIDE)
     crop = work
     if box is not None and box[2] - box[0] >= 8 and box[3] - box[1] >= 8:
         crop = work[box[0]:box[2], box[1]:box[3]]
@@ -158,18 +166,17 @@ def _scan_one(path: Path) -> ImageInfo:
     except OSError as exc:
         return ImageInfo(str(path), "", 0, error=f"cannot open ({exc.strerror or exc})")
     info = ImageInfo(str(path), sha, nbytes)
+    described: dict = {}
     try:
-        img = read_image(path, keep_grey=True)
+        img = read_image(path, keep_grey=True, describe=described)
     except UnreadableImageError as exc:
         info.error = exc.reason
         return info
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
         info.error = f"{type(exc).__name__}: {exc}"
         return info
-    try:
-        with Image.open(path) as im:
-            info.format, info.mode = im.format, im.mode
-    except Exception:  # noqa: BLE001 - read by a registered reader (DICOM, NIfTI): PIL cannot say
+    info.format, info.mode = described.get("format"), described.get("mode")
+    if info.mode is None:  # read by a registered reader (DICOM, NIfTI): the suffix names the format, as before
         info.format = Path(path).suffix.lstrip(".").upper() or None
     info.height, info.width = img.shape[:2]
     info.pixel_sha = _pixel_sha(img)
@@ -205,19 +212,21 @@ def _cache_key(path: Path) -> tuple[str, int, int] | None:
     return (str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
-def scan(paths: Sequence[str | Path], workers: int | None = None) -> list[ImageInfo]:
-    """:class:`ImageInfo` of every path, read in threads; cached in-process by path, modification time and size.
+def scan(paths: Sequence[str | Path], workers: int | None = None, *,
+         keys: Sequence[tuple[str, int, int] | None] | None = None) -> list[ImageInfo]:
+    """:class:`ImageInfo` of every path, read in threads where that pays (:func:`braintumor.workers.imap_files`);
+    cached in-process by path, modification time and size.
 
-    Unreadable files are not errors here: their :attr:`ImageInfo.error` says why.
+    Unreadable files are not errors here: their :attr:`ImageInfo.error` says why. ``keys``: the paths' cache keys
+    when the caller has them already.
     """
     paths = [Path(p) for p in paths]
-    keys = [_cache_key(p) for p in paths]
+    keys = [_cache_key(p) for p in paths] if keys is None else list(keys)
     todo = [k for k, key in enumerate(keys) if key is None or key not in _CACHE]
     fresh: dict[int, ImageInfo] = {}
     if todo:
-        workers = workers or min(4, os.cpu_count() or 2)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            fresh = dict(zip(todo, pool.map(lambda k: _scan_one(paths[k]), todo), strict=True))
+        found = imap_files(lambda k: _scan_one(paths[k]), todo, min(4, workers or available_cpus()))
+        fresh = dict(zip(todo, found, strict=True))
     for k, info in fresh.items():
         if keys[k] is not None:
             _CACHE[keys[k]] = info
@@ -234,23 +243,24 @@ def _thumbs(infos: Sequence[ImageInfo]) -> np.ndarray:
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     x = x.reshape(len(x), -1).astype(np.float32)
     x -= x.mean(axis=1, keepdims=True)
-    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-6
+    x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None] + 1e-6
     return x
 
 
 def _propose(ta: np.ndarray, tb: np.ndarray | None, ok_a: np.ndarray, ok_b: np.ndarray | None,
-             min_ncc: float = PROPOSE_MIN, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+             min_ncc: float = PROPOSE_MIN, chunk: int = 1024, with_ncc: bool = False):
     """Candidate pairs ``(i, j)``: thumbnail correlation ``>= min_ncc`` (``i < j`` within one set, where only the
-    upper triangle of the correlation matrix is computed)."""
+    upper triangle of the correlation matrix is computed); ``with_ncc``: their correlations as a third array."""
     same = tb is None
     za = _unit_rows(ta)
     zb = za if same else _unit_rows(tb)
     okb = ok_a if same else ok_b
-    out_i, out_j = [], []
+    out_i, out_j, out_c = [], [], []
     for s in range(0, len(za), chunk):
         j0 = s if same else 0
         c = za[s:s + chunk] @ zb[j0:].T
         ii, jj = np.nonzero(c >= min_ncc)
+        cc = c[ii, jj]
         del c
         ii, jj = ii + s, jj + j0
         keep = ok_a[ii] & okb[jj]
@@ -258,9 +268,49 @@ def _propose(ta: np.ndarray, tb: np.ndarray | None, ok_a: np.ndarray, ok_b: np.n
             keep &= jj > ii
         out_i.append(ii[keep])
         out_j.append(jj[keep])
+        out_c.append(cc[keep])
     if not out_i:
-        return np.zeros(0, int), np.zeros(0, int)
-    return np.concatenate(out_i), np.concatenate(out_j)
+        empty = (np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32))
+        return empty if with_ncc else empty[:2]
+    found = (np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_c))
+    return found if with_ncc else found[:2]
+
+
+def _stable_order(key: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+    """Stable argsort of non-negative integers ``key`` (a radix sort when they fit 16 bits), applied to
+    ``within`` (an order to refine) when given."""
+    k = key if within is None else key[within]
+    k = k.astype(np.uint16) if k.size and int(k.max()) < 65536 else k
+    o = np.argsort(k, kind="stable")
+    return o if within is None else within[o]
+
+
+def _ranks(idx: np.ndarray, by_similarity: np.ndarray) -> np.ndarray:
+    """Rank of each pair among the pairs of the same ``idx`` value, in the order ``by_similarity``."""
+    order = _stable_order(idx, by_similarity)
+    s = idx[order]
+    first = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+    pos = np.arange(len(s)) - np.repeat(first, np.diff(np.r_[first, len(s)]))
+    out = np.empty(len(idx), np.int64)
+    out[order] = pos
+    return out
+
+
+def _first_candidates(ci: np.ndarray, cj: np.ndarray, ncc: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the pairs among the ``k`` most similar proposals of ``ci`` or of ``cj``.
+
+    Near-copies are each other's most similar thumbnails (on the Nickparvar set no confirmed pair ranks below
+    19th for both of its images, and the groups are the same from ``k = 8``); what ranks lower are look-alikes
+    (one sequence, one phantom recipe) that the block score then rejects one by one. Capping the candidates
+    keeps the work linear in the number of images on such folders; a group still forms through chains of
+    first candidates.
+    """
+    if not len(ci):
+        return np.zeros(0, bool)
+    # most similar first, to 1/65535 of the proposal range (closer ties: first listed)
+    span = max(1e-6, 1.0 - float(ncc.min()))
+    by = _stable_order(np.clip(np.round((1.0 - ncc) * (65535 / span)), 0, 65535).astype(np.uint16))
+    return (_ranks(ci, by) < k) | (_ranks(cj, by) < k)
 
 
 def _blocks(x: np.ndarray, nb: int) -> np.ndarray:
@@ -274,25 +324,51 @@ def _shifts() -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-SHIFT, SHIFT + 1) for dx in range(-SHIFT, SHIFT + 1)]
 
 
-def _side_a(t: np.ndarray, nb: int) -> dict:
+def _block_moments(t: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and sum of squares of each block of the window at every shift: ``(P, shifts, nb*nb)`` ``float64``
+    each, shifts in the order of :func:`_shifts`, blocks in the order of :func:`_blocks`.
+
+    Computed as ``L @ t @ R`` with 0/1 matrices that add up the rows and the columns of each block at each shift;
+    every partial sum is an integer below ``2**24``, so ``float32`` products are exact.
+    """
+    n = t.shape[1]
+    offsets = [MARGIN + d + BLOCK * np.arange(nb) for d in range(-SHIFT, SHIFT + 1)]
+    sel = np.zeros((len(offsets) * nb, n), np.float32)          # row k: the pixels of block row/column k
+    for s, off in enumerate(offsets):
+        for r, o in enumerate(off):
+            sel[s * nb + r, o:o + BLOCK] = 1.0
+    out = []
+    x = t.astype(np.float32)
+    for v in (x, x * x):
+        m = np.matmul(np.matmul(sel, v), sel.T)                 # (P, shifts_y * nb, shifts_x * nb)
+        k = len(offsets)
+        m = m.reshape(len(t), k, nb, k, nb).transpose(0, 1, 3, 2, 4).reshape(len(t), k * k, nb * nb)
+        out.append(m.astype(np.float64))
+    return out[0], out[1]
+
+
+def _centred_norm(total: np.ndarray, squares: np.ndarray, count: int) -> np.ndarray:
+    """``||x - mean(x)||`` from the exact sum and sum of squares of ``count`` values."""
+    return np.sqrt(np.maximum(0.0, squares - total * total / count))
+
+
+def _side_a(t: np.ndarray, nb: int, moments: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """What the scores need of the first image of each pair (per image, not per pair): its inner window's
     block-centred blocks, their norms and means, and the window's mean and norm."""
     w = nb * BLOCK
     a = t[:, MARGIN:MARGIN + w, MARGIN:MARGIN + w].astype(np.float32)
     ab = _blocks(a, nb)                                            # (P, nb*nb, B*B), as the score defines them
-    bm = a.reshape(len(a), nb, BLOCK, nb, BLOCK).transpose(0, 1, 3, 2, 4).reshape(len(a), nb * nb, -1).astype(
-        np.float64).mean(axis=2)
-    a64 = a.reshape(len(a), -1).astype(np.float64)
-    ma = a64.mean(axis=1)
-    norm = np.sqrt(((a64 - ma[:, None]) ** 2).sum(axis=1)) + 1e-6
+    bs, bss = (m[:, _shifts().index((0, 0))] for m in (moments or _block_moments(t, nb)))
+    ma = bs.sum(axis=1) / (w * w)
+    norm = _centred_norm(bs.sum(axis=1), bss.sum(axis=1), w * w) + 1e-6
     return {"ab": ab, "na": np.sqrt((ab * ab).sum(axis=2)), "ab_sum": ab.astype(np.float64).sum(axis=2),
-            "offset": bm - ma[:, None], "norm": norm}
+            "offset": bs / (BLOCK * BLOCK) - ma[:, None], "norm": norm}
 
 
-def _side_b(t: np.ndarray, nb: int) -> dict:
+def _side_b(t: np.ndarray, nb: int, moments: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """What the scores need of the second image of each pair, per image and shift: the ``(nb*nb, (B+2S)^2)``
     patches around each block that hold it at every shift (``uint8``), and per shift the block sums, the block
-    norms after centring (computed as the score defines them) and the window's norm after centring."""
+    norms after centring and the window's norm after centring (exact, from summed-area tables)."""
     w = nb * BLOCK
     side = BLOCK + 2 * SHIFT
     p = len(t)
@@ -301,18 +377,9 @@ def _side_b(t: np.ndarray, nb: int) -> dict:
         for c in range(nb):
             y0, x0 = MARGIN - SHIFT + r * BLOCK, MARGIN - SHIFT + c * BLOCK
             patches[r * nb + c] = t[:, y0:y0 + side, x0:x0 + side].reshape(p, -1)
-    shifts = _shifts()
-    sums = np.empty((p, len(shifts), nb * nb))
-    nbb = np.empty((p, len(shifts), nb * nb), np.float32)
-    gnorm = np.empty((p, len(shifts)))
-    for k, (dy, dx) in enumerate(shifts):
-        bw = t[:, MARGIN + dy:MARGIN + dy + w, MARGIN + dx:MARGIN + dx + w].astype(np.float32)
-        bb = _blocks(bw, nb)
-        nbb[:, k] = np.sqrt((bb * bb).sum(axis=2))
-        raw = bw.reshape(p, nb, BLOCK, nb, BLOCK).transpose(0, 1, 3, 2, 4).reshape(p, nb * nb, -1)
-        sums[:, k] = raw.astype(np.float64).sum(axis=2)
-        b64 = bw.reshape(p, -1).astype(np.float64)
-        gnorm[:, k] = np.sqrt(((b64 - b64.mean(axis=1, keepdims=True)) ** 2).sum(axis=1))
+    sums, squares = moments or _block_moments(t, nb)
+    nbb = _centred_norm(sums, squares, BLOCK * BLOCK).astype(np.float32)
+    gnorm = _centred_norm(sums.sum(axis=2), squares.sum(axis=2), w * w)
     return {"patches": patches, "sums": sums, "nbb": nbb, "gnorm": gnorm}
 
 
@@ -346,7 +413,12 @@ def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, ba
     nb = (n - 2 * MARGIN) // BLOCK
     ui, li = np.unique(i, return_inverse=True)
     uj, lj = np.unique(j, return_inverse=True)
-    sa, sb = _side_a(ta[ui], nb), _side_b(tb[uj], nb)
+    ma = mb = None
+    if ta is tb:  # one set: the block moments of every image once
+        u = np.union1d(ui, uj)
+        mom = _block_moments(ta[u], nb)
+        ma, mb = (tuple(m[np.searchsorted(u, x)] for m in mom) for x in (ui, uj))
+    sa, sb = _side_a(ta[ui], nb, ma), _side_b(tb[uj], nb, mb)
     order = np.argsort(li, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(li, minlength=len(ui)))]
 
@@ -383,7 +455,7 @@ def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, ba
 
     # numpy releases the GIL in the heavy steps: first images in parallel threads, each writing its own rows of
     # out, with BLAS kept to one thread per worker (its own threads would only contend with them)
-    workers = min(_cpus(), max(1, len(i) // 20_000))
+    workers = min(available_cpus(), max(1, len(i) // 20_000))
     if workers == 1:
         score_range(0, len(ui))
     else:
@@ -393,13 +465,6 @@ def pair_scores(ta: np.ndarray, tb: np.ndarray, i: np.ndarray, j: np.ndarray, ba
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(lambda k: score_range(bounds[k], bounds[k + 1]), range(len(bounds) - 1)))
     return out
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class _UnionFind:
@@ -432,8 +497,13 @@ class _Pairs:
 
 
 def match(infos_a: Sequence[ImageInfo], infos_b: Sequence[ImageInfo] | None = None,
-          threshold: float = NEAR_THRESHOLD) -> _Pairs:
-    """Every duplicate pair within ``infos_a`` (``infos_b=None``) or between ``infos_a`` and ``infos_b``."""
+          threshold: float = NEAR_THRESHOLD, max_candidates: int | None = MAX_CANDIDATES) -> _Pairs:
+    """Duplicate pairs within ``infos_a`` (``infos_b=None``) or between ``infos_a`` and ``infos_b``.
+
+    Identical files and pixels are all listed; near-copies are confirmed among each image's first
+    ``max_candidates`` proposals (:func:`_first_candidates`; ``None``: every proposal). Within one set, pairs
+    whose images are already joined by identical copies are not scored again: they are in one group anyway.
+    """
     same = infos_b is None
     b = infos_a if same else infos_b
     found: dict[tuple[int, int], tuple[float, str]] = {}
@@ -453,10 +523,21 @@ def match(infos_a: Sequence[ImageInfo], infos_b: Sequence[ImageInfo] | None = No
     ok_b = np.array([x.ok for x in b], bool)
     ta = _thumbs(infos_a)
     tb = ta if same else _thumbs(b)
-    ci, cj = _propose(ta, None if same else tb, ok_a, None if same else ok_b)
-    fresh = np.array([(x, y) not in found for x, y in zip(ci.tolist(), cj.tolist(), strict=True)], bool)
+    ci, cj, ncc = _propose(ta, None if same else tb, ok_a, None if same else ok_b, with_ncc=True)
     if len(ci):
-        ci, cj = ci[fresh], cj[fresh]
+        # pairs already joined (within one set: in one group of identical files) need no confirmation
+        if same:
+            uf = _UnionFind(len(infos_a))
+            for x, y in found:
+                uf.union(x, y)
+            root = np.asarray(uf.labels())
+            fresh = root[ci] != root[cj]
+        else:
+            fresh = np.array([(x, y) not in found for x, y in zip(ci.tolist(), cj.tolist(), strict=True)], bool)
+        ci, cj, ncc = ci[fresh], cj[fresh], ncc[fresh]
+    if max_candidates is not None and len(ci):
+        keep = _first_candidates(ci, cj, ncc, max_candidates)
+        ci, cj = ci[keep], cj[keep]
     if len(ci):
         sc = pair_scores(ta, tb, ci, cj)
         for x, y, v in zip(ci.tolist(), cj.tolist(), sc.tolist(), strict=True):
@@ -501,7 +582,7 @@ def duplicate_groups(paths: Sequence[str | Path], threshold: float = NEAR_THRESH
     memo = (keys, float(threshold))
     if None not in keys and memo in _GROUP_CACHE:
         return list(_GROUP_CACHE[memo])
-    infos = scan(paths, workers=workers)
+    infos = scan(paths, workers=workers, keys=keys)
     ids = _group_ids(infos, match(infos, threshold=threshold))
     if None not in keys:
         _GROUP_CACHE[memo] = tuple(ids)

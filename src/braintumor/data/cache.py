@@ -13,9 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 
 from ..errors import UnreadableImageError
 from ..preprocess import Preprocessor
+from ..workers import available_cpus, imap_files
 from .read import frame_ref, read_image, split_ref
 
 
@@ -73,7 +72,7 @@ def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
                 on_skip: Callable[[Path, str], None] | None = None,
                 progress: Callable[[], None] | None = None, workers: int | None = None,
                 stats: bool = False, originals: bool = False) -> LoadedImages:
-    """Read and prepare every file (threads: PIL and NumPy release the GIL while decoding).
+    """Read and prepare every file (in threads where that pays: :func:`braintumor.workers.imap_files`).
 
     ``stats=True`` also keeps each decoded image's :class:`~braintumor.ood.ImageStats` (the input check's rules);
     ``originals=True`` keeps the decoded images themselves (what ``layercam-tta`` prepares again).
@@ -82,29 +81,28 @@ def load_images(paths: Sequence, pre: Preprocessor, *, strict: bool = False,
         UnreadableImageError: with ``strict=True``, at the first unreadable file.
     """
     paths = [_as_ref(p) for p in paths]
-    workers = workers or min(8, (os.cpu_count() or 2))
     out = np.empty((len(paths), pre.img_size, pre.img_size, 3), np.uint8)
     kept: list[int] = []
     skipped: list[tuple[Path, str]] = []
     found: list = []
     decoded: list = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, res in enumerate(pool.map(lambda p: _load_one(p, pre, stats, originals), paths)):
-            if progress is not None:
-                progress()
-            if isinstance(res, UnreadableImageError):
-                if strict:
-                    raise res
-                skipped.append((res.path, res.reason))
-                if on_skip is not None:
-                    on_skip(res.path, res.reason)
-                continue
-            prepared, st, img = res
-            if stats:
-                found.append(st)
-            if originals:
-                decoded.append(img)
-            out[len(kept)] = prepared
-            kept.append(i)
+    for i, res in enumerate(imap_files(lambda p: _load_one(p, pre, stats, originals), paths,
+                                       min(8, workers or available_cpus()))):
+        if progress is not None:
+            progress()
+        if isinstance(res, UnreadableImageError):
+            if strict:
+                raise res
+            skipped.append((res.path, res.reason))
+            if on_skip is not None:
+                on_skip(res.path, res.reason)
+            continue
+        prepared, st, img = res
+        if stats:
+            found.append(st)
+        if originals:
+            decoded.append(img)
+        out[len(kept)] = prepared
+        kept.append(i)
     return LoadedImages(out[: len(kept)], kept, skipped, found if stats else None,
                         decoded if originals else None)

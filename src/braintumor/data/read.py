@@ -18,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import struct
 import warnings
 from collections.abc import Callable
@@ -185,7 +187,12 @@ def _pil_to_rgb(img: Image.Image, keep_grey: bool = False) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def _read_raster(path: Path, keep_grey: bool = False) -> np.ndarray:
+class _NotRaster(Exception):
+    """PIL does not recognise the file (the fast path then asks the registered readers)."""
+
+
+def _read_raster(path: Path, keep_grey: bool = False, describe: dict | None = None,
+                 unidentified: type[Exception] | None = None) -> np.ndarray:
     lim = _limits.current_limits()
     try:
         with warnings.catch_warnings():
@@ -197,10 +204,14 @@ def _read_raster(path: Path, keep_grey: bool = False) -> np.ndarray:
                 img.load()
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
+                if describe is not None:
+                    describe.update(format=img.format, mode=img.mode)
                 arr = _pil_to_rgb(img, keep_grey)
     except UnreadableImageError:
         raise
     except UnidentifiedImageError:
+        if unidentified is not None:
+            raise unidentified from None
         raise UnreadableImageError(path, _sniff(path)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL refuses > 179 Mpixel itself
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -234,7 +245,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | None = None,
-               keep_grey: bool = False) -> np.ndarray:
+               keep_grey: bool = False, describe: dict | None = None) -> np.ndarray:
     """Read one file (or one slice of a volume) as an ``(H, W, 3)`` ``uint8`` RGB array.
 
     Args:
@@ -261,8 +272,15 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
     """
     if limits is not None:
         with use_limits(limits):
-            return read_image(path, frame, keep_grey=keep_grey)
+            return read_image(path, frame, keep_grey=keep_grey, describe=describe)
     path = Path(path)
+    if frame is None and path.suffix.lower() in IMAGE_SUFFIXES and _is_regular_file(path):
+        # The common case first: a raster file that PIL recognises (one stat, no look for the DICOM magic).
+        # A file PIL does not recognise goes the long way below (DICOM under a raster name, text, garbage).
+        try:
+            return _checked(path, _read_raster(path, keep_grey, describe, unidentified=_NotRaster), keep_grey)
+        except _NotRaster:
+            pass
     if frame is None and not _exists(path):
         path, frame = split_ref(path)
     if not _exists(path):
@@ -275,7 +293,20 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
     else:
         if frame not in (None, 0):
             raise UnreadableImageError(path, f"frame {frame} out of range (a 2-D image has 1 frame)")
-        arr = reader(path) if reader is not None else _read_raster(path, keep_grey)
+        arr = reader(path) if reader is not None else _read_raster(path, keep_grey, describe)
+    if describe is not None and "format" not in describe:
+        describe.update(format=_match(path, "name"), mode=None)
+    return _checked(path, arr, keep_grey)
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _checked(path: Path, arr: np.ndarray, keep_grey: bool) -> np.ndarray:
     if arr.ndim == 2 and not keep_grey:
         arr = np.repeat(arr[..., None], 3, axis=2)
     h, w = arr.shape[:2]
