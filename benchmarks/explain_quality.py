@@ -9,7 +9,9 @@ outlines in ``MASKS`` (``<class>/<stem>.*`` or ``<stem>.*``; default ``IMAGES/_m
 predicted class (``--target true``: the folder's class). Per method, overall and per class:
 
 * ``pointing`` / ``pointing_tolerant``: map peak strictly inside the outline / within 15/224 of the side of it
-  (``chance``: mean lesion area fraction, what a random peak scores strictly);
+  (``chance``: mean lesion area fraction, what a random peak scores strictly), each with a 95% bootstrap interval
+  (``pointing_ci``) that resamples whole patients (``--ci-groups``, default ``id-blocks:40``: figshare's slices are
+  numbered consecutively per patient; ``ci_units`` says how many units there were);
 * ``iou`` (map >= 0.5), ``dice_best`` (each image at its own best threshold in 0.05..0.95: an upper bound),
   ``dice_fixed`` (the one threshold best on average, given), ``dice_05`` (threshold 0.5);
 * ``peak_outside_brain``: share of maps whose peak is off the head (background, frame, text);
@@ -291,6 +293,29 @@ def lesion_reliance(predictor, ds: dict, idx, seed: int = 0) -> dict:
     return out
 
 
+def ci_groups(rule: str, paths: list[Path]) -> list[str] | None:
+    """The bootstrap's resampling units: ``rule`` applied to the file names (``"none"``: each image; a file
+    the rule cannot place is its own unit)."""
+    if rule == "none":
+        return None
+    from braintumor.data.groups import patient_groups
+
+    return [g if g is not None else f"file:{p}" for g, p in zip(patient_groups(rule, paths), paths, strict=True)]
+
+
+def pointing_intervals(rows: list[dict], groups: list[str] | None) -> dict:
+    """95% bootstrap intervals of the strict and tolerant pointing game, resampling ``groups`` (patients)."""
+    from braintumor.stats import bootstrap_mean_ci
+
+    g = None if groups is None else [groups[r["k"]] for r in rows]
+    out = {}
+    for key in ("pointing", "pointing_tolerant"):
+        ci = bootstrap_mean_ci([r[key] for r in rows], g)
+        out[f"{key}_ci"] = [round(ci["low"], 4), round(ci["high"], 4)] if ci["n"] else None
+    out["ci_units"] = len(set(g)) if g is not None else len(rows)
+    return out
+
+
 def real_mode(args) -> None:
     from braintumor.inference import Predictor
 
@@ -315,6 +340,7 @@ def real_mode(args) -> None:
     rnd = deletion_insertion(predictor.proba_prepared, ds["prepared"][del_sel], random_maps(len(del_sel), side, 1),
                              di_idx, steps=args.steps, seed=args.seed)
     rnd_pred = randomised_predictor(predictor, seed=args.seed) if args.randomisation_images else None
+    groups = ci_groups(args.ci_groups, ds["paths"])
     print(f"loaded {n} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     results = {}
     for spec in args.methods.split(","):
@@ -359,10 +385,11 @@ def real_mode(args) -> None:
             except Exception as exc:  # noqa: BLE001 - e.g. seg on a copy without the decoder
                 print(f"{name}: randomisation check skipped ({exc})", file=sys.stderr)
         res = real_summary(rows)
+        res.update(pointing_intervals(rows, groups))
         res["ms_per_image"] = round(ms, 1)
         res["seconds"] = round(time.perf_counter() - t0, 1)
-        res["per_class"] = {c: real_summary([r for r in rows if r["class"] == c])
-                            for c in sorted(set(ds["classes"]))}
+        res["per_class"] = {c: {**real_summary(rs), **pointing_intervals(rs, groups)}
+                            for c in sorted(set(ds["classes"])) for rs in [[r for r in rows if r["class"] == c]]}
         results[name] = res
         print(f"{name}: {json.dumps({k: v for k, v in res.items() if k != 'per_class'})}", file=sys.stderr,
               flush=True)
@@ -397,6 +424,10 @@ def main() -> None:
     ap.add_argument("--target", choices=("predicted", "true"), default="predicted",
                     help="real mode: explain the predicted class or the folder's class")
     ap.add_argument("--limit", type=int, default=None, help="real mode: at most this many images (spread)")
+    ap.add_argument("--ci-groups", default="id-blocks:40",
+                    help="real mode: resampling units of the pointing game's 95%% bootstrap interval: a patient "
+                         "rule on the file names ('id-blocks:40', the figshare default: blocks of 3-4 patients; "
+                         "'id-runs'; a CSV path,group file) or 'none' (each image)")
     ap.add_argument("--occlusion-images", type=int, default=0,
                     help="real mode: occlusion on this many images only (0: all; real mode's default 24)")
     args = ap.parse_args()

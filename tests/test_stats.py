@@ -122,3 +122,22 @@ def test_evaluate_writes_and_shows_cis(trained_run, phantoms_test, tmp_path):
     assert "95% CI" in r.output
     acc = m["ci"]["accuracy"]
     assert f"{m['accuracy']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]" in r.output
+
+
+def test_bootstrap_mean_ci_resamples_whole_groups():
+    """Slices of one patient move together: with perfectly correlated groups the interval is wider than the one
+    that treats every slice as independent, and both contain the mean."""
+    from braintumor.stats import bootstrap_mean_ci
+
+    rng = np.random.default_rng(1)
+    patient_hit = rng.random(20) < 0.6                     # 20 patients, 15 slices each, all hits or all misses
+    values = np.repeat(patient_hit.astype(float), 15)
+    groups = np.repeat(np.arange(20), 15).astype(str)
+    by_image = bootstrap_mean_ci(values, n_boot=500)
+    by_patient = bootstrap_mean_ci(values, groups=list(groups), n_boot=500)
+    for r in (by_image, by_patient):
+        assert r["low"] <= r["estimate"] == values.mean() <= r["high"]
+    assert (by_patient["high"] - by_patient["low"]) > 2.5 * (by_image["high"] - by_image["low"])
+    assert by_patient["unit"] == "group" and by_image["unit"] == "image"
+    with pytest.raises(ValueError, match="3 groups for 2 values"):
+        bootstrap_mean_ci([1.0, 0.0], groups=["a", "b", "c"])
