@@ -637,6 +637,25 @@ def test_evaluate_explanations_real_outline_keys(predictor, phantoms_test):
     row = next(r for r in rep.rows if r["has_mask"])
     assert row["dice_best"] >= row["dice_05"] and 0.05 <= row["dice_best_threshold"] <= 0.95
     assert len({tuple(r) for r in rep.rows}) == 1  # one CSV header fits every row
+    lo, hi = s["pointing_game_ci"]
+    assert lo <= s["pointing_game"] <= hi and s["ci_units"] == 4  # default: each masked image is a unit
+    assert s["pointing_game_tolerant_ci"][0] <= s["pointing_game_tolerant"] <= s["pointing_game_tolerant_ci"][1]
+
+
+def test_pointing_interval_resamples_patients(predictor, phantoms_test, tmp_path):
+    """--group-by: the masked slices of one patient move together in the bootstrap; all in one group, the interval
+    collapses onto the estimate (every resample is the same patient)."""
+    from braintumor.explanation import evaluate_explanations
+
+    paths = list_images(phantoms_test / "yes")[:4]
+    csv = tmp_path / "groups.csv"
+    csv.write_text("path,group\n" + "".join(f"{p},patient-1\n" for p in paths))
+    s = evaluate_explanations(predictor, paths, phantoms_test / "_masks", "layercam", steps=2,
+                              randomisation_images=0, group_by=str(csv)).summary
+    assert s["ci_units"] == 1 and s["pointing_game_ci"] == [s["pointing_game"], s["pointing_game"]]
+    r = CliRunner().invoke(app, ["explain", "run", str(paths[0]), "--out", str(tmp_path / "o"), "--group-by",
+                                 "id-runs"])
+    assert r.exit_code == 2 and "needs --masks" in r.output and not (tmp_path / "o").exists()
 
 
 def test_layercam_tta_points_at_the_lesion_and_needs_the_originals(predictor, tumour_set_tiny, trained_run,

@@ -1103,7 +1103,10 @@ def _explain_table(summary: dict) -> Table:
     ]
     for key, meaning in rows:
         v = summary.get(key)
-        t.add_row(key, "-" if v is None else f"{v:.3f}", meaning)
+        ci = summary.get(f"{key}_ci")
+        text = "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        units = summary.get("ci_units")
+        t.add_row(key, text, meaning + (f"; 95% interval, {units} resampled unit{'s' * (units != 1)}" if ci else ""))
     return t
 
 
@@ -1125,6 +1128,11 @@ def explain_cmd(
                                            "game, IoU, deletion/insertion AUC and the randomisation check."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     steps: int = typer.Option(20, "--steps", min=2, help="Deletion/insertion steps (with --masks)."),
+    group_by: str | None = typer.Option(None, "--group-by",
+                                        help="With --masks: patient groups for the pointing game's 95% interval "
+                                             "(slices of one patient resampled together): id-runs, id-blocks:N "
+                                             "(figshare: id-blocks:40) or a CSV with columns path,group. "
+                                             "Default: each image."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda..."),
     ood_check: bool = typer.Option(True, "--ood-check/--no-ood-check",
                                    help="Write no map for inputs the run's input check rejects (not a brain MRI "
@@ -1134,7 +1142,8 @@ def explain_cmd(
 
     Writes OUT/<name>.png (original | heatmap | overlay, titled with the prediction), OUT/<name>_overlay.png and
     OUT/<name>_heatmap.npy (float32 in [0, 1] at the model-input size, high = important). With --masks, also
-    OUT/explain_metrics.json (overall and per class: pointing game strict and within 15/224 of the side, IoU,
+    OUT/explain_metrics.json (overall and per class: pointing game strict and within 15/224 of the side, each
+    with a 95% bootstrap interval (--group-by resamples whole patients), IoU,
     Dice at 0.5 and at the best threshold, peaks off the head, deletion/insertion AUC against a random map, the
     randomisation check) and OUT/explain_metrics.csv (one row per image). Images the run's input check rejects
     (`not_brain_mri`, `unfamiliar`) get no map: a heatmap of a photograph explains nothing about a tumour.
@@ -1156,6 +1165,8 @@ def explain_cmd(
     method = check_method(method or DEFAULT_METHOD)
     if masks is not None and not masks.is_dir():
         raise UsageError(f"--masks {masks}: no such folder")
+    if group_by is not None and masks is None:
+        raise UsageError("--group-by groups the pointing game's interval: it needs --masks")
     files, empty = _expand_paths(images)
     for p in empty:
         err_console.print(f"[yellow]warning[/yellow]: no images in {markup(p)}", highlight=False, soft_wrap=True)
@@ -1190,7 +1201,7 @@ def explain_cmd(
 
             report = evaluate_explanations(predictor, files, masks, method, target, steps=steps,
                                            batch_size=batch_size, on_skip=skip, on_explanation=save,
-                                           progress=lambda n: bar.advance(task, n))
+                                           progress=lambda n: bar.advance(task, n), group_by=group_by)
         else:
             for i in range(0, len(files), batch_size):
                 chunk = files[i:i + batch_size]

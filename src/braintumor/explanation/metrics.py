@@ -295,6 +295,16 @@ def _mean(values) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def _interval(rows: list[dict], key: str) -> list[float] | None:
+    """95% bootstrap interval of the mean of ``key`` over ``rows``, resampling their ``group`` (patients)."""
+    from ..stats import bootstrap_mean_ci
+
+    if not rows:
+        return None
+    ci = bootstrap_mean_ci([float(r[key]) for r in rows], [r["group"] for r in rows], n_boot=1000)
+    return [ci["low"], ci["high"]]
+
+
 def _localisation_summary(rows: list[dict], curves: dict[int, np.ndarray]) -> dict:
     """Localisation and faithfulness means over ``rows`` (``curves``: row id -> its Dice curve)."""
     masked = [r for r in rows if r["has_mask"]]
@@ -302,7 +312,10 @@ def _localisation_summary(rows: list[dict], curves: dict[int, np.ndarray]) -> di
     out = {
         "n": len(rows), "n_masked": len(masked), "n_masked_correct": len(correct),
         "pointing_game": _mean(r["pointing"] for r in masked),
+        "pointing_game_ci": _interval(masked, "pointing"),
         "pointing_game_tolerant": _mean(r["pointing_tolerant"] for r in masked),
+        "pointing_game_tolerant_ci": _interval(masked, "pointing_tolerant"),
+        "ci_units": len({r["group"] for r in masked}),
         "pointing_game_correct": _mean(r["pointing"] for r in correct),
         "pointing_game_tolerant_correct": _mean(r["pointing_tolerant"] for r in correct),
         "chance": _mean(r["lesion_fraction"] for r in masked),
@@ -330,7 +343,7 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
                           on_skip: Callable[[Path, str], None] | None = None,
                           progress: Callable[[int], None] | None = None,
                           on_explanation: Callable[[Explanation, Path], None] | None = None,
-                          tolerance: float | None = None,
+                          tolerance: float | None = None, group_by: str | None = None,
                           ) -> ExplanationReport:
     """Explain ``paths`` and measure localisation (against masks) and faithfulness.
 
@@ -340,9 +353,14 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
         randomisation_images: how many masked (else any) images the randomisation check uses (0: skip).
         on_explanation: called with each :class:`Explanation` and its path (e.g. to save figures).
         tolerance: pointing-game tolerance in prepared-image pixels (default :func:`standard_tolerance`).
+        group_by: patient groups for the pointing game's intervals (``"id-runs"``, ``"id-blocks:N"`` or a CSV, as
+            :func:`braintumor.data.groups.patient_groups`): slices of one patient are resampled together. Default:
+            each image is its own unit (optimistic when a patient contributes many slices).
 
     Summary keys (means; localisation over masked images): ``n``, ``n_masked``, ``n_masked_correct``,
-    ``pointing_game`` (strict), ``pointing_game_tolerant`` (within ``tolerance_px``), the same over correctly
+    ``pointing_game`` (strict), ``pointing_game_tolerant`` (within ``tolerance_px``), each with its 95% bootstrap
+    interval (``pointing_game_ci``, ``pointing_game_tolerant_ci``: ``[low, high]`` over ``ci_units`` resampled units,
+    see ``group_by``), the same over correctly
     classified masked images (``pointing_game_correct``, ``pointing_game_tolerant_correct``), ``chance`` (mean
     lesion area fraction: a random peak's hit rate), ``iou`` (map >= 0.5), ``dice_best`` (per-image best threshold
     in 0.05..0.95), ``dice_05`` (threshold 0.5), ``dice_fixed`` / ``dice_fixed_threshold`` (the one threshold
@@ -353,6 +371,12 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
     rows: list[dict] = []
     curves: dict[int, np.ndarray] = {}
     keep_imgs, keep_idx, keep_maps, keep_masked, keep_raws = [], [], [], [], []
+    unit: dict[str, str] = {}
+    if group_by is not None:
+        from ..data.groups import patient_groups
+
+        unit = {str(Path(p)): g for p, g in zip(paths, patient_groups(group_by, paths), strict=True)
+                if g is not None}
     needs_originals = check_method(method) == "layercam-tta"
     tol_px: float | None = tolerance
     for i in range(0, len(paths), batch_size):
@@ -378,7 +402,8 @@ def evaluate_explanations(predictor: Predictor, paths: Sequence[str | Path], mas
             ri = deletion_insertion(predictor.proba_prepared, prepared,
                                     random_maps(len(ok), prepared.shape[1], seed + i), idx, steps, seed=seed + i)
             for j, (p, raw, ex) in enumerate(zip(ok, raws, exs, strict=True)):
-                row = {"path": str(p), "class": p.parent.name, "predicted": ex.label,
+                row = {"path": str(p), "class": p.parent.name, "group": unit.get(str(p), str(p)),
+                       "predicted": ex.label,
                        "probability": ex.probability, "target": ex.target, "has_mask": False,
                        "pointing": None, "pointing_tolerant": None, "iou": None, "dice_best": None,
                        "dice_best_threshold": None, "dice_05": None, "lesion_fraction": None,
