@@ -280,3 +280,23 @@ def test_cli_audit_prints_source_check(two_sources):
     assert "top features (AUC of each alone)" in res.output and "class balance (A | B): no 30|30" in res.output
     assert "6 copies of A's images left out of B" in res.output
     assert "a model can learn the source instead of the tumour" in " ".join(res.output.split())
+
+
+def test_candidate_cap_keeps_each_images_most_similar_proposals(phantoms):
+    """A pair is confirmed only when it is among the first k proposals (highest thumbnail correlation) of one of its
+    images: brute force agrees, the cap bounds the work on look-alikes, and the phantoms' groups do not change."""
+    from braintumor.data import discover
+    from braintumor.data.audit import _first_candidates, _group_ids, _propose, _thumbs, match, scan
+
+    infos = scan(discover(phantoms).paths)
+    th = _thumbs(infos)
+    ci, cj, ncc = _propose(th, None, np.ones(len(th), bool), None, with_ncc=True)
+    k = 3
+    keep = _first_candidates(ci, cj, ncc, k)
+    top: dict[int, set] = {}
+    for a in set(ci.tolist()) | set(cj.tolist()):
+        mine = [(-float(ncc[q]), q) for q in np.flatnonzero((ci == a) | (cj == a))]
+        top[a] = {q for _, q in sorted(mine)[:k]}
+    brute = np.array([q in top[int(ci[q])] or q in top[int(cj[q])] for q in range(len(ci))])
+    assert len(ci) > 5 * len(th) and (keep == brute).all() and keep.sum() <= 2 * k * len(th) < len(ci)
+    assert _group_ids(infos, match(infos)) == _group_ids(infos, match(infos, max_candidates=None))

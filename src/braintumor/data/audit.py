@@ -25,7 +25,7 @@ How near-duplicates are found (measured on the Navoneel and Nickparvar sets, see
    5,712-image set, while the dense correlation is exact and takes seconds. Each image keeps its
    ``MAX_CANDIDATES`` most similar proposals (a pair stays when it is among those of either image): near-copies
    are each other's closest thumbnails, and folders of look-alikes (one phantom recipe, one sequence) otherwise
-   send millions of pairs to the slower confirmation (10,000 phantoms: 4.7 million, 476,000 after the cap; the
+   send millions of pairs to the slower confirmation (10,000 phantoms: 2.5 million, 239,000 after the cap; the
    groups of the Navoneel, figshare and Nickparvar sets are the same with and without it).
 3. *Confirm*: the thumbnails are aligned (integer shifts up to ``SHIFT`` pixels, best global correlation),
    cut into 8 x 8 blocks, and the lower quartile of the per-block correlations over textured blocks is the
@@ -296,20 +296,27 @@ def _ranks(idx: np.ndarray, by_similarity: np.ndarray) -> np.ndarray:
     return out
 
 
-def _first_candidates(ci: np.ndarray, cj: np.ndarray, ncc: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the pairs among the ``k`` most similar proposals of ``ci`` or of ``cj``.
+def _first_candidates(ci: np.ndarray, cj: np.ndarray, ncc: np.ndarray, k: int, same: bool = True) -> np.ndarray:
+    """Mask of the pairs that are among the ``k`` most similar proposals of one of their two images.
 
-    Near-copies are each other's most similar thumbnails (on the Nickparvar set no confirmed pair ranks below
-    19th for both of its images, and the groups are the same from ``k = 8``); what ranks lower are look-alikes
-    (one sequence, one phantom recipe) that the block score then rejects one by one. Capping the candidates
-    keeps the work linear in the number of images on such folders; a group still forms through chains of
-    first candidates.
+    ``same``: ``ci`` and ``cj`` index one set, so an image's proposals are the pairs where it is either side;
+    otherwise they index two sets (``ci`` the first, ``cj`` the second) and each side ranks its own.
+
+    Near-copies are each other's most similar thumbnails (the groups of the Navoneel, figshare_dev and Nickparvar
+    sets are the same with and without the cap); what ranks lower are look-alikes (one sequence, one phantom
+    recipe) that the block score then rejects one by one. Capping the candidates keeps the work linear in the
+    number of images on such folders; a group still forms through chains of first candidates.
     """
     if not len(ci):
         return np.zeros(0, bool)
     # most similar first, to 1/65535 of the proposal range (closer ties: first listed)
     span = max(1e-6, 1.0 - float(ncc.min()))
-    by = _stable_order(np.clip(np.round((1.0 - ncc) * (65535 / span)), 0, 65535).astype(np.uint16))
+    q = np.clip(np.round((1.0 - ncc) * (65535 / span)), 0, 65535).astype(np.uint16)
+    if same:
+        n = len(ci)
+        r = _ranks(np.concatenate([ci, cj]), _stable_order(np.concatenate([q, q])))
+        return (r[:n] < k) | (r[n:] < k)
+    by = _stable_order(q)
     return (_ranks(ci, by) < k) | (_ranks(cj, by) < k)
 
 
@@ -536,7 +543,7 @@ def match(infos_a: Sequence[ImageInfo], infos_b: Sequence[ImageInfo] | None = No
             fresh = np.array([(x, y) not in found for x, y in zip(ci.tolist(), cj.tolist(), strict=True)], bool)
         ci, cj, ncc = ci[fresh], cj[fresh], ncc[fresh]
     if max_candidates is not None and len(ci):
-        keep = _first_candidates(ci, cj, ncc, max_candidates)
+        keep = _first_candidates(ci, cj, ncc, max_candidates, same)
         ci, cj = ci[keep], cj[keep]
     if len(ci):
         sc = pair_scores(ta, tb, ci, cj)
