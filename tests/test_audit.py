@@ -94,9 +94,9 @@ def test_proposal_equals_the_dense_matrix(phantoms):
         return len(dense) > 500 and all(abs(c[a, b] - PROPOSE_MIN) < 1e-4 for a, b in dense ^ found)
 
     z = _unit_rows(th)
-    i, j = _propose(th, None, ok, None, chunk=37)
+    i, j, _ = _propose(th, None, ok, None, chunk=37)
     assert same_pairs(set(zip(i.tolist(), j.tolist(), strict=True)), z @ z.T, upper=True)
-    i, j = _propose(th[:150], th[150:], ok[:150], ok[150:], chunk=37)
+    i, j, _ = _propose(th[:150], th[150:], ok[:150], ok[150:], chunk=37)
     assert same_pairs(set(zip(i.tolist(), j.tolist(), strict=True)), z[:150] @ z[150:].T, upper=False)
 
 
@@ -290,7 +290,7 @@ def test_candidate_cap_keeps_each_images_most_similar_proposals(phantoms):
 
     infos = scan(discover(phantoms).paths)
     th = _thumbs(infos)
-    ci, cj, ncc = _propose(th, None, np.ones(len(th), bool), None, with_ncc=True)
+    ci, cj, ncc = _propose(th, None, np.ones(len(th), bool), None)
     k = 3
     keep = _first_candidates(ci, cj, ncc, k)
     top: dict[int, set] = {}

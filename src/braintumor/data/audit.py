@@ -248,9 +248,9 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _propose(ta: np.ndarray, tb: np.ndarray | None, ok_a: np.ndarray, ok_b: np.ndarray | None,
-             min_ncc: float = PROPOSE_MIN, chunk: int = 1024, with_ncc: bool = False):
-    """Candidate pairs ``(i, j)``: thumbnail correlation ``>= min_ncc`` (``i < j`` within one set, where only the
-    upper triangle of the correlation matrix is computed); ``with_ncc``: their correlations as a third array."""
+             min_ncc: float = PROPOSE_MIN, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs ``(i, j)`` and their thumbnail correlations, ``>= min_ncc`` (``i < j`` within one set, where
+    only the upper triangle of the correlation matrix is computed)."""
     same = tb is None
     za = _unit_rows(ta)
     zb = za if same else _unit_rows(tb)
@@ -270,10 +270,8 @@ def _propose(ta: np.ndarray, tb: np.ndarray | None, ok_a: np.ndarray, ok_b: np.n
         out_j.append(jj[keep])
         out_c.append(cc[keep])
     if not out_i:
-        empty = (np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32))
-        return empty if with_ncc else empty[:2]
-    found = (np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_c))
-    return found if with_ncc else found[:2]
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_c)
 
 
 def _stable_order(key: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
@@ -375,7 +373,7 @@ def _side_a(t: np.ndarray, nb: int, moments: tuple[np.ndarray, np.ndarray] | Non
 def _side_b(t: np.ndarray, nb: int, moments: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """What the scores need of the second image of each pair, per image and shift: the ``(nb*nb, (B+2S)^2)``
     patches around each block that hold it at every shift (``uint8``), and per shift the block sums, the block
-    norms after centring and the window's norm after centring (exact, from summed-area tables)."""
+    norms after centring and the window's norm after centring (exact, from :func:`_block_moments`)."""
     w = nb * BLOCK
     side = BLOCK + 2 * SHIFT
     p = len(t)
@@ -530,7 +528,7 @@ def match(infos_a: Sequence[ImageInfo], infos_b: Sequence[ImageInfo] | None = No
     ok_b = np.array([x.ok for x in b], bool)
     ta = _thumbs(infos_a)
     tb = ta if same else _thumbs(b)
-    ci, cj, ncc = _propose(ta, None if same else tb, ok_a, None if same else ok_b, with_ncc=True)
+    ci, cj, ncc = _propose(ta, None if same else tb, ok_a, None if same else ok_b)
     if len(ci):
         # pairs already joined (within one set: in one group of identical files) need no confirmation
         if same:

@@ -81,15 +81,16 @@ def sniff_supported(path: Path) -> bool:
     return any(pred(path) for pred in _SNIFFERS)
 
 
-def _match(path: Path, what: str = "reader"):
+def _match(path: Path) -> tuple:
+    """``(reader, frames, name)`` of the first registered reader that claims ``path``; ``(None, None, None)``."""
     for predicate, reader, frames, name in _READERS:
         try:
             hit = predicate(path)
         except OSError:
             hit = False
         if hit:
-            return name if what == "name" else (reader, frames)
-    return None if what == "name" else (None, None)
+            return reader, frames, name
+    return None, None, None
 
 
 def split_ref(path: str | Path) -> tuple[Path, int | None]:
@@ -113,7 +114,7 @@ def frame_ref(path: str | Path, frame: int | None) -> Path:
 def frame_count(path: str | Path) -> int:
     """Number of slices of a source: 1 for 2-D images, the slice count of volumes, multi-frame files, series."""
     path = Path(path)
-    _, frames = _match(path)
+    _, frames, _ = _match(path)
     if frames is None:
         return 1
     try:
@@ -285,7 +286,7 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
         path, frame = split_ref(path)
     if not _exists(path):
         raise UnreadableImageError(path, "no such file")
-    reader, frames = _match(path)
+    reader, frames, name = _match(path)
     if reader is not None and frames is not None:
         arr = reader(path, frame)
     elif path.is_dir():
@@ -295,7 +296,7 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
             raise UnreadableImageError(path, f"frame {frame} out of range (a 2-D image has 1 frame)")
         arr = reader(path) if reader is not None else _read_raster(path, keep_grey, describe)
     if describe is not None and "format" not in describe:
-        describe.update(format=_match(path, "name"), mode=None)
+        describe.update(format=name, mode=None)
     return _checked(path, arr, keep_grey)
 
 
@@ -321,7 +322,7 @@ def image_format(path: str | Path) -> str | None:
     path = Path(path)
     if not path.exists():
         path = split_ref(path)[0]
-    name = _match(path, "name")
+    name = _match(path)[2]
     if name is not None:
         return name
     try:
