@@ -9,7 +9,7 @@ import torch
 from braintumor.data.synthetic import make_phantom
 from braintumor.errors import PretrainedUnavailableError, UsageError
 from braintumor.models import available_models, build_model, get_spec
-from braintumor.preprocess import Preprocessor, brain_bbox, standardise_intensity
+from braintumor.preprocess import Preprocessor, box_reduce, brain_bbox, reduction_factor, standardise_intensity
 
 
 def test_brain_crop_finds_the_head():
@@ -47,6 +47,55 @@ def test_crop_detection_on_a_subsampled_copy():
         if side <= 384:
             assert a == b and np.array_equal(exact.prepare(rgb), fast.prepare(rgb))
         assert fast.prepare(img).shape == (64, 64, 3)
+
+
+def test_reduction_factor_keeps_the_input_size_and_is_idempotent():
+    assert reduction_factor(512, 512, 224) == 2 and reduction_factor(447, 2000, 224) == 2 and reduction_factor(446, 2000, 224) == 1
+    assert reduction_factor(512, 512, 0) == 1 and reduction_factor(8000, 9000, 224) == 32
+    for m in range(200, 4000, 7):
+        f = reduction_factor(m, m + 13, 224)
+        reduced = -(-m // f)
+        assert reduced >= 224 or f == 1
+        assert -(-m // (2 * f)) < 224  # the largest such power of two
+        assert reduction_factor(reduced, -(-(m + 13) // f), 224) == 1  # never reduced twice
+
+
+def test_box_reduce_averages_blocks_and_partial_edges_alike_in_pil_and_numpy():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 50, 3)).astype(np.uint8)
+    pil = box_reduce(img, 4)
+    assert pil.shape == (10, 13, 3)
+    assert pil[0, 0, 0] == round(img[:4, :4, 0].astype(float).mean())
+    assert pil[9, 12, 1] == round(img[36:, 48:, 1].astype(float).mean())  # a 1 x 2 edge block
+    as16 = box_reduce(img.astype(np.uint16), 4)  # the numpy path
+    assert as16.dtype == np.uint16 and np.abs(as16.astype(int) - pil).max() <= 1
+    assert box_reduce(img, 1) is img
+
+
+def test_reduce_first_prepares_large_images_from_a_reduced_copy():
+    """A 1024-px scan is prepared from its 256-px reduction (img_size 200: 2 x 200 > 256); the crop box is still
+    in the scan's pixels; images under twice the input size and older runs' preprocessing are untouched."""
+    rng = np.random.default_rng(5)
+    img, _ = make_phantom(rng, 800, tumour=True)
+    img = np.pad(img, ((112, 112), (0, 224)))  # 1024 x 1024, the head off-centre
+    plain, fast = Preprocessor(200), Preprocessor(200, reduce_first=True)
+    assert Preprocessor.from_dict({"img_size": 200}).reduce_first is False  # metadata of older runs
+    assert fast.reduction(img) == 4
+    a, b = plain.crop_box(img), fast.crop_box(img)
+    assert a != (0, 0, 1024, 1024)
+    # the same head; the 2-px blur of the detection now spans 8 scan pixels, so the box is a little looser
+    assert b[0] <= a[0] and b[1] <= a[1] and b[2] >= a[2] and b[3] >= a[3]
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 0.05 * 1024, (a, b)
+    q = fast.prepare(img)
+    same_box = Preprocessor(200, crop_brain=False).prepare(img[b[0]:b[2], b[1]:b[3]])
+    assert q.shape == (200, 200, 3)
+    assert np.abs(same_box.astype(int) - q).mean() < 3  # the same picture, a little softer
+    reduced = box_reduce(img, 4)
+    assert np.array_equal(fast.prepare(reduced), q)  # what load_images prepares from a JPEG decoded at 1/4
+    prepared, box = fast.prepare_with_box(img)
+    assert np.array_equal(prepared, q) and box == b
+    small = img[::3, ::3]  # 342 px: under 2 x 200, never reduced
+    assert fast.reduction(small) == 1 and np.array_equal(fast.prepare(small), plain.prepare(small))
 
 
 def test_intensity_standardisation_removes_a_scan_s_brightness_and_contrast():

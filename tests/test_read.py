@@ -129,3 +129,36 @@ def test_keep_grey_gives_the_same_prepared_pixels_and_statistics(tmp_path):
     kept = load_images(paths + [tmp_path / "missing.png"], Preprocessor(img_size=64), originals=True)
     assert len(kept.originals) == len(paths) and loaded.originals is None
     assert all(np.array_equal(o, read_image(p, keep_grey=True)) for o, p in zip(kept.originals, paths, strict=True))
+
+
+def test_reduce_to_decodes_a_jpeg_at_the_size_the_preprocessor_reduces_it_to(tmp_path):
+    """``reduce_to``: a large JPEG decoded at 1/2, 1/4 or 1/8 size (DCT scaling): the size and, to a grey level or
+    two, the pixels of the block averages :class:`Preprocessor` ``reduce_first`` takes of the whole decode, so
+    ``load_images`` prepares nearly the same pixels either way; PNGs and small JPEGs are read whole."""
+    from braintumor.data.cache import load_images
+    from braintumor.preprocess import Preprocessor, box_reduce, reduction_factor
+
+    yy, xx = np.mgrid[:900, :700]
+    smooth = (120 + 60 * np.sin(yy / 37.0) * np.cos(xx / 23.0)).astype(np.uint8)
+    rgb = np.stack([smooth, smooth, np.roll(smooth, 5, axis=1)], axis=2)
+    cases = {"grey.jpg": smooth, "rgb.jpg": rgb, "grey.png": smooth, "small.jpg": smooth[:300, :250]}
+    for name, arr in cases.items():
+        Image.fromarray(arr).save(tmp_path / name, quality=95)
+    for name in cases:
+        p = tmp_path / name
+        whole = read_image(p, keep_grey=True)
+        for side in (224, 100, 64):
+            f = reduction_factor(*whole.shape[:2], side)
+            got = read_image(p, keep_grey=True, reduce_to=side)
+            if name.endswith(".png") or f == 1:
+                assert np.array_equal(got, whole), (name, side)
+                continue
+            want = box_reduce(whole, min(f, 8))  # JPEG scales by 8 at most; the preprocessor does the rest
+            assert got.shape == want.shape, (name, side, got.shape, want.shape)
+            assert np.abs(got.astype(int) - want).mean() < 2.0, (name, side)
+    pre = Preprocessor(img_size=100, reduce_first=True)
+    paths = sorted(tmp_path.iterdir())
+    loaded = load_images(paths, pre)
+    for i, p in enumerate(paths):
+        assert np.array_equal(loaded.images[i], pre.prepare(read_image(p, reduce_to=100))), p.name
+        assert np.abs(loaded.images[i].astype(int) - pre.prepare(read_image(p))).mean() < 2.0, p.name

@@ -71,6 +71,12 @@ class TrainConfig:
     empty mask. The run then predicts a tumour probability map beside the class (``explain --method seg``,
     ``predict --outline``).
 
+    Preprocessing speed: ``reduce_first`` (default) has images at least twice the input size reduced first by
+    the largest power of two that keeps both sides at least ``img_size`` (a JPEG is decoded at that size: a
+    fraction of the work); ``crop_detect_side`` is the side of the copy the brain crop is found on. Both are stored
+    in the run, so prediction prepares exactly as training did; ``reduce_first=False`` and ``crop_detect_side=256``
+    prepare as runs made before them did.
+
     Input check (:mod:`braintumor.ood`): with ``ood_check`` (default) the run fits, after calibration, a check of
     how typical an input is of its training data (Mahalanobis distance of the pooled features, threshold at the
     ``ood_quantile`` of a log-normal fitted to the validation distances) and stores the abstention limit
@@ -100,7 +106,8 @@ class TrainConfig:
     pretrained: bool | None = None
     img_size: int = 224
     crop_brain: bool = True
-    crop_detect_side: int = 256
+    crop_detect_side: int = 128
+    reduce_first: bool = True
     intensity: str = "none"
     grayscale: bool = True
     batch_size: int = 32

@@ -356,6 +356,9 @@ def _preprocessing(meta: dict) -> str:
     size = _int(pre.get("img_size", meta.get("img_size")))
     side = _num(pre.get("crop_detect_side")) or 0
     steps = [f"Decode to 8-bit RGB (DICOM and NIfTI slices with the window {md(meta.get('dicom_window') or 'auto')})."]
+    if pre.get("reduce_first") is True:
+        steps.append(f"Reduce an image at least twice the input size by the largest power of two that keeps both "
+                     f"its sides at least {size} px (block averages; JPEGs decoded at that size).")
     if pre.get("crop_brain", True):
         steps.append(f"Brain crop: the bounding box (plus a 2% margin) of the largest connected region brighter than "
                      f"{_int(pre.get('crop_threshold', 30))} (of 255) after a Gaussian blur (sigma 2 px)"

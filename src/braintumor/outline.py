@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,14 +136,10 @@ class Geometry:
 
 
 def prepare_with_geometry(preprocessor, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-    """``preprocessor.prepare(image)`` and its :class:`Geometry`, with one crop detection.
-
-    The crop found once is cut out and prepared without a second detection: the same pixels as ``prepare``.
-    """
-    geo = Geometry.of(preprocessor, image)
-    top, left, bottom, right = geo.box
-    plain = dataclasses.replace(preprocessor, crop_brain=False) if preprocessor.crop_brain else preprocessor
-    return plain.prepare(image[top:bottom, left:right]), geo
+    """``preprocessor.prepare(image)`` and its :class:`Geometry`, with one crop detection."""
+    prepared, box = preprocessor.prepare_with_box(image)
+    h, w = image.shape[:2]
+    return prepared, Geometry(int(h), int(w), tuple(int(v) for v in box), int(preprocessor.img_size))
 
 
 # ------------------------------------------------------------------------------------------------ pixel spacing

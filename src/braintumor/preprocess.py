@@ -5,8 +5,8 @@ from the run's ``metadata.json``, so a model never sees inputs prepared differen
 
 Two stages:
 
-* :meth:`Preprocessor.prepare`: any ``(H, W, 3)`` ``uint8`` image -> ``(S, S, 3)`` ``uint8`` (optional brain crop,
-  greyscale, pad to square, resize). Done once per image and cached.
+* :meth:`Preprocessor.prepare`: any ``(H, W, 3)`` ``uint8`` image -> ``(S, S, 3)`` ``uint8`` (optional power-of-two
+  reduction of large images, brain crop, greyscale, pad to square, resize). Done once per image and cached.
 * :meth:`Preprocessor.normalise`: a ``uint8`` batch ``(N, S, S, 3)`` -> ``float32`` tensor ``(N, 3, S, S)`` with the
   backbone's mean/std.
 
@@ -91,6 +91,47 @@ def _detect_step(h: int, w: int, side: int) -> int:
     return int(round(max(h, w) / side))
 
 
+def reduction_factor(h: int, w: int, side: int) -> int:
+    """The largest power of two ``f`` with ``ceil(h / f) >= side`` and ``ceil(w / f) >= side``
+    (``1`` for ``side <= 0``).
+
+    Reducing by ``f`` keeps both sides at least ``side``, and the rule is idempotent: a reduced image is never
+    reduced again, so an image decoded at reduced size (JPEG DCT scaling, see
+    :func:`braintumor.data.read.read_image`'s ``reduce_to``) and the same image reduced after decoding end at
+    the same size.
+
+    Example:
+        >>> from braintumor.preprocess import reduction_factor
+        >>> reduction_factor(512, 512, 224), reduction_factor(446, 600, 224), reduction_factor(3000, 3000, 224)
+        (2, 1, 8)
+    """
+    if side <= 0:
+        return 1
+    m, f = min(h, w), 1
+    while -(-m // (2 * f)) >= side:
+        f *= 2
+    return f
+
+
+def box_reduce(img: np.ndarray, f: int) -> np.ndarray:
+    """``img`` reduced ``f`` times along both axes by averaging ``f x f`` blocks (partial blocks at the right and
+    bottom edges average the pixels they have): PIL's ``Image.reduce`` for ``uint8`` images, the same in numpy
+    for any other dtype. The output has ``ceil(h / f)`` rows and ``ceil(w / f)`` columns."""
+    if f <= 1:
+        return img
+    if img.dtype == np.uint8 and (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        return np.asarray(Image.fromarray(np.ascontiguousarray(img)).reduce(f))
+    h, w = img.shape[:2]
+    hh, ww = -(-h // f), -(-w // f)
+    pad = ((0, hh * f - h), (0, ww * f - w)) + ((0, 0),) * (img.ndim - 2)
+    total = np.pad(img.astype(np.float64), pad).reshape(hh, f, ww, f, *img.shape[2:]).sum(axis=(1, 3))
+    count = np.pad(np.ones((h, w)), pad[:2]).reshape(hh, f, ww, f).sum(axis=(1, 3))
+    out = total / count.reshape(hh, ww, *([1] * (img.ndim - 2)))
+    if np.issubdtype(img.dtype, np.integer):
+        return np.round(out).astype(img.dtype)
+    return out.astype(img.dtype)
+
+
 #: Intensity standardisation choices (:attr:`Preprocessor.intensity`).
 INTENSITY_MODES = ("none", "percentile")
 #: ``intensity="percentile"``: these percentiles of the head's pixels (grey level above
@@ -161,6 +202,13 @@ class Preprocessor:
         intensity: ``"percentile"`` stretches each prepared image's head intensities to the full range
             (:func:`standardise_intensity`); ``"none"`` (the default, ``TrainConfig.intensity``) keeps them. Runs
             saved without the field read as ``"none"``.
+        reduce_first: first reduce an image at least twice the input size by the largest power of two that keeps
+            both its sides at least ``img_size`` (:func:`reduction_factor`, block averages: :func:`box_reduce`);
+            :func:`~braintumor.data.cache.load_images` has JPEGs decoded at that size directly (DCT scaling, within
+            a grey level or two of the block averages), which is most of what makes large JPEGs cheap to read. The
+            crop box (:meth:`crop_box`) is still given in the input's pixels. New runs set it
+            (``TrainConfig.reduce_first``); runs saved without the field read as ``False`` and prepare exactly the
+            pixels they were trained on.
 
     Example:
         >>> import numpy as np
@@ -179,6 +227,7 @@ class Preprocessor:
     crop_threshold: int = 30
     crop_detect_side: int = 0
     intensity: str = "none"
+    reduce_first: bool = False
 
     def __post_init__(self):
         if self.intensity not in INTENSITY_MODES:
@@ -199,9 +248,11 @@ class Preprocessor:
 
     def crop_box(self, img: np.ndarray) -> tuple[int, int, int, int]:
         """The crop :meth:`prepare` applies, in the input's pixel coordinates."""
-        if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
-            return self._crop_box(img, _channel_sum(img))
-        return self._crop_box(img, None)
+        return self.prepare_with_box(img, crop_only=True)[1]
+
+    def reduction(self, img: np.ndarray) -> int:
+        """The power-of-two factor :meth:`prepare` first reduces ``img`` by (``1`` unless :attr:`reduce_first`)."""
+        return reduction_factor(img.shape[0], img.shape[1], self.img_size) if self.reduce_first else 1
 
     def _crop_box(self, img: np.ndarray, channel_sum: np.ndarray | None) -> tuple[int, int, int, int]:
         h, w = img.shape[:2]
@@ -223,23 +274,38 @@ class Preprocessor:
         return (0, 0, h, w)
 
     def prepare(self, img: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` ``uint8`` -> ``(S, S, 3)`` ``uint8``: crop, greyscale, pad to square, resize, intensity.
+        """``(H, W, 3)`` ``uint8`` -> ``(S, S, 3)`` ``uint8``: (reduce,) crop, greyscale, pad to square, resize,
+        intensity.
 
         A greyscale ``(H, W)`` array is accepted too (as if its three channels were equal). The greyscale path
         works on one channel (integer channel sum, one-channel resize): bit-identical to averaging and resizing
         three channels, three times less work.
         """
-        if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-            return self._prepare_generic(img)
-        s = _channel_sum(img) if img.ndim == 3 and (self.grayscale or self.crop_brain) else None
-        top, left, bottom, right = self._crop_box(img, s)
+        return self.prepare_with_box(img)[0]
+
+    def prepare_with_box(self, img: np.ndarray, *, crop_only: bool = False
+                         ) -> tuple[np.ndarray | None, tuple[int, int, int, int]]:
+        """:meth:`prepare` and :meth:`crop_box` with one crop detection (``crop_only``: the box alone)."""
+        h, w = img.shape[:2]
+        f = self.reduction(img)
+        if f > 1:
+            img = box_reduce(img, f)
+        fast = img.dtype == np.uint8 and (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3))
+        s = _channel_sum(img) if fast and img.ndim == 3 and (self.grayscale or self.crop_brain) else None
+        top, left, bottom, right = box = self._crop_box(img, s)
+        full = (0, 0, h, w) if f > 1 and box == (0, 0) + img.shape[:2] else \
+            (top * f, left * f, min(h, bottom * f), min(w, right * f))
+        if crop_only:
+            return None, full
+        if not fast:
+            return self._prepare_generic(img[top:bottom, left:right]), full
         if not self.grayscale:
             if img.ndim == 2:
                 img = np.repeat(img[..., None], 3, axis=2)
-            return self._standardise(self._square_resize(img[top:bottom, left:right]))
+            return self._standardise(self._square_resize(img[top:bottom, left:right])), full
         grey = img[top:bottom, left:right] if s is None else _GREY_U8[s[top:bottom, left:right]]
         grey = self._standardise(self._square_resize(grey))
-        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2)), full
 
     def _standardise(self, img: np.ndarray) -> np.ndarray:
         return standardise_intensity(img) if self.intensity == "percentile" else img
@@ -252,11 +318,9 @@ class Preprocessor:
         return np.ascontiguousarray(img)
 
     def _prepare_generic(self, img: np.ndarray) -> np.ndarray:
-        """Any other input (not ``uint8``, or four channels): the straightforward recipe."""
+        """Any other input (not ``uint8``, or four channels), already cropped: the straightforward recipe."""
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
-        top, left, bottom, right = self._crop_box(img, None)
-        img = img[top:bottom, left:right]
         if self.grayscale:
             g = np.round(img.astype(np.float32).mean(axis=2)).astype(np.uint8)
             img = np.repeat(g[..., None], 3, axis=2)

@@ -127,7 +127,8 @@ class ConfigSchema(BaseModel):
     pretrained: bool | None = None
     img_size: ImgSize = 224
     crop_brain: bool = True
-    crop_detect_side: Annotated[Int, Field(ge=0, le=8192)] = 256
+    crop_detect_side: Annotated[Int, Field(ge=0, le=8192)] = 128
+    reduce_first: bool = True
     intensity: str = "none"
     grayscale: bool = True
     batch_size: Annotated[Int, Field(ge=1, le=MAX_BATCH_SIZE)] = 32
@@ -173,7 +174,8 @@ CONFIG_ALLOWED: dict[str, str] = _describe(
     seed=f"{_WHOLE} from 0 to {MAX_SEED}", model="a model name (see `braintumor models`)",
     pretrained="true, false or null (the model's default)",
     img_size=f"{_WHOLE} from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}", crop_brain="true or false",
-    crop_detect_side=f"{_WHOLE} from 0 to 8192", intensity="none or percentile", grayscale="true or false",
+    crop_detect_side=f"{_WHOLE} from 0 to 8192", reduce_first="true or false", intensity="none or percentile",
+    grayscale="true or false",
     batch_size=f"{_WHOLE} from 1 to {MAX_BATCH_SIZE}", epochs_frozen=f"{_WHOLE} from 0 to {MAX_EPOCHS}",
     epochs=f"{_WHOLE} from 0 to {MAX_EPOCHS}", lr_frozen="a number > 0", lr="null or a number > 0",
     weight_decay="a number >= 0", scheduler="onecycle, constant or cosine",
@@ -308,6 +310,7 @@ class PreprocessingSchema(BaseModel):
     crop_threshold: Annotated[Int, Field(ge=0, le=255)] = 30
     crop_detect_side: Annotated[Int, Field(ge=0, le=8192)] = 0
     intensity: str = "none"
+    reduce_first: bool = False
 
 
 class CalibrationSchema(BaseModel):
@@ -429,7 +432,7 @@ METADATA_ALLOWED: dict[str, str] = _describe(
        "preprocessing.std": "a list of three finite numbers > 0",
        "preprocessing.crop_threshold": f"{_WHOLE} from 0 to 255",
        "preprocessing.crop_detect_side": f"{_WHOLE} from 0 to 8192",
-       "preprocessing.intensity": "none or percentile",
+       "preprocessing.intensity": "none or percentile", "preprocessing.reduce_first": "true or false",
        "calibration": "null or an object", "calibration.temperature": "null or a finite number > 0",
        "threshold_info": "null or an object",
        "threshold_info.threshold": "null or a number from 0 to 1",

@@ -965,7 +965,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, spec, pretrained: bool, 
     seed_everything(cfg.seed)
     pre = Preprocessor(img_size=cfg.img_size, crop_brain=cfg.crop_brain, grayscale=cfg.grayscale,
                        mean=spec.mean, std=spec.std, crop_detect_side=cfg.crop_detect_side,
-                       intensity=cfg.intensity)
+                       intensity=cfg.intensity, reduce_first=cfg.reduce_first)
     if resume and run.metadata.is_file():  # exactly the preprocessing the run started with (older versions too)
         pre = Preprocessor.from_dict(run.read_metadata()["preprocessing"])
     data = prepare_data(cfg, pre, outc, folder, run_root=None if resume else run.root)

@@ -51,7 +51,10 @@ def _as_ref(item) -> Path:
 def _load_one(path: Path, pre: Preprocessor, stats: bool = False, original: bool = False):
     """``(prepared, stats or None, decoded image or None)``, or the :class:`UnreadableImageError`."""
     try:
-        img = read_image(path, keep_grey=True)  # (H, W) for grey sources: same prepared pixels and stats
+        # (H, W) for grey sources: same prepared pixels and stats. A JPEG is decoded at the size the preprocessor
+        # reduces it to first (when it does): the same size, within a grey level or two, for a fraction of the work.
+        # Originals are kept whole (layercam-tta prepares them again at a larger side).
+        img = read_image(path, keep_grey=True, reduce_to=pre.img_size if pre.reduce_first and not original else 0)
         st = None
         if stats:
             from ..input_rules import image_stats

@@ -188,12 +188,22 @@ def _pil_to_rgb(img: Image.Image, keep_grey: bool = False) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _draft(img: Image.Image, w: int, h: int, side: int) -> None:
+    """Have a JPEG decoded at ``1/f`` size (DCT scaling), ``f`` the power of two (at most 8) that
+    :func:`braintumor.preprocess.reduction_factor` gives: PIL picks exactly ``f`` for the size asked."""
+    from ..preprocess import reduction_factor
+
+    f = min(8, reduction_factor(h, w, side))
+    if f > 1:
+        img.draft(img.mode, (w // f, h // f))
+
+
 class _NotRaster(Exception):
     """PIL does not recognise the file (the fast path then asks the registered readers)."""
 
 
 def _read_raster(path: Path, keep_grey: bool = False, describe: dict | None = None,
-                 unidentified: type[Exception] | None = None) -> np.ndarray:
+                 unidentified: type[Exception] | None = None, reduce_to: int = 0) -> np.ndarray:
     lim = _limits.current_limits()
     try:
         with warnings.catch_warnings():
@@ -202,6 +212,8 @@ def _read_raster(path: Path, keep_grey: bool = False, describe: dict | None = No
             with Image.open(path) as img:
                 w, h = img.size
                 _limits.check_pixels(path, w, h, lim)
+                if reduce_to > 0 and img.format == "JPEG":
+                    _draft(img, w, h, reduce_to)
                 img.load()
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
@@ -246,7 +258,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | None = None,
-               keep_grey: bool = False, describe: dict | None = None) -> np.ndarray:
+               keep_grey: bool = False, describe: dict | None = None, reduce_to: int = 0) -> np.ndarray:
     """Read one file (or one slice of a volume) as an ``(H, W, 3)`` ``uint8`` RGB array.
 
     Args:
@@ -259,6 +271,11 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
             ``(H, W)`` array instead of three equal channels. The :class:`~braintumor.preprocess.Preprocessor` and
             the input check's image statistics give exactly the same results for both shapes, for less work
             (:func:`braintumor.data.cache.load_images` reads this way).
+        describe: a dict that receives the decoder's ``format`` and ``mode``.
+        reduce_to: decode a JPEG at ``1/2``, ``1/4`` or ``1/8`` size (DCT scaling, a fraction of the work) when
+            both its sides stay at least this many pixels: the reduction a
+            :class:`~braintumor.preprocess.Preprocessor` with ``reduce_first`` applies first anyway (it then
+            reduces no further). Other formats are read whole. ``0`` (the default): always whole.
 
     Raises:
         UnreadableImageError: the file is missing, not an image, truncated, too small or too large, or the frame
@@ -273,13 +290,14 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
     """
     if limits is not None:
         with use_limits(limits):
-            return read_image(path, frame, keep_grey=keep_grey, describe=describe)
+            return read_image(path, frame, keep_grey=keep_grey, describe=describe, reduce_to=reduce_to)
     path = Path(path)
     if frame is None and path.suffix.lower() in IMAGE_SUFFIXES and _is_regular_file(path):
         # The common case first: a raster file that PIL recognises (one stat, no look for the DICOM magic).
         # A file PIL does not recognise goes the long way below (DICOM under a raster name, text, garbage).
         try:
-            return _checked(path, _read_raster(path, keep_grey, describe, unidentified=_NotRaster), keep_grey)
+            return _checked(path, _read_raster(path, keep_grey, describe, unidentified=_NotRaster,
+                                               reduce_to=reduce_to), keep_grey)
         except _NotRaster:
             pass
     if frame is None and not _exists(path):
@@ -294,7 +312,7 @@ def read_image(path: str | Path, frame: int | None = None, *, limits: Limits | N
     else:
         if frame not in (None, 0):
             raise UnreadableImageError(path, f"frame {frame} out of range (a 2-D image has 1 frame)")
-        arr = reader(path) if reader is not None else _read_raster(path, keep_grey, describe)
+        arr = reader(path) if reader is not None else _read_raster(path, keep_grey, describe, reduce_to=reduce_to)
     if describe is not None and "format" not in describe:
         describe.update(format=name, mode=None)
     return _checked(path, arr, keep_grey)
