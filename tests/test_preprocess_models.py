@@ -50,7 +50,8 @@ def test_crop_detection_on_a_subsampled_copy():
 
 
 def test_reduction_factor_keeps_the_input_size_and_is_idempotent():
-    assert reduction_factor(512, 512, 224) == 2 and reduction_factor(447, 2000, 224) == 2 and reduction_factor(446, 2000, 224) == 1
+    assert reduction_factor(512, 512, 224) == 2
+    assert reduction_factor(447, 2000, 224) == 2 and reduction_factor(446, 2000, 224) == 1
     assert reduction_factor(512, 512, 0) == 1 and reduction_factor(8000, 9000, 224) == 32
     for m in range(200, 4000, 7):
         f = reduction_factor(m, m + 13, 224)
