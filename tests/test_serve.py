@@ -117,6 +117,25 @@ def _detail(r) -> str:
     return d
 
 
+def test_a_large_jpeg_gets_the_answer_predict_gives_for_the_same_file(client, trained_run, phantoms_test, tmp_path):
+    # The run reduces large images first (reduce_first) and `predict` decodes a JPEG at that size: the API's plain
+    # prediction must read the upload the same way (block averages of a whole decode differ by a grey level or two).
+    pred = trained_run.predictor()
+    assert pred.preprocessor.reduce_first
+    src = np.asarray(Image.open(sorted((phantoms_test / "yes").glob("*.png"))[0]).convert("L"))
+    big = np.asarray(Image.fromarray(src).resize((pred.preprocessor.img_size * 5, pred.preprocessor.img_size * 4),
+                                                 Image.BICUBIC))
+    path = tmp_path / "big.jpg"
+    Image.fromarray(big).save(path, quality=90)
+    ref = pred.predict_paths([path])[0]
+    r = client.post("/v1/predict", files={"file": ("big.jpg", path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["image"] == {"width": big.shape[1], "height": big.shape[0]}  # the upload's own size
+    for c in pred.classes:
+        assert out["probabilities"][c] == pytest.approx(ref.probabilities[c], abs=1e-5)
+
+
 def test_empty_body(client):
     r = client.post("/v1/predict")
     assert r.status_code == 422 and "empty request" in _detail(r)

@@ -217,6 +217,12 @@ class ModelService:
     def can_explain(self) -> bool:
         return self.explainer is not None
 
+    @property
+    def reduce_to(self) -> int:
+        """The side a JPEG upload may be decoded down to (the run's ``reduce_first``; ``0``: whole)."""
+        pre = self.predictor.preprocessor
+        return pre.img_size if getattr(pre, "reduce_first", False) else 0
+
     def predict(self, image: np.ndarray, prepared: np.ndarray | None = None, ood_check: bool = True) -> dict:
         """Label, probabilities and the input check's ``verdict``, ``in_distribution``, ``ood_score`` and
         ``ood_reasons`` of one decoded ``(H, W, 3)`` ``uint8`` image (the model runs on its ``prepared``
@@ -331,20 +337,26 @@ def decode_upload(data: bytes, filename: str | None = None, max_pixels: int = DE
 
 
 def decode_upload_with_spacing(data: bytes, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                               limits=None) -> tuple[np.ndarray, tuple[float, float] | None]:
+                               limits=None, *, reduce_to: int = 0, size: dict | None = None
+                               ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """:func:`decode_upload` and the upload's pixel spacing in mm (DICOM/NIfTI headers; ``None`` for rasters),
-    see :func:`braintumor.outline.pixel_spacing`."""
+    see :func:`braintumor.outline.pixel_spacing`.
+
+    ``reduce_to``: decode a JPEG at reduced size as :func:`~braintumor.data.read.read_image` does (the pixels
+    ``predict`` and training prepare for a run with ``reduce_first``); ``size`` receives the upload's own
+    ``(height, width)`` as ``size["shape"]``."""
     if limits is None:
         limits = service_limits(max_pixels=max_pixels)
     if limits is None:  # pragma: no cover - without the limits module
-        return _decode(data, filename, max_pixels)
+        return _decode(data, filename, max_pixels, reduce_to, size)
     from ..data.limits import use_limits
 
     with use_limits(limits):
-        return _decode(data, filename, min(max_pixels, limits.max_pixels))
+        return _decode(data, filename, min(max_pixels, limits.max_pixels), reduce_to, size)
 
 
-def _decode(data: bytes, filename: str | None, max_pixels: int) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _decode(data: bytes, filename: str | None, max_pixels: int, reduce_to: int = 0, size: dict | None = None
+            ) -> tuple[np.ndarray, tuple[float, float] | None]:
     from PIL import Image
 
     from ..data.read import read_image
@@ -372,13 +384,15 @@ def _decode(data: bytes, filename: str | None, max_pixels: int) -> tuple[np.ndar
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         try:
-            img = read_image(tmp)
+            img = read_image(tmp, reduce_to=reduce_to)
         except _too_large_error() as exc:
             raise RejectedInput(413, f"{exc.reason}") from None
         except UnreadableImageError as exc:
             raise RejectedInput(_status_for(exc.reason, identified), f"unreadable image: {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault, never a 500
             raise RejectedInput(422 if identified else 415, f"unreadable image: {type(exc).__name__}") from None
+        if size is not None:
+            size["shape"] = (h, w) if identified and reduce_to else img.shape[:2]
         spacing = None
         if not identified:  # raster images carry no physical size
             from ..outline import pixel_spacing
@@ -756,7 +770,12 @@ def _answer_upload(service: ModelService, data: bytes, filename: str | None, set
                    explain: bool, outline: bool, outline_threshold: float, ood_check: bool):
     """Decoding and inference of one upload (run in one of the gate's slots): ``((height, width, 3), the
     prediction, the outline or None, the overlay or None)``."""
-    img, spacing = decode_upload_with_spacing(data, filename, settings.max_pixels, settings.limits)
+    # A plain prediction reads the upload as `predict` reads files (a JPEG at reduced size for runs with
+    # reduce_first: the same pixels, the same answer); outlines and overlays are drawn on the upload's own pixels.
+    plain = not (outline or explain)
+    info: dict = {}
+    img, spacing = decode_upload_with_spacing(data, filename, settings.max_pixels, settings.limits,
+                                              reduce_to=service.reduce_to if plain else 0, size=info)
     shape = overlay = None
     if outline:
         out, shape, prepared = service.predict_outline(img, spacing, outline_threshold, ood_check)
@@ -766,7 +785,7 @@ def _answer_upload(service: ModelService, data: bytes, filename: str | None, set
         out, overlay = service.predict_explain(img, None, None, ood_check)
     else:
         out = service.predict(img, None, ood_check)
-    return img.shape, out, shape, overlay
+    return (*info.get("shape", img.shape[:2]), 3), out, shape, overlay
 
 
 def _add_predict_route(app, service: ModelService, gate: DecodeGate, settings: AppSettings) -> None:
