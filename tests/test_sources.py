@@ -195,6 +195,16 @@ def test_evaluate_with_a_class_map(trained_run, two_sources, tmp_path):
                               "--classes", "no=normal", "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["n"] == 40
+    # the README's form: common classes named after neither side, each taking model classes and folders
+    common = runner.invoke(app, ["evaluate", str(trained_run.run_dir), "--data", str(b), "--classes",
+                                 "tumour=yes,lesion", "--classes", "no_tumour=no,normal", "--out",
+                                 str(tmp_path / "common")])
+    assert common.exit_code == 0, common.output
+    got = json.loads((tmp_path / "common" / "metrics.json").read_text())
+    assert got["n"] == 40 and got["accuracy"] == pytest.approx(plain.metrics["accuracy"])
+    typo = runner.invoke(app, ["evaluate", str(trained_run.run_dir), "--data", str(b), "--classes",
+                               "tumour=yes,lesion,lesoin", "--classes", "no_tumour=no,normal"])
+    assert typo.exit_code == 2 and "lesoin" in typo.output and "no source has a class folder" in typo.output
     bad = runner.invoke(app, ["evaluate", str(trained_run.run_dir), "--data", str(b), "--classes", "tumour=lesion",
                               "--classes", "no_tumour=normal"])
     assert bad.exit_code == 2 and "model class" in bad.output

@@ -267,7 +267,9 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
 
         cmap = parse_class_map(classes)
         map_names(pred.classes, cmap, what="model class")  # every model class must be mapped
-        ds = discover_sources([data_dir], cmap, slices=run_slices(pred.metadata), require_all=False)
+        # the map names the model's classes too: they are no folder of the data set, and are checked above
+        ds = discover_sources([data_dir], cmap, slices=run_slices(pred.metadata), require_all=False,
+                              known=pred.classes)
         classes_out = ds.classes
         from .data.discover import positive_class
 

@@ -134,7 +134,7 @@ def source_names(roots: Sequence[str | Path]) -> list[str]:
 
 
 def discover_sources(roots: str | Path | Sequence[str | Path], class_map=None, slices=None,
-                     require_all: bool = True) -> ImageFolder:
+                     require_all: bool = True, known: Sequence[str] = ()) -> ImageFolder:
     """Discover one or more labelled folders (sources) as one :class:`ImageFolder` on the map's classes.
 
     Args:
@@ -187,7 +187,8 @@ def discover_sources(roots: str | Path | Sequence[str | Path], class_map=None, s
     else:
         cmap = class_map
         present = {c for ds in found for c in ds.classes}
-        unknown = [m for members in cmap.values() for m in members if m not in present and m not in cmap]
+        unknown = [m for members in cmap.values() for m in members
+                   if m not in present and m not in cmap and m not in known]
         if unknown:
             raise DataError(f"--classes names {unknown}, but no source has a class folder of that name "
                             f"(sources have: {sorted(present)})")
