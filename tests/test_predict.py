@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -406,3 +407,12 @@ def test_normalise_is_bit_identical_to_the_tensor_recipe():
         got = pre.normalise(batch)
         assert got.dtype == torch.float32 and got.shape == (5, 3, 33, 33) and torch.equal(got, want)
         assert torch.equal(pre.normalise(torch.from_numpy(batch)), want)  # the tensor path, unchanged
+        ro = batch.copy()
+        ro.flags.writeable = False  # e.g. a memory-mapped batch: read, never written, no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(pre.normalise(ro), want)
+    big = rng.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)  # the vectorised kernels' sizes too
+    x = torch.from_numpy(big.copy()).permute(0, 3, 1, 2).float().div_(255.0)
+    want = (x - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    assert torch.equal(pre.normalise(big), want)

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -332,29 +333,26 @@ class Preprocessor:
         if not isinstance(batch, torch.Tensor):
             batch = np.asarray(batch)
             if batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[3] == len(self.mean):
-                # One table lookup per value, straight into NCHW: the table holds exactly what the tensor ops
-                # below compute for each of the 256 values (same kernels), so the result is bit-identical.
-                lut = self._lookup_table()
-                out = np.empty((batch.shape[0], batch.shape[3], *batch.shape[1:3]), np.float32)
-                for c in range(batch.shape[3]):
-                    np.take(lut[c], batch[..., c], out=out[:, c], mode="clip")
-                return torch.from_numpy(out)
+                # One conversion straight into NCHW float, then the tensor recipe below in place: bit-identical
+                # to it, and about twice as fast as a per-value table lookup (whose uint8 indices numpy widens
+                # to int64 copies first).
+                n, h, w, c = batch.shape
+                out = torch.empty((n, c, h, w), dtype=torch.float32)
+                if batch.flags.writeable:
+                    src = torch.from_numpy(batch)
+                else:  # only read: torch's warning about a read-only array does not apply
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)
+                        src = torch.from_numpy(batch)
+                out.copy_(src.permute(0, 3, 1, 2))
+                mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+                std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+                return out.div_(255.0).sub_(mean).div_(std)
             if not batch.flags.writeable:
                 batch = batch.copy()
         x = torch.as_tensor(batch)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return self.normalise_float(x)
-
-    def _lookup_table(self) -> np.ndarray:
-        """``(C, 256)`` ``float32``: the normalised value of every ``uint8`` level per channel (cached)."""
-        key = (self.mean, self.std)
-        cached = self.__dict__.get("_lut")
-        if cached is None or cached[0] != key:
-            levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 1, 256, len(self.mean))
-            x = levels.permute(0, 3, 1, 2).float().div_(255.0)
-            cached = (key, self.normalise_float(x)[0, :, 0, :].contiguous().numpy())
-            self.__dict__["_lut"] = cached
-        return cached[1]
 
     def normalise_float(self, x: torch.Tensor) -> torch.Tensor:
         """``float`` ``(N, 3, S, S)`` in ``[0, 1]`` -> normalised (used after augmentation)."""
