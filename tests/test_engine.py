@@ -173,7 +173,9 @@ def _rows(text: str) -> list[dict]:
 
 
 def _close(a, b, where: str = "") -> None:
-    """Equal, floats within 1e-3 (another CPU may round differently)."""
+    """Equal; floats within 1e-3 or 0.2% and a training accuracy within one image of the ~57: another CPU's float
+    kernels round differently (fp32 too: an AMX Xeon's convolutions against an AMD EPYC's), and three epochs of
+    mixup grow that into a loss 0.0011 apart and one training image counted the other way."""
     if isinstance(a, dict):
         assert set(a) == set(b), (where, set(a) ^ set(b))
         for k in a:
@@ -183,7 +185,8 @@ def _close(a, b, where: str = "") -> None:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _close(x, y, f"{where}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
-        assert a is not None and b is not None and math.isclose(a, b, abs_tol=1e-3), (where, a, b)
+        tol = 1 / 50 if where.endswith("].accuracy") else 1e-3
+        assert a is not None and b is not None and math.isclose(a, b, rel_tol=2e-3, abs_tol=tol), (where, a, b)
     else:
         assert a == b, (where, a, b)
 
@@ -197,6 +200,11 @@ def _same_as_golden(run: Path, case: str) -> None:
            [{k: float(v) if k not in ("epoch", "phase") else v for k, v in r.items()} for r in grows], "history")
     metrics.pop("wall_seconds")
     gm.pop("wall_seconds")
+    if abs(gm["roc_auc"] - 0.5) < 0.1:
+        # a model at chance ranks near-tied scores by rounding alone: its ROC/PR AUC are not reproducible across
+        # CPUs (0.482 recorded, 0.518 on an AMX Xeon); its labels, counts and losses still are
+        for d in (metrics, gm, metrics["ci"], gm["ci"]):
+            d.pop("roc_auc"), d.pop("pr_auc")
     _close(metrics, gm, "metrics")
 
 
