@@ -300,3 +300,19 @@ def test_candidate_cap_keeps_each_images_most_similar_proposals(phantoms):
     brute = np.array([q in top[int(ci[q])] or q in top[int(cj[q])] for q in range(len(ci))])
     assert len(ci) > 5 * len(th) and (keep == brute).all() and keep.sum() <= 2 * k * len(th) < len(ci)
     assert _group_ids(infos, match(infos)) == _group_ids(infos, match(infos, max_candidates=None))
+
+
+def test_the_audit_does_not_load_torch(tmp_path):
+    # `braintumor audit` reads and compares images: importing torch (~1 s) was a quarter of Navoneel's audit
+    import subprocess
+    import sys
+
+    for k in range(6):
+        cls = tmp_path / ("yes" if k % 2 else "no")
+        cls.mkdir(exist_ok=True)
+        img, _ = make_phantom(np.random.default_rng(k), size=96, tumour=bool(k % 2))
+        Image.fromarray(img).save(cls / f"p{k}.png")
+    code = ("import sys; from typer.testing import CliRunner; from braintumor.cli import app; "
+            f"r = CliRunner().invoke(app, ['audit', {str(tmp_path)!r}]); print(r.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-2:] == ["0", "False"], out

@@ -24,11 +24,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the audit and the readers never load it
+    import torch
 
 
 def brain_bbox(grey: np.ndarray, threshold: int = 30, blur: float = 2.0, margin: float = 0.02
@@ -330,6 +333,8 @@ class Preprocessor:
 
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``uint8`` ``(N, S, S, 3)`` -> ``float32`` ``(N, 3, S, S)`` normalised tensor."""
+        import torch
+
         if not isinstance(batch, torch.Tensor):
             batch = np.asarray(batch)
             if batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[3] == len(self.mean):
@@ -356,6 +361,8 @@ class Preprocessor:
 
     def normalise_float(self, x: torch.Tensor) -> torch.Tensor:
         """``float`` ``(N, 3, S, S)`` in ``[0, 1]`` -> normalised (used after augmentation)."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std

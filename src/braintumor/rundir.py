@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import RunError
 
@@ -106,6 +105,8 @@ class RunDir:
         atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
     def save_checkpoint(self, path: Path, state: dict) -> None:
+        import torch  # here, not at the top: writing reports and JSON (audit, evaluate) never needs torch
+
         atomic_write_bytes(path, lambda fh: torch.save(state, fh))
 
     def load_checkpoint(self, which: str = "best") -> dict:
@@ -134,6 +135,8 @@ class RunDir:
             raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
         if unsafe:
             raise RunError(f"{refused} ({unsafe}); {advice}")
+        import torch
+
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # what torch's weights-only unpickler raises for what it refuses
