@@ -254,6 +254,13 @@ class Preprocessor:
         """The crop :meth:`prepare` applies, in the input's pixel coordinates."""
         return self.prepare_with_box(img, crop_only=True)[1]
 
+    @property
+    def decode_side(self) -> int:
+        """The ``reduce_to`` for :func:`~braintumor.data.read.read_image`: the side a JPEG may be decoded down to
+        so that it reads as :meth:`prepare` would first reduce it (``img_size`` with :attr:`reduce_first`; ``0``:
+        decode whole)."""
+        return self.img_size if self.reduce_first else 0
+
     def reduction(self, img: np.ndarray) -> int:
         """The power-of-two factor :meth:`prepare` first reduces ``img`` by (``1`` unless :attr:`reduce_first`)."""
         return reduction_factor(img.shape[0], img.shape[1], self.img_size) if self.reduce_first else 1

@@ -54,7 +54,7 @@ def _load_one(path: Path, pre: Preprocessor, stats: bool = False, original: bool
         # (H, W) for grey sources: same prepared pixels and stats. A JPEG is decoded at the size the preprocessor
         # reduces it to first (when it does): the same size, within a grey level or two, for a fraction of the work.
         # Originals are kept whole (layercam-tta prepares them again at a larger side).
-        img = read_image(path, keep_grey=True, reduce_to=pre.img_size if pre.reduce_first and not original else 0)
+        img = read_image(path, keep_grey=True, reduce_to=0 if original else pre.decode_side)
         st = None
         if stats:
             from ..input_rules import image_stats

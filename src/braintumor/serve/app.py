@@ -217,12 +217,6 @@ class ModelService:
     def can_explain(self) -> bool:
         return self.explainer is not None
 
-    @property
-    def reduce_to(self) -> int:
-        """The side a JPEG upload may be decoded down to (the run's ``reduce_first``; ``0``: whole)."""
-        pre = self.predictor.preprocessor
-        return pre.img_size if getattr(pre, "reduce_first", False) else 0
-
     def predict(self, image: np.ndarray, prepared: np.ndarray | None = None, ood_check: bool = True) -> dict:
         """Label, probabilities and the input check's ``verdict``, ``in_distribution``, ``ood_score`` and
         ``ood_reasons`` of one decoded ``(H, W, 3)`` ``uint8`` image (the model runs on its ``prepared``
@@ -775,7 +769,8 @@ def _answer_upload(service: ModelService, data: bytes, filename: str | None, set
     plain = not (outline or explain)
     info: dict = {}
     img, spacing = decode_upload_with_spacing(data, filename, settings.max_pixels, settings.limits,
-                                              reduce_to=service.reduce_to if plain else 0, size=info)
+                                              reduce_to=service.predictor.preprocessor.decode_side if plain else 0,
+                                              size=info)
     shape = overlay = None
     if outline:
         out, shape, prepared = service.predict_outline(img, spacing, outline_threshold, ood_check)
@@ -785,7 +780,7 @@ def _answer_upload(service: ModelService, data: bytes, filename: str | None, set
         out, overlay = service.predict_explain(img, None, None, ood_check)
     else:
         out = service.predict(img, None, ood_check)
-    return (*info.get("shape", img.shape[:2]), 3), out, shape, overlay
+    return (*info["shape"], 3), out, shape, overlay
 
 
 def _add_predict_route(app, service: ModelService, gate: DecodeGate, settings: AppSettings) -> None:
