@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -407,10 +408,20 @@ def test_evaluate_reports_the_tumour_map_as_a_detector(masked_run, plain_run, tm
     assert tm["per_class"]["yes"]["mean_max"] > tm["per_class"]["no"]["mean_max"] + 0.3
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["tumour_map"]["detector"] == det
+    # "head or map": tumour when either says so, so at least as sensitive and at most as specific as each alone
+    either = tm["head_or_map"]
+    with open(tmp_path / "ev" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    head_yes = np.array([r["predicted"] == "yes" for r in rows])
+    truth_yes = np.array([r["label"] == "yes" for r in rows])
+    head_sens, head_spec = head_yes[truth_yes].mean(), (~head_yes[~truth_yes]).mean()
+    assert either["sensitivity"] >= max(det["sensitivity"], round(head_sens, 4)), (either, det, head_sens)
+    assert either["specificity"] <= min(det["specificity"], round(head_spec, 4)), (either, det, head_spec)
+    assert either["balanced_accuracy"] >= 0.75, either
     assert "tumour_map" not in evaluate(plain_run, data, tmp_path / "ev2", ci=False).metrics
     r = runner.invoke(app, ["evaluate", str(masked_run), "--data", str(data), "--out", str(tmp_path / "ev3")])
     assert r.exit_code == 0, r.output
-    assert "tumour map as a detector" in r.output
+    assert "tumour map as a detector" in r.output and "class head or tumour map" in r.output
     # cross-validation folds (cv, cv --by-source) score their held-out images the same way, in the same pass
     from braintumor.crossval_sources import evaluate_fold
     from braintumor.data.discover import discover
@@ -420,6 +431,41 @@ def test_evaluate_reports_the_tumour_map_as_a_detector(masked_run, plain_run, tm
     ev, _groups, _pred = evaluate_fold(fold, discover(data))
     assert ev.metrics["tumour_map"]["detector"] == det
     assert json.loads((fold / "test" / "metrics.json").read_text())["tumour_map"]["detector"] == det
+
+
+def test_cv_by_source_with_masks_of_one_source(map_phantoms, tmp_path):
+    """Masks of one source: the fold that leaves that source out trains without a tumour map (it has no mask)
+    instead of failing; the fold that trains on it scores its map on the other source."""
+    from braintumor.crossval import cv
+    from braintumor.data.synthetic import write_phantoms
+
+    other = tmp_path / "other"
+    write_phantoms(tmp_path / "raw", n=60, size=64, seed=5)
+    for old, new in (("yes", "lesion"), ("no", "normal")):
+        shutil.copytree(tmp_path / "raw" / old, other / new)
+    res = cv([str(map_phantoms), str(other)], by_source=True, model="cnn", img_size=64, epochs=4, batch_size=32,
+             seed=0, masks=str(map_phantoms / "_masks"), out=tmp_path / "cv",
+             classes={"tumour": ["yes", "lesion"], "no_tumour": ["no", "normal"]})
+    cross = {r["tested_on"]: r for r in res.rows if r["kind"] == "cross"}
+    assert set(cross) == {map_phantoms.name, "other"}, cross.keys()
+    assert cross[map_phantoms.name].get("map_detector") is None  # trained on `other` only: no masks, no map
+    assert cross["other"]["map_detector"]["n_tumour"] + cross["other"]["map_detector"]["n_no_tumour"] == 60
+    assert 0.0 <= cross["other"]["head_or_map"]["specificity"] <= cross["other"]["map_detector"]["specificity"]
+    assert "head or map" in (tmp_path / "cv" / "report.html").read_text()
+
+
+def test_source_report_lists_the_map_detectors():
+    """The leave-one-source-out report has a map table only for rows of runs trained with masks."""
+    from braintumor.report import _source_map_table
+
+    plain = {"trained_on": ["a"], "tested_on": "b", "kind": "cross"}
+    assert _source_map_table([plain]) == ""
+    masked = {**plain, "trained_on": ["a", "c"], "map_detector": {"sensitivity": 0.884, "specificity": 0.898,
+                                                                   "roc_auc": 0.925},
+              "head_or_map": {"sensitivity": 0.897, "specificity": 0.878, "balanced_accuracy": 0.8875}}
+    html = _source_map_table([plain, masked])
+    assert html.count("<tr>") == 2 and "a + c" in html, html  # header + the masked row only
+    assert "0.884" in html and "0.878" in html and ("0.887" in html or "0.888" in html)
 
 
 def test_report_without_decoder_has_no_tumour_map_section(plain_run):

@@ -259,6 +259,9 @@ def evaluate(
     det = (res.metrics.get("tumour_map") or {}).get("detector")
     if det:
         console.print(_detector_line("tumour map as a detector", det))
+    either = (res.metrics.get("tumour_map") or {}).get("head_or_map")
+    if either:
+        console.print(_either_line("class head or tumour map", either))
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
     console.print(f"written to [bold]{markup(res.out_dir)}[/bold]", highlight=False)
@@ -392,6 +395,12 @@ def _detector_line(what: str, det: dict) -> str:
             f"{det['specificity']:.3f}, ROC-AUC of its maximum {det['roc_auc']:.3f}")
 
 
+def _either_line(what: str, m: dict) -> str:
+    """One console line for the rule "the head says tumour or the map outlines a region" (``head_or_map``)."""
+    return (f"{what} (tumour if either says so): sensitivity {m['sensitivity']:.3f}, specificity "
+            f"{m['specificity']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}")
+
+
 def _print_by_source(res) -> None:
     t = Table(title="leave one source out (95% CI)", show_header=True)
     for col in ("trained on", "tested on", "kind", "n", "bal. acc.", "sens.", "spec.", "AUC", "flagged"):
@@ -408,6 +417,8 @@ def _print_by_source(res) -> None:
         det = r.get("map_detector")
         if det:  # runs trained with masks: the tumour map as a detector on the held-out source
             console.print(_detector_line(f"tumour map on {markup(r['tested_on'])}", det))
+        if r.get("head_or_map"):
+            console.print(_either_line(f"class head or tumour map on {markup(r['tested_on'])}", r["head_or_map"]))
     for s in res.skipped:
         console.print(f"[yellow]not left out[/yellow] {markup(s['held_out'])}: {markup(s['reason'])}")
     for f in res.findings:

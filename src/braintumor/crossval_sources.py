@@ -20,7 +20,7 @@ Output folder::
     CV/
       cv.json           kind "by-source": rows (trained on / tested on / kind / metrics / ci; cross rows also
                         ``flagged``: the share of the held-out source the model's input check flags, and
-                        ``map_detector`` for runs trained with masks), findings, errors
+                        ``map_detector`` and ``head_or_map`` for runs trained with masks), findings, errors
       by_source.csv     the table
       report.html
       folds/without-<source>/   the run trained without that source (+ test/: its predictions on that source)
@@ -201,6 +201,15 @@ def findings(rows: list[dict]) -> list[str]:
     return out
 
 
+def _has_mask(ds: ImageFolder, masks: str | None) -> np.ndarray:
+    """Per image of ``ds``: whether ``masks`` holds its tumour mask (all ``False`` without ``masks``)."""
+    if not masks:
+        return np.zeros(len(ds), bool)
+    from .data.masks import find_mask
+
+    return np.array([find_mask(p, masks) is not None for p in ds.paths], bool)
+
+
 def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
                   keep_checkpoints: bool = False) -> SourceCVResult:
     """Leave-one-source-out over the sources of ``ds`` (records grouped across sources; see the module doc).
@@ -221,6 +230,7 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
     rows: list[dict] = []
     errors: list[dict] = []
     skipped: list[dict] = []
+    masked = _has_mask(ds, cfg.masks)
     for k, held in enumerate(names):
         tr = np.flatnonzero(src != held)
         te = np.flatnonzero(src == held)
@@ -241,7 +251,13 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
                           f"test on {held} ({len(keep)} images); {n_copies} cross-source copies left out of the "
                           f"{'training' if side == 'train' else 'test'} side")
         t0 = time.time()
-        train(replace(cfg, seed=cfg.seed + k), out=run_dir, folder=ds.subset(tr), console=None)
+        fold_cfg = replace(cfg, seed=cfg.seed + k)
+        if cfg.masks and not masked[tr].any():  # the masks belong to the source left out: no tumour map here
+            fold_cfg = replace(fold_cfg, masks=None)
+            if console is not None:
+                console.print(f"  no training image of this fold has a mask in {cfg.masks}: trained without a "
+                              "tumour map")
+        train(fold_cfg, out=run_dir, folder=ds.subset(tr), console=None)
         ev, _groups, pred = evaluate_fold(run_dir, ds.subset(keep))
         model = f"without {held}"
         m, ci = _metrics_with_ci(ev.y_true, ev.proba, classes, pred.positive_class, pred.threshold, cfg.seed)
@@ -249,7 +265,8 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
         cross = _row(trained_on, held, "cross", len(ev.y_true), m, ci, model=model, copies_excluded=n_copies,
                      copies_excluded_from=side, run=str(run_dir.relative_to(out)),
                      seconds=round(time.time() - t0, 1), flagged=None if check is None else check["flagged"],
-                     map_detector=(ev.metrics.get("tumour_map") or {}).get("detector"))
+                     map_detector=(ev.metrics.get("tumour_map") or {}).get("detector"),
+                     head_or_map=(ev.metrics.get("tumour_map") or {}).get("head_or_map"))
         rows.append(cross)
         vpaths, vy, vproba, vsrc = _read_val(run_dir, classes)
         for name in trained_on:

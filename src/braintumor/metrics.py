@@ -23,6 +23,16 @@ def predict_labels(proba: np.ndarray, threshold: float | None = None, positive: 
     return proba.argmax(axis=1)
 
 
+def _mcc(cm: np.ndarray) -> float:
+    """Matthews correlation from a confusion matrix (scikit-learn's formula, without its warning for a folder
+    whose images all have one class)."""
+    c = np.asarray(cm, dtype=np.float64)
+    t, p, n = c.sum(axis=1), c.sum(axis=0), c.sum()
+    cov_tp = np.trace(c) * n - t @ p
+    cov_pp, cov_tt = n * n - p @ p, n * n - t @ t
+    return 0.0 if cov_pp * cov_tt == 0 else float(cov_tp / np.sqrt(cov_tt * cov_pp))
+
+
 def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str],
                            positive: str | None = None, threshold: float | None = None) -> dict:
     """Accuracy, balanced accuracy, per-class and macro precision / recall (sensitivity) / specificity / F1,
@@ -59,7 +69,7 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
         "macro_recall": float(rec.mean()),
         "macro_specificity": float(spec.mean()),
         "macro_f1": float(f1.mean()),
-        "mcc": float(skm.matthews_corrcoef(y, y_pred)),
+        "mcc": _mcc(cm),
         "roc_auc": roc_auc(y, proba, pos),
         "pr_auc": pr_auc(y, proba, pos),
         "log_loss": float(skm.log_loss(y, _renormalised(proba), labels=labels)),

@@ -602,7 +602,27 @@ def _source_section_summary(ctx: _SourceContext) -> str:
                    [[" + ".join(r["trained_on"]), r["tested_on"], r["n"], *[ctx.cell(r, k) for k in SOURCE_METRICS]]
                     for r in cross])
     return ("<p>Each model was trained on every source but one and tested on the source it never saw: the figure "
-            "that tells whether a model finds the tumour or the data set an image came from.</p>" + table + text)
+            "that tells whether a model finds the tumour or the data set an image came from.</p>" + table
+            + _source_map_table(cross) + text)
+
+
+def _source_map_table(cross: list[dict]) -> str:
+    """Runs trained with masks: their tumour map as a detector on the source never seen, alone and with the head."""
+    rows = []
+    for r in cross:
+        det, either = r.get("map_detector"), r.get("head_or_map") or {}
+        if det:
+            rows.append([" + ".join(r["trained_on"]), r["tested_on"], _fmt(det.get("sensitivity")),
+                         _fmt(det.get("specificity")), _fmt(det.get("roc_auc")), _fmt(either.get("sensitivity")),
+                         _fmt(either.get("specificity")), _fmt(either.get("balanced_accuracy"))])
+    if not rows:
+        return ""
+    return ("<p>Tumour map as a detector (runs trained with masks): a region of the map &ge; 0.5 found, as "
+            "<code>predict --outline</code> would outline it; and the fixed rule <em>head or map</em> (tumour if "
+            "the class head says a tumour class or the map outlines a region).</p>"
+            + _table(["trained on", "tested on", "map: sensitivity", "map: specificity", "map: ROC-AUC",
+                      "head or map: sensitivity", "head or map: specificity", "head or map: balanced accuracy"],
+                     rows))
 
 
 def _source_section_table(ctx: _SourceContext) -> str:
