@@ -276,6 +276,35 @@ def test_cv_by_source_needs_two_sources(two_sources, tmp_path):
     assert res.exit_code == 2 and "at least two sources" in res.output
 
 
+def test_a_cv_that_fails_keeps_its_finished_folds(two_sources, tmp_path, monkeypatch):
+    """A failure before any fold is finished leaves nothing; after one, the finished fold stays (never lose work)."""
+    import braintumor.training
+    from braintumor.crossval import cv
+
+    a, b = two_sources
+    real, calls = braintumor.training.train, []
+
+    def fail_on(n):
+        def train(*args, **kw):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kw)
+        return train
+
+    kw = dict(by_source=True, model="cnn", img_size=32, epochs=1, batch_size=32, classes=CMAP)
+    monkeypatch.setattr(braintumor.training, "train", fail_on(1))
+    with pytest.raises(KeyboardInterrupt):
+        cv([str(a), str(b)], out=tmp_path / "first", **kw)
+    assert not (tmp_path / "first").exists()
+    calls.clear()
+    monkeypatch.setattr(braintumor.training, "train", fail_on(2))
+    with pytest.raises(KeyboardInterrupt):
+        cv([str(a), str(b)], out=tmp_path / "second", **kw)
+    kept = list((tmp_path / "second" / "folds").glob("*/test/metrics.json"))
+    assert len(kept) == 1 and not (tmp_path / "second" / "cv.json").exists()
+
+
 def test_drop_copies_keeps_the_smaller_side_whole():
     from braintumor.crossval_sources import drop_copies
 

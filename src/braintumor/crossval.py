@@ -314,7 +314,8 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     if (out / "cv.json").exists():
         raise UsageError(f"{out} already holds a cross-validation; pick another --out")
     _check_before_work(cfg, ds, out, folds)
-    # A cross-validation cannot be resumed: one that fails leaves no folder behind (if it made the folder).
+    # A cross-validation cannot be resumed: one that fails before any fold is finished leaves no folder behind (if
+    # it made the folder); one that fails later keeps its finished folds (hours of training are not thrown away).
     top, p = None, out.absolute()
     while not p.exists() and p != p.parent:
         top, p = p, p.parent
@@ -327,10 +328,17 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
             group.complete(tracked_metrics(result), run_files(out))
         return result
     except BaseException:
-        if top is not None:
+        finished = sorted((out / "folds").glob("*/test/metrics.json")) if (out / "folds").is_dir() else []
+        if top is not None and not finished:
             import shutil
 
             shutil.rmtree(top, ignore_errors=True)
+        elif finished and console is not None:
+            from .display import markup
+
+            console.print(f"[yellow]stopped[/yellow]: the {len(finished)} finished fold(s) are kept in "
+                          f"{markup(out / 'folds')} (each a run folder with its test/ predictions); no cv.json",
+                          highlight=False)
         raise
 
 
