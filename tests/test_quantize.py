@@ -74,6 +74,41 @@ def test_failing_the_bar_keeps_fp32_and_writes_no_model(trained_run, tmp_path):
     assert int8_for_run(run) is None
 
 
+def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path, monkeypatch):
+    """INT8 that misses the bar alone is kept only with FP32 deciding the images it leaves near a label change;
+    the band comes from held-out training images, and prediction then loads both models."""
+    import braintumor.quantize as q
+    from braintumor.backends import load_predictor
+
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
+    real = OnnxPredictor.proba_prepared
+
+    def flipped(self, images, batch_size=64):  # a broken INT8 candidate: every binary label turned round
+        p = real(self, images, batch_size)
+        return p[:, ::-1].copy() if self.path is not None and ".candidate-" in self.path.name else p
+
+    monkeypatch.setattr(OnnxPredictor, "proba_prepared", flipped)
+    monkeypatch.setattr(q, "GUARD_MAX", 0.5)  # the flip needs the widest band: every image goes to FP32
+    res = quantize_run(run, bar={"min_label_agreement": 0.99}, recipes=("all",))
+    assert res.raw_label_agreement < 0.5 and res.passed, res  # alone it fails; with the guard it agrees
+    assert res.label_agreement == 1.0 and res.int8_accuracy == res.fp32_accuracy
+    assert res.guard_band == 0.5 and res.guarded_share == 1.0 and res.n_selection > 0
+    meta = json.loads((run / "metadata.json").read_text())["int8"]
+    assert meta["guard_band"] == 0.5 and meta["raw_label_agreement"] == res.raw_label_agreement
+    monkeypatch.setattr(OnnxPredictor, "proba_prepared", real)
+    int8 = load_predictor(run, backend="auto")
+    assert int8.precision == "int8" and int8.guard is not None and int8.guard_band == 0.5
+    fp32 = onnx_for_run(run)
+    x = np.random.default_rng(1).integers(0, 255, (12, 64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(int8.proba_prepared(x), fp32.proba_prepared(x))  # every margin is below 0.5
+    assert int8.guarded == 12
+    int8.guard_band = 0.0  # no band: INT8's own probabilities
+    assert not np.array_equal(int8.proba_prepared(x), fp32.proba_prepared(x)) and int8.guarded == 12
+    (run / "model.onnx").unlink()  # the guard's FP32 model is gone: INT8 alone is not what passed
+    assert int8_for_run(run) is None
+    assert not (run / "model.onnx").exists()
+
+
 def test_bad_recipe_or_method_is_one_line(quantized, tmp_path):
     run, _ = quantized
     x = np.zeros((4, 3, 64, 64), np.float32)

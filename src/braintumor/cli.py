@@ -891,6 +891,9 @@ def export(
             q = quantize_run(run_dir, n_calibration=int8_calibration)
         figures = (f"{q.label_agreement:.1%} of {q.n_validation} validation labels as FP32, accuracy "
                    f"{q.int8_accuracy:.3f} vs {q.fp32_accuracy:.3f} (recipe {q.recipe})")
+        if q.passed and q.guard_band:
+            figures += (f"; INT8 alone {q.raw_label_agreement:.1%}, so FP32 decides the images within "
+                        f"{q.guard_band:.2f} of a label change ({q.guarded_share:.1%} of the validation images)")
         if q.passed:
             console.print(f"wrote [bold]{markup(run_dir / q.path)}[/bold] ({q.size_bytes / 1e6:.1f} MB): {figures}; "
                           f"predict and serve use it")

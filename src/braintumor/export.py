@@ -421,6 +421,12 @@ class OnnxPredictor(Predictor):
         self.run_dir = None
         self.checkpoint_file = None
         self._fingerprint = meta.get("weights_fingerprint")
+        #: An FP32 predictor that recomputes the rows this (INT8) model leaves within ``guard_band`` of a label
+        #: change (:func:`~braintumor.metrics.decision_margin`): set by :func:`~braintumor.quantize.int8_for_run`
+        #: when the run's INT8 check passed only with the guard. ``guarded`` counts the rows recomputed.
+        self.guard: OnnxPredictor | None = None
+        self.guard_band = 0.0
+        self.guarded = 0
 
     def __repr__(self) -> str:
         return (f"OnnxPredictor({str(self.path) if self.path else '<bytes>'!r}, model={self.metadata.get('model')!r}, "
@@ -452,7 +458,18 @@ class OnnxPredictor(Predictor):
         names = ["logits"] + ([MAP_OUTPUT] if maps else []) + ([OOD_OUTPUT] if scores else [])
         res = dict(zip(names, self.session.run(names, {INPUT_NAME: x}), strict=True))
         proba = torch.softmax(torch.from_numpy(res["logits"]) / self.temperature, dim=1).numpy()
+        if self.guard is not None and self.guard_band > 0:
+            from .metrics import decision_margin
+
+            near = decision_margin(proba, self.threshold, self.positive_index) < self.guard_band
+            if near.any():  # too close to a label change for 8-bit rounding: FP32 decides these rows
+                proba[near] = self.guard._outputs_batch(images[near], False, False)[0]
+                self.guarded += int(near.sum())
         return proba, res.get(MAP_OUTPUT), res.get(OOD_OUTPUT)
+
+    def proba_prepared(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for already prepared ``uint8`` images ``(N, S, S, 3)`` (through :attr:`guard` where set)."""
+        return self.outputs_prepared(images, maps=False, scores=False, batch_size=batch_size).proba
 
 
 #: An ``.onnx`` file larger than this is refused unread (protobuf's own limit; exports are a few MiB to ~100 MiB).

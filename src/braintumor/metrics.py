@@ -33,6 +33,27 @@ def _mcc(cm: np.ndarray) -> float:
     return 0.0 if cov_pp * cov_tt == 0 else float(cov_tp / np.sqrt(cov_tt * cov_pp))
 
 
+def decision_margin(proba: np.ndarray, threshold: float | None = None, positive: int = 1) -> np.ndarray:
+    """How far each row's probabilities are from changing its :func:`predict_labels` label: ``|p - threshold|`` of
+    the positive class for binary problems with a threshold, else half the gap between the two largest
+    probabilities (the same ``|p - 0.5|`` for two classes). A model whose probabilities move by less than the
+    margin, class by class, gives the same label.
+
+    Example:
+        >>> decision_margin(np.array([[0.2, 0.8], [0.55, 0.45]])).round(3).tolist()
+        [0.3, 0.05]
+        >>> decision_margin(np.array([[0.2, 0.8]]), threshold=0.7).round(3).tolist()
+        [0.1]
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if threshold is not None and proba.shape[1] == 2:
+        return np.abs(proba[:, positive] - threshold)
+    if proba.shape[1] < 2:
+        return np.full(len(proba), np.inf)
+    top = np.partition(proba, -2, axis=1)[:, -2:]
+    return (top[:, 1] - top[:, 0]) / 2
+
+
 def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str],
                            positive: str | None = None, threshold: float | None = None) -> dict:
     """Accuracy, balanced accuracy, per-class and macro precision / recall (sensitivity) / specificity / F1,

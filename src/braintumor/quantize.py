@@ -13,7 +13,14 @@ AVX-VNNI) and still faster without. :func:`quantize_run` makes ``RUN/model.int8.
 * the result is measured against FP32 on the run's *validation* images: the share of identical labels and the
   accuracy of each. It is kept (written atomically, recorded in ``metadata.json`` under ``int8``) only when it
   passes the bar (:data:`DEFAULT_BAR`: >= 99.5% identical labels and accuracy within 0.5 point of FP32); otherwise
-  nothing is written to the run folder but the measurement itself, and prediction stays FP32.
+  nothing is written to the run folder but the measurement itself, and prediction stays FP32;
+* **the FP32 guard**: where INT8 alone misses the bar (a binary model with many images near its threshold flips a
+  few of them), INT8 is tried once more with FP32 deciding the images that INT8 leaves within a band of a label
+  change (:func:`~braintumor.metrics.decision_margin` below ``guard_band``). The band is set on held-out
+  *training* images (:data:`GUARD_FACTOR` times the largest INT8-FP32 probability difference there, at least
+  :data:`GUARD_MIN`), never on the validation images that judge it. Passing that way, the run keeps INT8 with
+  the guard (``guard_band`` and ``guarded_share``, the share of validation images FP32 decided, in ``int8``), and
+  prediction loads the FP32 export beside the INT8 one, running it only on those images.
 
 ``braintumor export RUN --int8`` runs it; ``predict``/``serve`` use the INT8 file with ``--precision int8`` and, with
 ``--precision auto`` (default), whenever the run holds a current INT8 file that passed. Grad-CAM always runs on torch.
@@ -52,6 +59,11 @@ DEFAULT_CALIBRATION = 300
 #: absolute probability difference 0.0156 -> 0.0148 on average, identical labels 98.9% -> 99.0%; calibrating takes
 #: about four times longer (33 s instead of 8 s for those runs).
 DEFAULT_METHOD = "percentile"
+#: The FP32 guard's band: this many times the largest INT8-FP32 probability difference on held-out training images,
+#: at least :data:`GUARD_MIN` and at most :data:`GUARD_MAX` (a band of 0.5 would send every image to FP32).
+GUARD_FACTOR = 1.5
+GUARD_MIN = 0.02
+GUARD_MAX = 0.3
 
 
 @dataclass
@@ -74,6 +86,13 @@ class QuantizeResult:
     size_bytes: int | None = None
     seconds: float = 0.0
     reason: str = ""
+    #: INT8 alone, before any guard: identical labels and accuracy on the validation images
+    raw_label_agreement: float | None = None
+    raw_int8_accuracy: float | None = None
+    #: the FP32 guard (0: none): images whose INT8 decision margin is below it are decided by FP32
+    guard_band: float = 0.0
+    #: share of the validation images the guard sent to FP32 (``None``: no guard)
+    guarded_share: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,7 +270,7 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
         raise RunError(f"{run.root}: the run folder is not writable (its FP32 export went to {fp32.path})")
     pre, classes = fp32.preprocessor, list(fp32.classes)
     train_x, _ = _split_images(run.root, pre, classes, "train", n_calibration + n_select)
-    n_sel = min(n_select, len(train_x) // 3) if len(recipes) > 1 else 0
+    n_sel = min(n_select, len(train_x) // 3)  # held-out training images: choose the recipe, set the guard's band
     calib, select = train_x[n_sel:], train_x[:n_sel]
     val, vy = _split_images(run.root, pre, classes, "val", 100_000)
     if not len(calib) or not len(val):
@@ -264,33 +283,52 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
     candidates = {r: run.root / f".{INT8_FILE}.candidate-{r}" for r in recipes}
     try:
         from .export import OnnxPredictor
+        from .metrics import decision_margin
 
         calib_x = pre.normalise(calib).numpy()
         scores: dict[str, float] = {}
+        largest: dict[str, float] = {}
         ref = fp32.proba_prepared(select) if n_sel else None
         for recipe in recipes:
             quantize_onnx(fp32.path, candidates[recipe], calib_x, method=method, recipe=recipe)
             if ref is None:
                 break
-            scores[recipe] = float(np.abs(OnnxPredictor(candidates[recipe]).proba_prepared(select) - ref).mean())
-        chosen = min(scores, key=scores.get) if scores else recipes[0]
+            diff = np.abs(OnnxPredictor(candidates[recipe]).proba_prepared(select) - ref)
+            scores[recipe], largest[recipe] = float(diff.mean()), float(diff.max())
+        chosen = min(scores, key=scores.get) if len(scores) > 1 else recipes[0]
         tmp_target = candidates[chosen]
         int8 = OnnxPredictor(tmp_target)
         p32 = fp32.proba_prepared(val)
         p8 = int8.proba_prepared(val)
-        l32, l8 = fp32.labels_from_proba(p32), int8.labels_from_proba(p8)
-        truth = [classes[i] for i in vy]
-        agree = float(np.mean([a == b for a, b in zip(l32, l8, strict=True)]))
-        acc32 = float(np.mean([a == t for a, t in zip(l32, truth, strict=True)]))
-        acc8 = float(np.mean([a == t for a, t in zip(l8, truth, strict=True)]))
-        passed = agree >= bar["min_label_agreement"] and acc32 - acc8 <= bar["max_accuracy_drop"]
+        truth = np.asarray(vy)
+
+        def judge(p: np.ndarray) -> tuple[float, float, float, bool]:
+            l32 = np.asarray(fp32.labels_from_proba(p32))
+            l8 = np.asarray(fp32.labels_from_proba(p))
+            names = np.asarray(classes)[truth]
+            agree, acc32, acc8 = float((l32 == l8).mean()), float((l32 == names).mean()), float((l8 == names).mean())
+            return agree, acc32, acc8, (agree >= bar["min_label_agreement"]
+                                        and acc32 - acc8 <= bar["max_accuracy_drop"] + 1e-12)
+
+        raw_agree, acc32, raw_acc8, passed = judge(p8)
+        agree, acc8, band, guarded = raw_agree, raw_acc8, 0.0, None
+        if not passed and chosen in largest:  # INT8 alone falls short: FP32 decides the images near a label change
+            band = round(float(min(GUARD_MAX, max(GUARD_MIN, GUARD_FACTOR * largest[chosen]))), 4)
+            near = decision_margin(p8, int8.threshold, int8.positive_index) < band
+            agree, _, acc8, passed = judge(np.where(near[:, None], p32, p8))
+            guarded = round(float(near.mean()), 4)
+            if not passed:
+                band, guarded = 0.0, None
+                agree, acc8 = raw_agree, raw_acc8
         reason = "" if passed else (
             f"INT8 agrees with FP32 on {agree:.1%} of {len(val)} validation labels "
             f"(bar {bar['min_label_agreement']:.1%}), accuracy {acc8:.3f} vs {acc32:.3f} "
-            f"(largest drop allowed {bar['max_accuracy_drop']:.3f})")
+            f"(largest drop allowed {bar['max_accuracy_drop']:.3f})"
+            + (", also with FP32 deciding the images near a label change" if chosen in largest else ""))
         res = QuantizeResult(passed, agree, acc32, acc8, len(val), len(calib), float(np.abs(p32 - p8).max()), bar,
                              recipe=chosen, method=method, selection={k: round(v, 5) for k, v in scores.items()},
-                             n_selection=n_sel, reason=reason)
+                             n_selection=n_sel, reason=reason, raw_label_agreement=raw_agree,
+                             raw_int8_accuracy=raw_acc8, guard_band=band, guarded_share=guarded)
         if passed:
             tmp_target.replace(target)
             res.path, res.size_bytes = INT8_FILE, target.stat().st_size
@@ -327,6 +365,17 @@ def int8_for_run(run_dir: str | Path):
     if _prediction_settings(pred.metadata) != _prediction_settings(meta):
         return None  # the run's classes, preprocessing, temperature or threshold changed since
     stamp, ckpt = pred.metadata.get("checkpoint"), root / "checkpoints" / "best.pt"
-    if not isinstance(stamp, dict) or not ckpt.is_file():
+    if not isinstance(stamp, dict) or not ckpt.is_file() or not stamp_matches(stamp, ckpt):
         return None
-    return pred if stamp_matches(stamp, ckpt) else None
+    band = info.get("guard_band")
+    if isinstance(band, (int, float)) and not isinstance(band, bool) and 0 < band <= GUARD_MAX:
+        # INT8 passed its check only with FP32 deciding the images near a label change: it needs the FP32 export
+        try:
+            guard = OnnxPredictor(root / "model.onnx")
+        except (OSError, ValueError, BrainTumorError):
+            return None
+        if _prediction_settings(guard.metadata) != _prediction_settings(meta) or \
+                guard.metadata.get("checkpoint") != stamp:
+            return None
+        pred.guard, pred.guard_band = guard, float(band)
+    return pred
