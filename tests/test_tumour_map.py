@@ -454,6 +454,30 @@ def test_cv_by_source_with_masks_of_one_source(map_phantoms, tmp_path):
     assert "head or map" in (tmp_path / "cv" / "report.html").read_text()
 
 
+def test_mirror_tta_averages_each_image_with_its_mirror(masked_run, map_phantoms, tmp_path):
+    from braintumor.data.read import read_image
+    from braintumor.evaluation import evaluate
+    from braintumor.inference import load_run
+
+    pred = load_run(masked_run)
+    files = sorted((map_phantoms / "yes").glob("*.png"))[:6]
+    x = np.stack([pred.preprocessor.prepare(read_image(f)) for f in files])
+    plain = pred.outputs_prepared(x, maps=True, scores=False)
+    mirror = pred.outputs_prepared(np.ascontiguousarray(x[:, :, ::-1]), maps=True, scores=False)
+    assert not np.allclose(plain.maps, mirror.maps[:, :, ::-1], atol=1e-3)  # the lesions are not symmetric
+    pred.tta = True
+    both = pred.outputs_prepared(x, maps=True, scores=False)
+    assert np.allclose(both.proba, (plain.proba + mirror.proba) / 2, atol=1e-6)
+    assert np.allclose(both.maps, (plain.maps + mirror.maps[:, :, ::-1]) / 2, atol=1e-6)
+    assert np.allclose(pred.proba_prepared(x), both.proba, atol=1e-6)
+    r = runner.invoke(app, ["evaluate", str(masked_run), "--data", str(map_phantoms), "--tta", "--out",
+                            str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["tta"] == "mirror" and "tta" not in evaluate(masked_run, map_phantoms, tmp_path / "ev2",
+                                                                ci=False).metrics
+
+
 def test_source_report_lists_the_map_detectors():
     """The leave-one-source-out report has a map table only for rows of runs trained with masks."""
     from braintumor.report import _source_map_table

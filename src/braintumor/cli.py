@@ -231,6 +231,8 @@ def evaluate(
     backend: str = typer.Option("auto", "--backend",
                                 help="Engine: auto (onnxruntime on the CPU, via RUN/model.onnx exported on demand; "
                                      "else torch), onnx or torch. Always FP32 (never the INT8 copy)."),
+    tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation: each image's probabilities (and "
+                                                  "tumour map) averaged with its left-right mirror image's."),
 ):
     """Metrics (accuracy, F1, ROC-AUC, MCC, per class) and plots of a trained model on a labelled folder.
 
@@ -246,7 +248,7 @@ def evaluate(
 
     with console.status("evaluating"):
         res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip, backend=backend,
-                       notice=_notice)
+                       notice=_notice, tta=tta)
     console.print(metrics_table(res.metrics, f"{markup(data)} ({res.metrics['n']} images)"))
     chk = res.metrics.get("input_check")
     if chk:
@@ -622,6 +624,9 @@ def predict(
     min_confidence: float | None = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
                                                 help="Verdict 'uncertain' below this probability of the predicted "
                                                      "class (default: the run's, 0.6)."),
+    tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation: each image's probabilities (and "
+                                                  "outline) averaged with its left-right mirror image's (twice "
+                                                  "the model work)."),
 ):
     """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
 
@@ -672,6 +677,7 @@ def predict(
             raise UsageError(NO_DECODER)  # said before any on-demand ONNX export
     predictor = load_predictor(model, device=device, backend=backend, notice=_notice, precision=precision)
     predictor.check_inputs = ood_check
+    predictor.tta = tta
     if min_confidence is not None and predictor.input_check is not None:
         predictor.input_check.min_confidence = min_confidence
     if outline:

@@ -220,7 +220,7 @@ def collapse_classes(proba: np.ndarray, model_classes: Sequence[str], class_map)
 def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Path | None = None, *,
              classes=None, strict: bool = False, batch_size: int = 64, on_skip=None, progress=None,
              ci: bool = True, n_boot: int = 1000, backend: str = "torch", notice=None,
-             chunk: int = 512) -> EvaluationResult:
+             chunk: int = 512, tta: bool = False) -> EvaluationResult:
     """Evaluate a run folder (or a :class:`Predictor`) on a labelled folder ``data_dir/<class>/...``.
 
     Outputs go to ``out`` (default: ``RUN/evaluations/<folder name>/``). Class folders must be among the
@@ -236,7 +236,9 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
 
     ``backend``: the engine of a run folder, as for prediction (``torch``, ``onnx`` or ``auto``: onnxruntime on the
     CPU, the run's FP32 export made on demand; probabilities within 1e-4 of torch's, identical labels). INT8 is never
-    used here: an evaluation measures the run's model. Images are read, prepared and predicted ``chunk`` at a time,
+    used here: an evaluation measures the run's model. ``tta``: mirror test-time augmentation (each image's
+    probabilities and tumour map averaged with its mirror image's; :attr:`Predictor.tta`), recorded as
+    ``metrics["tta"]``. Images are read, prepared and predicted ``chunk`` at a time,
     so memory does not grow with the folder (only the probabilities are kept).
 
     Example:
@@ -259,6 +261,8 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         from .backends import load_predictor
 
         pred = load_predictor(model, backend=backend, notice=notice, precision="fp32")
+    if tta:
+        pred.tta = True
     from .data.slices import run_slices
 
     classes_out, positive, threshold = pred.classes, pred.positive_class, pred.threshold
@@ -311,6 +315,8 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
                              checks=checks if checks is not None else [None] * len(paths))
     if classes:
         res.metrics["class_map"] = cmap
+    if getattr(pred, "tta", False):
+        res.metrics["tta"] = "mirror"
     res.skipped = skipped
     pass_metrics(res.metrics, y, proba, classes_out, threshold,
                  PassOutputs(proba, scores, checks, map_max if mapped else None, found if mapped else None),

@@ -427,6 +427,7 @@ class OnnxPredictor(Predictor):
         self.guard: OnnxPredictor | None = None
         self.guard_band = 0.0
         self.guarded = 0
+        self.tta = False
 
     def __repr__(self) -> str:
         return (f"OnnxPredictor({str(self.path) if self.path else '<bytes>'!r}, model={self.metadata.get('model')!r}, "

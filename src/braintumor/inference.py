@@ -162,6 +162,9 @@ class Predictor:
         self.input_check = input_check
         #: Apply the input check (``False``: ``--no-ood-check``, every verdict is the class).
         self.check_inputs = True
+        #: Mirror test-time augmentation: the probabilities (and tumour maps) of each image averaged with those of
+        #: its left-right mirror image (twice the model work; the input check scores the image itself).
+        self.tta = False
         self.run_dir: Path | None = None
         #: The checkpoint file the weights were loaded from (run folders), and its (size, mtime, inode) then.
         self.checkpoint_file: Path | None = None
@@ -380,9 +383,16 @@ class Predictor:
                                 np.zeros((0, s, s), np.float32) if maps else None,
                                 np.zeros(0, np.float64) if scores else None)
         parts = [self._outputs_batch(images[i:i + batch_size], maps, scores) for i in range(0, len(images), batch_size)]
-        return ModelOutputs(np.concatenate([p[0] for p in parts]),
-                            np.concatenate([p[1] for p in parts]).astype(np.float32) if maps else None,
-                            np.concatenate([p[2] for p in parts]).astype(np.float64) if scores else None)
+        out = ModelOutputs(np.concatenate([p[0] for p in parts]),
+                           np.concatenate([p[1] for p in parts]).astype(np.float32) if maps else None,
+                           np.concatenate([p[2] for p in parts]).astype(np.float64) if scores else None)
+        if getattr(self, "tta", False):  # the mirror image's outputs, its maps mirrored back, averaged in
+            mirror = [self._outputs_batch(np.ascontiguousarray(images[i:i + batch_size, :, ::-1]), maps, False)
+                      for i in range(0, len(images), batch_size)]
+            out.proba = (out.proba + np.concatenate([p[0] for p in mirror])) / 2
+            if maps:
+                out.maps = (out.maps + np.concatenate([p[1] for p in mirror])[:, :, ::-1].astype(np.float32)) / 2
+        return out
 
     @torch.inference_mode()
     def _outputs_batch(self, images: np.ndarray, maps: bool, scores: bool
@@ -411,6 +421,8 @@ class Predictor:
 
     def proba_prepared(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities for already prepared ``uint8`` images ``(N, S, S, 3)``."""
+        if getattr(self, "tta", False):
+            return self.outputs_prepared(images, maps=False, scores=False, batch_size=batch_size).proba
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         z = self.logits(self.preprocessor.normalise(images), batch_size) / self.temperature
