@@ -65,12 +65,14 @@ def test_a_stale_int8_model_is_not_used(quantized, tmp_path):
 
 def test_failing_the_bar_keeps_fp32_and_writes_no_model(trained_run, tmp_path):
     run = copy_run(trained_run.run_dir, tmp_path / "run")
+    (run / "model_card.md").write_bytes((trained_run.run_dir / "model_card.md").read_bytes())
     (run / INT8_FILE).write_bytes(b"an older INT8 file")
     res = quantize_run(run, bar={"min_label_agreement": 1.01}, recipes=("all",))
     assert not res.passed and "bar" in res.reason
     assert not (run / INT8_FILE).exists() and not list(run.glob(f".{INT8_FILE}*"))
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["int8"]["passed"] is False and meta["int8"]["reason"] == res.reason
+    assert "made and not kept" in (run / "model_card.md").read_text()
     assert int8_for_run(run) is None
 
 
@@ -81,6 +83,7 @@ def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path
     from braintumor.backends import load_predictor
 
     run = copy_run(trained_run.run_dir, tmp_path / "run")
+    (run / "model_card.md").write_bytes((trained_run.run_dir / "model_card.md").read_bytes())
     real = OnnxPredictor.proba_prepared
 
     def flipped(self, images, batch_size=64):  # a broken INT8 candidate: every binary label turned round
@@ -95,6 +98,8 @@ def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path
     assert res.guard_band == 0.5 and res.guarded_share == 1.0 and res.n_selection > 0
     meta = json.loads((run / "metadata.json").read_text())["int8"]
     assert meta["guard_band"] == 0.5 and meta["raw_label_agreement"] == res.raw_label_agreement
+    card = (run / "model_card.md").read_text()  # the card says which precision answers, and the guard
+    assert "## 8-bit inference" in card and "FP32 decides every image" in card and "within 0.500" in card
     monkeypatch.setattr(OnnxPredictor, "proba_prepared", real)
     int8 = load_predictor(run, backend="auto")
     assert int8.precision == "int8" and int8.guard is not None and int8.guard_band == 0.5

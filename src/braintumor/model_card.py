@@ -473,6 +473,25 @@ def _calibration(meta: dict) -> str:
     return _bullets(items)
 
 
+def _int8(meta: dict) -> str | None:
+    """What ``export --int8`` measured and decided (``metadata.json`` ``int8``); ``None`` when it never ran."""
+    q = meta.get("int8")
+    if not isinstance(q, dict):
+        return None
+    figures = (f"{_pct(q.get('label_agreement'))} of {_int(q.get('n_validation'))} validation labels identical to "
+               f"FP32, accuracy {_f(q.get('int8_accuracy'))} (FP32 {_f(q.get('fp32_accuracy'))}); recipe "
+               f"{md(q.get('recipe'))}, calibrated on {_int(q.get('n_calibration'))} training images")
+    if q.get("passed") is not True:
+        return _bullets([f"An 8-bit copy was made and not kept: {md(q.get('reason'))}. Prediction uses FP32."])
+    items = [f"Prediction on onnxruntime uses an 8-bit copy of the model (`model.int8.onnx`): {figures}."]
+    if _num(q.get("guard_band")):
+        items.append(f"INT8 alone agreed on {_pct(q.get('raw_label_agreement'))}; FP32 decides every image whose "
+                     f"INT8 probabilities lie within {_f(q.get('guard_band'))} of a label change "
+                     f"({_pct(q.get('guarded_share'))} of the validation images).")
+    items.append("Explanations (Grad-CAM), evaluations and `--precision fp32` use the full-precision model.")
+    return _bullets(items)
+
+
 def _input_check(meta: dict) -> str:
     c = meta.get("input_check")
     if not isinstance(c, dict):
@@ -570,7 +589,8 @@ def render_model_card(meta: dict, metrics: dict | None = None, audit: dict | Non
     sections = [("Model details", _details(meta, config, name)), ("Intended use", _intended_use()),
                 ("Training data", _training_data(meta)), ("Preprocessing", _preprocessing(meta)),
                 ("Evaluation", _evaluation(meta, metrics, per_source, list(evaluations))),
-                ("Calibration", _calibration(meta)), ("Input check", _input_check(meta)),
+                ("Calibration", _calibration(meta)),
+                *([("8-bit inference", _int8(meta))] if _int8(meta) else []), ("Input check", _input_check(meta)),
                 ("Known failure modes", _failure_modes(audit, meta)), ("Licence of the weights", _licence(meta)),
                 ("How to use", _how_to_use(name))]
     head = (f"# Model card: {md(name)}\n\n{md(meta.get('model'))} brain-MRI classifier "

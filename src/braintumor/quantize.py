@@ -341,6 +341,9 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
     meta = run.read_metadata()
     meta["int8"] = res.to_dict()
     run.write_json(run.metadata, meta)
+    from .model_card import refresh_model_card
+
+    refresh_model_card(run.root)  # the card served and exported says which precision answers
     return res
 
 
