@@ -33,6 +33,8 @@ def _scores(pred, loaded, y, tta: bool) -> dict:
     m = classification_metrics(y, got.proba, pred.classes, pred.positive_class, pred.threshold)
     out = {k: None if m.get(k) is None else round(float(m[k]), 4)
            for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc", "accuracy")}
+    if len(set(y)) < 2:  # a one-class source (figshare: tumours only) has no specificity, as in cv.json
+        out["specificity"] = out["balanced_accuracy"] = out["roc_auc"] = None
     if mapped:
         tm = map_detection_metrics(y, pred.classes, got.map_max, got.found,
                                    _predicted(m, got.proba, pred.classes, pred.threshold))
