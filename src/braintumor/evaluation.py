@@ -395,12 +395,13 @@ def pass_metrics(metrics: dict, y_true: Sequence[int], proba: np.ndarray, classe
     :class:`~braintumor.ood.InputCheck`) and the ``tumour_map`` block (:func:`map_detection_metrics`, when it scored
     tumour maps). ``proba`` and ``classes`` are those the metrics were computed on (after any class mapping);
     the predicted labels are counted as :func:`~braintumor.metrics.classification_metrics` counts them."""
+    if got.checks is None and got.found is None:
+        return
+    y_pred = _predicted(metrics, proba, classes, threshold)
     if got.checks is not None:
-        metrics["input_check"] = input_check_metrics(y_true, _predicted(metrics, proba, classes, threshold),
-                                                     got.checks, check)
+        metrics["input_check"] = input_check_metrics(y_true, y_pred, got.checks, check)
     if got.found is not None:
-        metrics["tumour_map"] = map_detection_metrics(y_true, classes, got.map_max, got.found,
-                                                      _predicted(metrics, proba, classes, threshold))
+        metrics["tumour_map"] = map_detection_metrics(y_true, classes, got.map_max, got.found, y_pred)
 
 
 def flagged_summary(parts: list[dict]) -> dict | None:
@@ -466,7 +467,8 @@ def map_detection_metrics(y_true: Sequence[int], classes: Sequence[str], map_max
         if sel.any():
             out["per_class"][c] = {"n": int(sel.sum()), "found": round(float(fd[sel].mean()), 4),
                                    "mean_max": round(float(mx[sel].mean()), 4)}
-    neg = np.isin(y, [i for i, c in enumerate(classes) if c.lower() in NEGATIVE_NAMES])
+    negative = [i for i, c in enumerate(classes) if c.lower() in NEGATIVE_NAMES]
+    neg = np.isin(y, negative)
     if neg.any() and (~neg).any():
         sens, spec = float(fd[~neg].mean()), float((~fd[neg]).mean())
         out["detector"] = {"n_tumour": int((~neg).sum()), "n_no_tumour": int(neg.sum()),
@@ -474,9 +476,7 @@ def map_detection_metrics(y_true: Sequence[int], classes: Sequence[str], map_max
                            "balanced_accuracy": round((sens + spec) / 2, 4),
                            "roc_auc": round(float(binary_auc((~neg).astype(int), mx)), 4)}
         if y_pred is not None:
-            head = ~np.isin(np.asarray(y_pred, dtype=int), [i for i, c in enumerate(classes)
-                                                             if c.lower() in NEGATIVE_NAMES])
-            either = head | fd
+            either = ~np.isin(np.asarray(y_pred, dtype=int), negative) | fd
             sens, spec = float(either[~neg].mean()), float((~either[neg]).mean())
             out["head_or_map"] = {"rule": "the class head says a tumour class, or the map outlines a region",
                                   "sensitivity": round(sens, 4), "specificity": round(spec, 4),

@@ -386,7 +386,7 @@ class Predictor:
         out = ModelOutputs(np.concatenate([p[0] for p in parts]),
                            np.concatenate([p[1] for p in parts]).astype(np.float32) if maps else None,
                            np.concatenate([p[2] for p in parts]).astype(np.float64) if scores else None)
-        if getattr(self, "tta", False):  # the mirror image's outputs, its maps mirrored back, averaged in
+        if self.tta:  # the mirror image's outputs, its maps mirrored back, averaged in
             mirror = [self._outputs_batch(np.ascontiguousarray(images[i:i + batch_size, :, ::-1]), maps, False)
                       for i in range(0, len(images), batch_size)]
             out.proba = (out.proba + np.concatenate([p[0] for p in mirror])) / 2
@@ -421,7 +421,7 @@ class Predictor:
 
     def proba_prepared(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Probabilities for already prepared ``uint8`` images ``(N, S, S, 3)``."""
-        if getattr(self, "tta", False):
+        if self.tta:
             return self.outputs_prepared(images, maps=False, scores=False, batch_size=batch_size).proba
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), np.float32)

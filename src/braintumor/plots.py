@@ -96,8 +96,9 @@ def plot_roc(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], p
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC" if ax.get_lines()[:-1] else "ROC (one class only: no curve)")
-    if ax.get_lines()[:-1]:  # a folder of one class has no curve, and no legend to draw
+    curves = ax.get_lines()[:-1]  # all but the diagonal: none for a folder of one class
+    ax.set_title("ROC" if curves else "ROC (one class only: no curve)")
+    if curves:
         ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -300,22 +300,22 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
         int8 = OnnxPredictor(tmp_target)
         p32 = fp32.proba_prepared(val)
         p8 = int8.proba_prepared(val)
-        truth = np.asarray(vy)
+        l32, names = np.asarray(fp32.labels_from_proba(p32)), np.asarray(classes)[np.asarray(vy)]
+        acc32 = float((l32 == names).mean())
 
-        def judge(p: np.ndarray) -> tuple[float, float, float, bool]:
-            l32 = np.asarray(fp32.labels_from_proba(p32))
+        def judge(p: np.ndarray) -> tuple[float, float, bool]:
+            """Identical labels and accuracy of INT8 probabilities ``p`` against FP32's, and the bar's verdict."""
             l8 = np.asarray(fp32.labels_from_proba(p))
-            names = np.asarray(classes)[truth]
-            agree, acc32, acc8 = float((l32 == l8).mean()), float((l32 == names).mean()), float((l8 == names).mean())
-            return agree, acc32, acc8, (agree >= bar["min_label_agreement"]
-                                        and acc32 - acc8 <= bar["max_accuracy_drop"] + 1e-12)
+            agree, acc8 = float((l32 == l8).mean()), float((l8 == names).mean())
+            return agree, acc8, (agree >= bar["min_label_agreement"]
+                                 and acc32 - acc8 <= bar["max_accuracy_drop"] + 1e-12)
 
-        raw_agree, acc32, raw_acc8, passed = judge(p8)
+        raw_agree, raw_acc8, passed = judge(p8)
         agree, acc8, band, guarded = raw_agree, raw_acc8, 0.0, None
         if not passed and chosen in largest:  # INT8 alone falls short: FP32 decides the images near a label change
             band = round(float(min(GUARD_MAX, max(GUARD_MIN, GUARD_FACTOR * largest[chosen]))), 4)
             near = decision_margin(p8, int8.threshold, int8.positive_index) < band
-            agree, _, acc8, passed = judge(np.where(near[:, None], p32, p8))
+            agree, acc8, passed = judge(np.where(near[:, None], p32, p8))
             guarded = round(float(near.mean()), 4)
             if not passed:
                 band, guarded = 0.0, None
