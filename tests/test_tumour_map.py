@@ -476,6 +476,9 @@ def test_mirror_tta_averages_each_image_with_its_mirror(masked_run, map_phantoms
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["tta"] == "mirror" and "tta" not in evaluate(masked_run, map_phantoms, tmp_path / "ev2",
                                                                 ci=False).metrics
+    pred.tta = False  # a predictor object handed to evaluate(tta=True) is the caller's: left as it was
+    assert evaluate(pred, map_phantoms, tmp_path / "ev3", ci=False, tta=True).metrics["tta"] == "mirror"
+    assert pred.tta is False
 
 
 def test_source_report_lists_the_map_detectors():

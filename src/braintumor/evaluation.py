@@ -261,7 +261,11 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         from .backends import load_predictor
 
         pred = load_predictor(model, backend=backend, notice=notice, precision="fp32")
-    if tta:
+    if tta and not getattr(pred, "tta", False):
+        if pred is model:  # the caller's predictor stays as it was: a shallow copy (same model) mirrors
+            import copy
+
+            pred = copy.copy(pred)
         pred.tta = True
     from .data.slices import run_slices
 
