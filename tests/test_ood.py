@@ -176,8 +176,15 @@ def test_old_run_without_a_check_predicts_as_before_and_can_be_fitted(trained_ru
     assert r.exit_code == 0, r.output
     assert "no input check" in r.output
     # fit one from the run's own split: the same threshold as the one fitted at training
+    from braintumor.report import CHECK_SECTION, refresh_report_section
+
+    (old / "report.html").write_bytes((trained_run.run_dir / "report.html").read_bytes())
+    refresh_report_section(old, CHECK_SECTION)  # the report of a run without a check says so ...
+    assert "This run has no input check" in (old / "report.html").read_text()
     r = runner.invoke(app, ["fit-input-check", str(old)])
     assert r.exit_code == 0, r.output
+    page = (old / "report.html").read_text()  # ... and fit-input-check rewrites that section
+    assert "This run has no input check" not in page and "ood_score on the run's own splits" in page
     assert (old / "ood.npz").is_file()
     fitted = json.loads((old / "metadata.json").read_text())["input_check"]
     original = json.loads((trained_run.run_dir / "metadata.json").read_text())["input_check"]

@@ -160,6 +160,20 @@ def test_report_lists_evaluations_and_old_runs_say_how_to_fit(trained_run, phant
     evaluate(run, phantoms_test, ci=False)  # default out: RUN/evaluations/<folder>
     sec = _section(write_report(run, n_samples=1, n_gradcam=0, n_boot=20, n_maps=0).read_text(), CHECK_SECTION)
     assert "Evaluated folders" in sec and phantoms_test.name in sec
+    # `braintumor evaluate` into RUN/evaluations/ rewrites that section of the report the run already has
+    from typer.testing import CliRunner
+
+    from braintumor.cli import app
+
+    cli_run = copy_run(trained_run.run_dir, tmp_path / "cli_run")
+    page = (trained_run.run_dir / "report.html").read_text()
+    start = page.index(f'<section id="{CHECK_SECTION}">')  # emptied: only a rewrite can fill it
+    end = page.index("</section>", start)
+    (cli_run / "report.html").write_text(page[:start] + f'<section id="{CHECK_SECTION}">' + page[end:])
+    r = CliRunner().invoke(app, ["evaluate", str(cli_run), "--data", str(phantoms_test)])
+    assert r.exit_code == 0, r.output
+    sec = _section((cli_run / "report.html").read_text(), CHECK_SECTION)
+    assert "Evaluated folders" in sec and phantoms_test.name in sec
 
     old = old_run_copy(trained_run.run_dir, tmp_path / "old")
     shutil.copy2(trained_run.run_dir / "predictions.csv", old / "predictions.csv")

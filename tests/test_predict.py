@@ -202,6 +202,49 @@ def test_predict_cli_backends_agree(trained_run, phantoms_test, tmp_path):
     assert [p["label"] for p in json.loads(c.stdout)["predictions"]] == [p.label for p in pb]
 
 
+def test_predict_on_onnxruntime_never_imports_torch(trained_run, phantoms_test, tmp_path):
+    """`predict` on a run's export (FP32 and INT8) runs with torch and MONAI made unimportable: their ~1 s of
+    import is not paid by the fast path. The same labels and probabilities as with them."""
+    pytest.importorskip("onnxruntime.quantization")
+    import subprocess
+    import sys
+
+    from braintumor.quantize import quantize_run
+
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
+    folder = _folder_with_bad_files(phantoms_test, tmp_path / "imgs", n=10)
+    want = _invoke("predict", run, folder, "--format", "json")  # exports RUN/model.onnx with torch
+    assert want.exit_code == 1 and (run / "model.onnx").is_file(), want.output
+    script = tmp_path / "no_torch.py"
+    script.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'monai'):\n"
+        "            raise ImportError('torch imported: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from braintumor.cli import main\n"
+        "sys.argv = ['braintumor'] + sys.argv[1:]\n"
+        "main()\n")
+
+    def predict(*extra: str) -> dict:
+        res = subprocess.run([sys.executable, str(script), "predict", str(run), str(folder), "--format", "json",
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1 and "torch imported" not in res.stderr, res.stderr[-2000:]
+        return json.loads(res.stdout)
+
+    from braintumor.inference import Prediction
+
+    got = predict()
+    assert got["model"]["backend"] == "onnxruntime" and got["model"]["precision"] == "fp32"
+    _assert_same_predictions([Prediction(**p) for p in json.loads(want.stdout)["predictions"]],
+                             [Prediction(**p) for p in got["predictions"]])
+    assert quantize_run(run, bar={"min_label_agreement": 0.0, "max_accuracy_drop": 1.0}).passed
+    int8 = predict("--precision", "int8")
+    assert int8["model"]["precision"] == "int8"
+    assert [p["label"] is None for p in int8["predictions"]] == [p["label"] is None for p in got["predictions"]]
+
+
 def test_stale_export_is_redone_when_the_checkpoint_or_metadata_change(trained_run, phantoms_test, tmp_path):
     pytest.importorskip("onnxruntime")
     import os
@@ -407,6 +450,8 @@ def test_normalise_is_bit_identical_to_the_tensor_recipe():
         got = pre.normalise(batch)
         assert got.dtype == torch.float32 and got.shape == (5, 3, 33, 33) and torch.equal(got, want)
         assert torch.equal(pre.normalise(torch.from_numpy(batch)), want)  # the tensor path, unchanged
+        arr = pre.normalise_array(batch)  # the onnxruntime path's NumPy copy: the same bits
+        assert arr.dtype == np.float32 and arr.flags.c_contiguous and np.array_equal(arr, want.numpy())
         ro = batch.copy()
         ro.flags.writeable = False  # e.g. a memory-mapped batch: read, never written, no warning
         with warnings.catch_warnings():
@@ -416,3 +461,4 @@ def test_normalise_is_bit_identical_to_the_tensor_recipe():
     x = torch.from_numpy(big.copy()).permute(0, 3, 1, 2).float().div_(255.0)
     want = (x - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
     assert torch.equal(pre.normalise(big), want)
+    assert np.array_equal(pre.normalise_array(big), want.numpy())

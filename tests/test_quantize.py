@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime.quantization")
 from braintumor.errors import UsageError  # noqa: E402
 from braintumor.export import OnnxPredictor, onnx_for_run  # noqa: E402
 from braintumor.quantize import INT8_FILE, int8_for_run, quantize_onnx, quantize_run  # noqa: E402
+from braintumor.report import INT8_SECTION, refresh_report_section  # noqa: E402
 from conftest import copy_run  # noqa: E402
 
 
@@ -66,14 +67,43 @@ def test_a_stale_int8_model_is_not_used(quantized, tmp_path):
 def test_failing_the_bar_keeps_fp32_and_writes_no_model(trained_run, tmp_path):
     run = copy_run(trained_run.run_dir, tmp_path / "run")
     (run / "model_card.md").write_bytes((trained_run.run_dir / "model_card.md").read_bytes())
+    (run / "report.html").write_bytes((trained_run.run_dir / "report.html").read_bytes())
     (run / INT8_FILE).write_bytes(b"an older INT8 file")
     res = quantize_run(run, bar={"min_label_agreement": 1.01}, recipes=("all",))
+    refresh_report_section(run, INT8_SECTION)  # as `export --int8` does after it
     assert not res.passed and "bar" in res.reason
     assert not (run / INT8_FILE).exists() and not list(run.glob(f".{INT8_FILE}*"))
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["int8"]["passed"] is False and meta["int8"]["reason"] == res.reason
     assert "made and not kept" in (run / "model_card.md").read_text()
+    section = _section_html(run / "report.html", "int8")  # the report's section says it too, with the figures
+    assert "not kept" in section and "Prediction uses FP32" in section and "bar" in res.reason
+    assert f"{100 * res.label_agreement:.1f}%" in section and "model.int8.onnx</code>" not in section
     assert int8_for_run(run) is None
+
+
+def test_export_int8_refreshes_the_report(trained_run, tmp_path):
+    """`braintumor export RUN --int8` writes its decision into the run's report.html as well as the card."""
+    from typer.testing import CliRunner
+
+    from braintumor.cli import app
+
+    run = copy_run(trained_run.run_dir, tmp_path / "run")
+    (run / "report.html").write_bytes((trained_run.run_dir / "report.html").read_bytes())
+    assert "No 8-bit copy" in _section_html(run / "report.html", "int8")
+    r = CliRunner().invoke(app, ["export", str(run), "--int8"])
+    assert r.exit_code == 0, r.output
+    q = json.loads((run / "metadata.json").read_text())["int8"]
+    section = _section_html(run / "report.html", "int8")
+    assert "No 8-bit copy" not in section and f"{100 * q['label_agreement']:.1f}%" in section
+    assert ("kept: <code>predict</code>" in section) is q["passed"] and ("not kept" in section) is not q["passed"]
+
+
+def _section_html(report, sid: str) -> str:
+    page = report.read_text()
+    assert page.count(f'<section id="{sid}">') == 1 and page.count(f'href="#{sid}"') == 1
+    start = page.index(f'<section id="{sid}">')
+    return page[start:page.index("</section>", start)]
 
 
 def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path, monkeypatch):
@@ -84,6 +114,10 @@ def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path
 
     run = copy_run(trained_run.run_dir, tmp_path / "run")
     (run / "model_card.md").write_bytes((trained_run.run_dir / "model_card.md").read_bytes())
+    page = (trained_run.run_dir / "report.html").read_text()  # a report from before the section existed
+    start = page.index('<section id="int8">')
+    page = page[:start] + page[page.index("</section>", start) + len("</section>\n"):]
+    (run / "report.html").write_text(page.replace('<a href="#int8">8-bit inference</a> ', ""))
     real = OnnxPredictor.proba_prepared
 
     def flipped(self, images, batch_size=64):  # a broken INT8 candidate: every binary label turned round
@@ -93,6 +127,7 @@ def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path
     monkeypatch.setattr(OnnxPredictor, "proba_prepared", flipped)
     monkeypatch.setattr(q, "GUARD_MAX", 0.5)  # the flip needs the widest band: every image goes to FP32
     res = quantize_run(run, bar={"min_label_agreement": 0.99}, recipes=("all",))
+    refresh_report_section(run, INT8_SECTION)
     assert res.raw_label_agreement < 0.5 and res.passed, res  # alone it fails; with the guard it agrees
     assert res.label_agreement == 1.0 and res.int8_accuracy == res.fp32_accuracy
     assert res.guard_band == 0.5 and res.guarded_share == 1.0 and res.n_selection > 0
@@ -100,6 +135,13 @@ def test_fp32_guard_decides_the_images_near_a_label_change(trained_run, tmp_path
     assert meta["guard_band"] == 0.5 and meta["raw_label_agreement"] == res.raw_label_agreement
     card = (run / "model_card.md").read_text()  # the card says which precision answers, and the guard
     assert "## 8-bit inference" in card and "FP32 decides every image" in card and "within 0.500" in card
+    section = _section_html(run / "report.html", "int8")  # added to the old report, before its caveats
+    assert "kept: <code>predict</code>" in section and "FP32 deciding the images near a label change" in section
+    assert "<td>FP32 guard: band of the decision margin</td><td>0.500</td>" in section
+    assert "<td>validation images decided by FP32</td><td>100.0%</td>" in section
+    page = (run / "report.html").read_text()
+    assert page.index('<section id="int8">') < page.index('<section id="caveats">')
+    assert page.count("<section ") == (trained_run.run_dir / "report.html").read_text().count("<section ")
     monkeypatch.setattr(OnnxPredictor, "proba_prepared", real)
     int8 = load_predictor(run, backend="auto")
     assert int8.precision == "int8" and int8.guard is not None and int8.guard_band == 0.5
@@ -125,6 +167,34 @@ def test_bad_recipe_or_method_is_one_line(quantized, tmp_path):
     with pytest.raises(UsageError, match="cannot be quantised"):
         quantize_onnx(tmp_path / "broken.onnx", tmp_path / "q.onnx", x)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_seven_bit_recipes_on_a_cpu_without_vnni(quantized, tmp_path, monkeypatch):
+    """Without VNNI (AVX2 U8S8 kernels can saturate) the 7-bit-weight recipes are tried too; their weights stay in
+    [-64, 63]."""
+    import onnx
+    from onnx import numpy_helper
+
+    import braintumor.quantize as q
+
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: False)
+    assert q.default_recipes() == q.RECIPES + q.RECIPES_7BIT
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: True)
+    assert q.default_recipes() == q.RECIPES
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: None)  # flags unknown: try them as well
+    assert q.default_recipes() == q.RECIPES + q.RECIPES_7BIT
+    run, _ = quantized
+    x = np.random.default_rng(0).normal(size=(8, 3, 64, 64)).astype(np.float32)
+
+    def widest_weight(recipe: str) -> int:
+        path = quantize_onnx(run / "model.onnx", tmp_path / f"{recipe}.onnx", x, recipe=recipe)
+        ints = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                if t.data_type == onnx.TensorProto.INT8]
+        assert ints
+        return max(int(np.abs(a.astype(np.int16)).max()) for a in ints)
+
+    assert widest_weight("all-7bit") <= 64 < widest_weight("all")
+    assert int8_for_run(run) is not None  # the run's own INT8 file untouched
 
 
 def test_histogram_calibration_prints_nothing(quantized, tmp_path, capfd):

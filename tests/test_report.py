@@ -25,7 +25,7 @@ def test_train_writes_report_with_every_section(trained_run):
     headings = {"summary": "Summary", "data": "Data", "audit": "Data audit", "metrics": "Metrics with 95% CIs",
                 "curves": "Training curves", "confusion": "Confusion matrix", "roc": "ROC curve",
                 "calibration": "Calibration", "per-class": "Per-class metrics", "samples": "Sample predictions",
-                "gradcam": "Grad-CAM", "caveats": "Caveats"}
+                "gradcam": "Grad-CAM", "int8": "8-bit inference", "input-check": "Input check", "caveats": "Caveats"}
     assert set(headings) == set(RUN_SECTIONS)
     for sid, title in headings.items():
         assert f'<section id="{sid}">' in page, sid
@@ -35,6 +35,40 @@ def test_train_writes_report_with_every_section(trained_run):
     assert page.count("data:image/png;base64,") >= 5  # curves, confusion, ROC, calibration, thumbnails
     assert "Research and education use only" in page and "duplicates" in page
     assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", page)  # metrics with CIs
+
+
+def test_a_section_is_refreshed_in_place(trained_run, tmp_path):
+    """refresh_report_section rebuilds one section and keeps every other byte; no report: nothing is written."""
+    from braintumor.report import CHECK_SECTION, INT8_SECTION, refresh_report_section
+
+    (tmp_path / "run").mkdir()
+    report = tmp_path / "run" / "report.html"
+    for name in ("metadata.json", "split.csv"):
+        (tmp_path / "run" / name).write_bytes((trained_run.run_dir / name).read_bytes())
+    assert refresh_report_section(tmp_path / "run", INT8_SECTION) is None and not report.exists()
+    page = (trained_run.run_dir / "report.html").read_text()
+    assert "No 8-bit copy of this model" in page  # a run without `export --int8` says how to make one
+    report.write_text(page)
+    assert refresh_report_section(tmp_path / "run", INT8_SECTION) == report
+    first = report.read_text()
+    cut = first.index('<section id="int8">')
+    assert first[:cut] == page[:cut] and str(tmp_path / "run") in first[cut:]  # the section names this folder
+    assert first.split('<section id="input-check">')[1] == page.split('<section id="input-check">')[1]
+    refresh_report_section(tmp_path / "run", INT8_SECTION)
+    assert report.read_text() == first  # nothing changed in the run: the same bytes
+    page = first
+    meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
+    meta["int8"] = {"passed": False, "reason": "INT8 agrees on 90.0% <b>", "label_agreement": 0.9}
+    (tmp_path / "run" / "metadata.json").write_text(json.dumps(meta))
+    refresh_report_section(tmp_path / "run", INT8_SECTION)
+    new = report.read_text()
+    assert "not kept: INT8 agrees on 90.0% &lt;b&gt;" in new and "<b>" not in new  # escaped
+    cut = new.index('<section id="int8">'), page.index('<section id="int8">')
+    assert new[:cut[0]] == page[:cut[1]] and new.count("<section ") == page.count("<section ")
+    assert new.split('<section id="input-check">')[1] == page.split('<section id="input-check">')[1]
+    with pytest.raises(ValueError, match="unknown report section"):
+        refresh_report_section(tmp_path / "run", "gradcam")
+    assert refresh_report_section(tmp_path / "run", CHECK_SECTION) == report
 
 
 def test_report_rewrite_and_gradcam(trained_run):

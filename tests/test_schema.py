@@ -483,3 +483,13 @@ def test_config_yaml_of_a_run_goes_through_the_schema_on_resume(small_run, tmp_p
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", "--resume", str(run)])
     _one_line_exit_2(r, "config.yaml: batch_size must be a whole number from 1 to 4096, got null")
+
+
+def test_builtin_model_names_are_the_shipped_registry():
+    """schema.BUILTIN_MODELS lets a run be checked without importing the models (and torch): it must name exactly
+    the models braintumor's own modules register; a user's registered model is still checked by the registry."""
+    from braintumor.models import available_models, get_spec
+    from braintumor.schema import BUILTIN_MODELS
+
+    shipped = [m for m in available_models() if get_spec(m).build.__module__.startswith("braintumor.models")]
+    assert list(BUILTIN_MODELS) == shipped

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import RunError, UsageError
-from .inference import Predictor, _adopt_dicom_window, _torch_device, require_complete
+from .inference import Predictor, _adopt_dicom_window, _device_type, require_complete
 from .rundir import RunDir
 
 #: Inference engines of :func:`load_predictor`.
@@ -78,7 +78,7 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
         _adopt_dicom_window(meta, p, notice)
         if precision == "int8" and backend == "torch":
             raise UsageError("--precision int8 runs on onnxruntime: use --backend auto or onnx, not torch")
-        if precision != "fp32" and backend != "torch" and (backend == "onnx" or _torch_device(device).type == "cpu"):
+        if precision != "fp32" and backend != "torch" and (backend == "onnx" or _device_type(device) == "cpu"):
             int8 = _int8_predictor(p, meta, precision == "int8")
             if int8 is not None:
                 return int8
@@ -120,7 +120,7 @@ def _run_predictor(run_dir: Path, device: str, backend: str, notice: Callable[[s
     if backend == "torch":
         return torch_path()
     RunDir(run_dir).read_metadata()  # not a run folder: the same error whatever the backend
-    if backend == "auto" and _torch_device(device).type != "cpu":
+    if backend == "auto" and _device_type(device) != "cpu":
         return torch_path()  # a GPU beats onnxruntime on the CPU
     from .export import onnx_for_run
 

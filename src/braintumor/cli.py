@@ -266,6 +266,10 @@ def evaluate(
         console.print(_either_line("class head or tumour map", either))
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
+    if res.out_dir is not None and Path(res.out_dir).resolve().parent == (Path(run_dir) / "evaluations").resolve():
+        from .report import CHECK_SECTION, refresh_report_section
+
+        refresh_report_section(run_dir, CHECK_SECTION)  # its input-check section lists the run's evaluations
     console.print(f"written to [bold]{markup(res.out_dir)}[/bold]", highlight=False)
 
 
@@ -806,6 +810,9 @@ def fit_input_check_cmd(
 
     with console.status("fitting the input check"):
         check = refit_input_check(run_dir, quantile=quantile, min_confidence=min_confidence, on_skip=skip)
+    from .report import CHECK_SECTION, refresh_report_section
+
+    refresh_report_section(run_dir, CHECK_SECTION)
     s = check.summary
     console.print(f"input check of [bold]{markup(run_dir)}[/bold]: threshold {check.threshold:.4g} "
                   f"({check.distance.dim}-d features, {s['n_train']} training / {s['n_val']} validation images); "
@@ -892,9 +899,11 @@ def export(
                       f"(<= 1e-3)")
     if int8:
         from .quantize import quantize_run
+        from .report import INT8_SECTION, refresh_report_section
 
         with console.status("quantising to INT8 (calibration, then agreement with FP32)"):
             q = quantize_run(run_dir, n_calibration=int8_calibration)
+        refresh_report_section(run_dir, INT8_SECTION)  # the card was refreshed by quantize_run; the report too
         figures = (f"{q.label_agreement:.1%} of {q.n_validation} validation labels as FP32, accuracy "
                    f"{q.int8_accuracy:.3f} vs {q.fp32_accuracy:.3f} (recipe {q.recipe})")
         if q.passed and q.guard_band:

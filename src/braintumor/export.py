@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -36,10 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import BrainTumorError, RunError, UnreadableImageError, UsageError
 from .inference import Predictor
+from .lazy import torch
+from .metrics import softmax
 from .preprocess import Preprocessor
 from .rundir import RunDir, atomic_write_bytes
 
@@ -78,43 +80,49 @@ def _require_ort():
     return onnxruntime
 
 
-class _Exportable(torch.nn.Module):
-    """The classifier plus the calibrated softmax, so non-Python consumers get probabilities directly.
+@functools.cache
+def _exportable_class() -> type:
+    """The export wrapper's class, defined on first use (torch is imported then)."""
 
-    ``with_map``: a third output ``tumour_map`` (sigmoid of the decoder's logits, same backbone pass; what
-    :class:`~braintumor.models.segmentation.ProbabilitiesAndMap` returns). ``distance``: a last output
-    ``ood_score``, the input check's feature distance / threshold (:mod:`braintumor.ood`) on the pooled features of
-    the same pass. ``logits`` stays the first output so every consumer of a plain export works unchanged.
-    """
+    class _Exportable(torch.nn.Module):
+        """The classifier plus the calibrated softmax, so non-Python consumers get probabilities directly.
 
-    def __init__(self, model: torch.nn.Module, temperature: float, with_map: bool = False,
-                 distance: torch.nn.Module | None = None):
-        super().__init__()
-        self.model = model
-        self.with_map = with_map
-        self.distance = distance
-        self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature), dtype=torch.float32))
+        ``with_map``: a third output ``tumour_map`` (sigmoid of the decoder's logits, same backbone pass; what
+        :class:`~braintumor.models.segmentation.ProbabilitiesAndMap` returns). ``distance``: a last output
+        ``ood_score``, the input check's feature distance / threshold (:mod:`braintumor.ood`) on the pooled features of
+        the same pass. ``logits`` stays the first output so every consumer of a plain export works unchanged.
+        """
 
-    def forward(self, input: torch.Tensor):  # noqa: A002 - the ONNX input name
-        pooled: list[torch.Tensor] = []
-        handle = (self.model.pool.register_forward_hook(lambda _m, _i, o: pooled.append(o))
-                  if self.distance is not None else None)
-        try:
-            if self.with_map:
-                from .models.segmentation import forward_with_map
+        def __init__(self, model: torch.nn.Module, temperature: float, with_map: bool = False,
+                     distance: torch.nn.Module | None = None):
+            super().__init__()
+            self.model = model
+            self.with_map = with_map
+            self.distance = distance
+            self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature), dtype=torch.float32))
 
-                logits, maps = forward_with_map(self.model, input)
-            else:
-                logits, maps = self.model(input), None
-        finally:
-            if handle is not None:
-                handle.remove()
-        out = [logits, torch.softmax(logits * self.inv_temperature, dim=1)]
-        if maps is not None:
-            out.append(torch.sigmoid(maps[:, 0]))
-        if self.distance is not None:
-            out.append(self.distance(pooled[-1].flatten(1)))
-        return tuple(out)
+        def forward(self, input: torch.Tensor):  # noqa: A002 - the ONNX input name
+            pooled: list[torch.Tensor] = []
+            handle = (self.model.pool.register_forward_hook(lambda _m, _i, o: pooled.append(o))
+                      if self.distance is not None else None)
+            try:
+                if self.with_map:
+                    from .models.segmentation import forward_with_map
+
+                    logits, maps = forward_with_map(self.model, input)
+                else:
+                    logits, maps = self.model(input), None
+            finally:
+                if handle is not None:
+                    handle.remove()
+            out = [logits, torch.softmax(logits * self.inv_temperature, dim=1)]
+            if maps is not None:
+                out.append(torch.sigmoid(maps[:, 0]))
+            if self.distance is not None:
+                out.append(self.distance(pooled[-1].flatten(1)))
+            return tuple(out)
+
+    return _Exportable
 
 
 @dataclass
@@ -199,7 +207,7 @@ def _export_bytes(predictor: Predictor) -> bytes:
     check = predictor.input_check if predictor.has_input_check else None
     model = predictor.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     distance = check.distance.torch_module(check.threshold) if check is not None else None
-    wrapper = _Exportable(model, predictor.temperature, with_map, distance).eval()
+    wrapper = _exportable_class()(model, predictor.temperature, with_map, distance).eval()
     s = predictor.preprocessor.img_size
     dummy = torch.zeros(2, 3, s, s)
     names = list(OUTPUT_NAMES) + ([MAP_OUTPUT] if with_map else []) + ([OOD_OUTPUT] if check is not None else [])
@@ -403,7 +411,6 @@ class OnnxPredictor(Predictor):
             raise RunError(f"{name}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         meta = read_onnx_metadata(self.session, name)
         self.path = None if isinstance(path, bytes) else Path(path)
-        self.device = torch.device("cpu")
         self.model = None
         self.preprocessor = Preprocessor.from_dict(meta["preprocessing"])
         self.classes = list(meta["classes"])
@@ -433,6 +440,11 @@ class OnnxPredictor(Predictor):
         return (f"OnnxPredictor({str(self.path) if self.path else '<bytes>'!r}, model={self.metadata.get('model')!r}, "
                 f"classes={self.classes}, img_size={self.preprocessor.img_size})")
 
+    @property
+    def device(self):
+        """The CPU, as a torch device (torch is imported only when this is asked for)."""
+        return torch.device("cpu")
+
     def logits(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Logits for a normalised ``(N, 3, S, S)`` tensor, through onnxruntime (thread-safe)."""
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -455,10 +467,10 @@ class OnnxPredictor(Predictor):
         """One batch of :meth:`Predictor.outputs_prepared` on the graph's ``logits``, ``tumour_map`` and
         ``ood_score`` outputs; the probabilities are computed from ``logits`` exactly as :meth:`proba_prepared`
         does."""
-        x = np.ascontiguousarray(self.preprocessor.normalise(images).numpy(), dtype=np.float32)
+        x = self.preprocessor.normalise_array(images)  # NumPy: this path never imports torch
         names = ["logits"] + ([MAP_OUTPUT] if maps else []) + ([OOD_OUTPUT] if scores else [])
         res = dict(zip(names, self.session.run(names, {INPUT_NAME: x}), strict=True))
-        proba = torch.softmax(torch.from_numpy(res["logits"]) / self.temperature, dim=1).numpy()
+        proba = softmax(res["logits"].astype(np.float32) / np.float32(self.temperature))
         if self.guard is not None and self.guard_band > 0:
             from .metrics import decision_margin
 

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .data.cache import load_images
 from .errors import RunError, UsageError
+from .lazy import inference_mode, torch
 from .metrics import predict_labels
-from .models import build_model
 from .preprocess import Preprocessor
 from .rundir import RunDir
 
@@ -120,8 +119,30 @@ def _stat_key(path: Path) -> tuple[int, int, int]:
 
 def _torch_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if _cuda_available() else "cpu")
     return torch.device(device)
+
+
+def _device_type(device: str = "auto") -> str:
+    """``_torch_device(device).type``, without importing torch for ``auto`` on a CPU-only torch build (where the
+    onnxruntime path is chosen and torch is never needed)."""
+    return ("cuda" if _cuda_available() else "cpu") if device == "auto" else _torch_device(device).type
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU; ``False`` at once for a CPU-only build (its version ends in ``+cpu``) that is not
+    imported yet."""
+    import sys
+
+    if "torch" not in sys.modules:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            if version("torch").endswith("+cpu"):
+                return False
+        except PackageNotFoundError:
+            pass
+    return bool(torch.cuda.is_available())
 
 
 class Predictor:
@@ -215,6 +236,8 @@ class Predictor:
         if not isinstance(state, dict):
             raise RunError(f"{ckpt_file}: not a braintumor checkpoint (no 'model' weights)")
         _adopt_dicom_window(meta, run.root)
+        from .models import build_model
+
         model = build_model(meta["model"], len(meta["classes"]), pretrained=False, img_size=meta["img_size"])
         check_head(model, state, meta["classes"], f"{ckpt_file}", run.metadata, ckpt.get("classes"))
         tm = meta.get("tumour_map")
@@ -342,7 +365,7 @@ class Predictor:
     def positive_index(self) -> int:
         return self.classes.index(self.positive_class) if self.positive_class in self.classes else 1
 
-    @torch.inference_mode()
+    @inference_mode
     def logits(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Logits for a normalised ``(N, 3, S, S)`` tensor."""
         outs = []
@@ -394,7 +417,7 @@ class Predictor:
                 out.maps = (out.maps + np.concatenate([p[1] for p in mirror])[:, :, ::-1].astype(np.float32)) / 2
         return out
 
-    @torch.inference_mode()
+    @inference_mode
     def _outputs_batch(self, images: np.ndarray, maps: bool, scores: bool
                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One batch of :meth:`outputs_prepared` (the ONNX predictor runs its graph here instead)."""

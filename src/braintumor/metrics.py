@@ -142,3 +142,11 @@ def _renormalised(proba: np.ndarray) -> np.ndarray:
     """float64 rows summing to one (float32 softmax rows miss by ~1e-7, which scikit-learn warns about)."""
     p = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1.0)
     return p / p.sum(axis=1, keepdims=True)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits ``(N, K)`` in their own dtype, in NumPy (the onnxruntime path never imports
+    torch; ``torch.softmax``'s ``float32`` rows agree within a few ulp)."""
+    z = np.asarray(logits)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -39,16 +39,17 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import RunError
 from .input_rules import ImageStats, InputRules, image_stats  # noqa: F401  (stage 1, public here too)
+from .lazy import inference_mode, no_grad, torch
 
 #: The file of a run folder that holds the fitted feature distance (NumPy ``.npz``, no pickle).
 OOD_FILE = "ood.npz"
@@ -136,26 +137,32 @@ class FeatureDistance:
 
     def torch_module(self, threshold: float) -> torch.nn.Module:
         """A module ``features (N, D) -> distance / threshold (N,)`` (the ONNX export's ``ood_score``)."""
-        return _DistanceModule(self._whitened_means(), self.whiten, threshold)
+        return _distance_module_class()(self._whitened_means(), self.whiten, threshold)
 
 
 def _unit(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), np.float32(1e-12)).astype(f.dtype)
 
 
-class _DistanceModule(torch.nn.Module):
-    def __init__(self, whitened_means: np.ndarray, whiten: np.ndarray, threshold: float):
-        super().__init__()
-        self.register_buffer("mw", torch.from_numpy(np.asarray(whitened_means, np.float32)))
-        self.register_buffer("whiten", torch.from_numpy(np.asarray(whiten, np.float32)))
-        self.scale = 1.0 / float(threshold)
+@functools.cache
+def _distance_module_class() -> type:
+    """The class of :meth:`FeatureDistance.torch_module`, defined on first use (torch is imported then)."""
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        f = f.float()
-        f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        z = f @ self.whiten
-        d2 = (z.unsqueeze(1) - self.mw.unsqueeze(0)).pow(2).sum(dim=2)
-        return torch.sqrt(d2.min(dim=1).values) * self.scale
+    class _DistanceModule(torch.nn.Module):
+        def __init__(self, whitened_means: np.ndarray, whiten: np.ndarray, threshold: float):
+            super().__init__()
+            self.register_buffer("mw", torch.from_numpy(np.asarray(whitened_means, np.float32)))
+            self.register_buffer("whiten", torch.from_numpy(np.asarray(whiten, np.float32)))
+            self.scale = 1.0 / float(threshold)
+
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            f = f.float()
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            z = f @ self.whiten
+            d2 = (z.unsqueeze(1) - self.mw.unsqueeze(0)).pow(2).sum(dim=2)
+            return torch.sqrt(d2.min(dim=1).values) * self.scale
+
+    return _DistanceModule
 
 
 # ----------------------------------------------------------------------------------------------- the fitted check
@@ -216,7 +223,7 @@ class InputCheck:
         """``ood_score`` of pooled features: distance / threshold (above 1: unfamiliar)."""
         return self.distance.distance(features) / self.threshold
 
-    @torch.no_grad()
+    @no_grad
     def torch_scores(self, features: torch.Tensor) -> torch.Tensor:
         """:meth:`scores` of a torch ``(N, D)`` tensor, computed by the module the ONNX export embeds."""
         cached = self.__dict__.get("_module")
@@ -314,7 +321,7 @@ def _read_arrays(path: Path) -> dict:
     return arrays
 
 
-@torch.inference_mode()
+@inference_mode
 def features_of(predictor, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, K), pooled features (N, C))`` of prepared ``uint8`` images with a torch predictor."""
     probs, feats = [], []

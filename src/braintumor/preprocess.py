@@ -366,6 +366,18 @@ class Preprocessor:
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return self.normalise_float(x)
 
+    def normalise_array(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`normalise` in NumPy: ``uint8`` ``(N, S, S, 3)`` -> C-contiguous ``float32`` ``(N, 3, S, S)``, the
+        same values bit for bit, without importing torch (the onnxruntime path)."""
+        batch = np.asarray(batch)
+        n, h, w, c = batch.shape
+        out = np.empty((n, c, h, w), dtype=np.float32)
+        out[...] = batch.transpose(0, 3, 1, 2)
+        out /= np.float32(255.0)
+        out -= np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        out /= np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        return out
+
     def normalise_float(self, x: torch.Tensor) -> torch.Tensor:
         """``float`` ``(N, 3, S, S)`` in ``[0, 1]`` -> normalised (used after augmentation)."""
         import torch

@@ -4,7 +4,8 @@
 AVX-VNNI) and still faster without. :func:`quantize_run` makes ``RUN/model.int8.onnx`` from the run's FP32 export
 (:func:`braintumor.export.onnx_for_run`) with onnxruntime's static quantisation:
 
-* QDQ format, per-channel INT8 weights, UINT8 activations, ranges calibrated (:data:`DEFAULT_METHOD`) on
+* QDQ format, per-channel INT8 weights (7-bit among the recipes tried on a CPU without VNNI, where onnxruntime's
+  AVX2 kernels can saturate: :func:`default_recipes`), UINT8 activations, ranges calibrated (:data:`DEFAULT_METHOD`) on
   ``n_calibration`` of the run's own *training* images (``split.csv``), prepared exactly as at prediction time (the
   run's :class:`~braintumor.preprocess.Preprocessor`); onnxruntime's ``quant_pre_process`` (shape inference and
   graph optimisation) first;
@@ -152,6 +153,31 @@ def _excluded_nodes(model_path: Path) -> list[str]:
 #: kept): every Conv/Gemm in INT8, or the same with the first convolution and the classifier head left in FP32
 #: (the layers most sensitive to 8-bit rounding: raw intensities in, the decision out).
 RECIPES = ("all", "keep-ends")
+#: The same recipes with 7-bit weights (onnxruntime's ``reduce_range``). Without VNNI, onnxruntime's U8S8 kernels
+#: add pairs of 8-bit products in 16-bit registers (AVX2 ``vpmaddubsw``), which can saturate; 7-bit weights cannot.
+#: :func:`quantize_run` tries them too on such a CPU (:func:`cpu_has_vnni`).
+RECIPES_7BIT = ("all-7bit", "keep-ends-7bit")
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU has 8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI); ``None``: unknown (no
+    ``/proc/cpuinfo``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}) if flags else None
+
+
+def default_recipes() -> tuple[str, ...]:
+    """The recipes :func:`quantize_run` tries here: :data:`RECIPES`, plus :data:`RECIPES_7BIT` on a CPU without
+    VNNI (or one whose flags cannot be read)."""
+    return RECIPES if cpu_has_vnni() else RECIPES + RECIPES_7BIT
 
 
 def _end_nodes(model_path: Path) -> list[str]:
@@ -178,7 +204,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
             ``braintumor.precision = int8``).
         calibration: normalised images ``(N, 3, S, S)`` float32 for the activation ranges.
         method: ``minmax``, ``percentile`` or ``entropy`` (onnxruntime's calibration methods).
-        recipe: one of :data:`RECIPES`.
+        recipe: one of :data:`RECIPES` or :data:`RECIPES_7BIT`.
 
     Raises:
         UsageError: onnxruntime's quantisation tools are missing, or the model cannot be quantised.
@@ -196,18 +222,20 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: np.n
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise UsageError(f"calibration method must be {', '.join(methods)}, got '{method}'")
-    if recipe not in RECIPES:
-        raise UsageError(f"quantisation recipe must be {' or '.join(RECIPES)}, got '{recipe}'")
+    if recipe not in RECIPES + RECIPES_7BIT:
+        raise UsageError(f"quantisation recipe must be one of {', '.join(RECIPES + RECIPES_7BIT)}, got '{recipe}'")
+    seven_bit = recipe.endswith("-7bit")
+    recipe_layers = recipe.removesuffix("-7bit")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     with tempfile.TemporaryDirectory(prefix="bt-int8-") as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            excluded = _excluded_nodes(pre) + (_end_nodes(pre) if recipe == "keep-ends" else [])
+            excluded = _excluded_nodes(pre) + (_end_nodes(pre) if recipe_layers == "keep-ends" else [])
             # onnxruntime's histogram calibrators print progress lines to stdout: keep them out of our output
             with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(str(pre), str(q), _Batches(calibration.astype(np.float32), INPUT_NAME),
-                                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=seven_bit,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=methods[method], nodes_to_exclude=excluded,
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
@@ -243,13 +271,14 @@ def _split_images(run_root: Path, pre, classes: list[str], subset: str, limit: i
 
 
 def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATION, bar: dict | None = None,
-                 method: str = DEFAULT_METHOD, recipes: tuple[str, ...] = RECIPES, n_select: int = 100,
+                 method: str = DEFAULT_METHOD, recipes: tuple[str, ...] | None = None, n_select: int = 100,
                  notice=None) -> QuantizeResult:
     """Make, measure and (if it passes) keep ``RUN/model.int8.onnx``; record the result in ``metadata.json``.
 
-    Each of ``recipes`` is calibrated on ``n_calibration`` training images; the one whose probabilities are closest
-    to FP32's (mean absolute difference) on ``n_select`` *other* training images is kept, and only then measured
-    on the validation split against the bar: the validation images never choose anything.
+    Each of ``recipes`` (default :func:`default_recipes`) is calibrated on ``n_calibration`` training images; the
+    one whose probabilities are closest to FP32's (mean absolute difference) on ``n_select`` *other* training images
+    is kept, and only then measured on the validation split against the bar: the validation images never choose
+    anything.
 
     Returns:
         the measurement and decision (``passed``); when it did not pass, ``reason`` says why and no INT8 file is
@@ -265,6 +294,7 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
     t0 = time.time()
     run = RunDir(run_dir)
     bar = {**DEFAULT_BAR, **(bar or {})}
+    recipes = tuple(recipes) if recipes else default_recipes()
     fp32 = onnx_for_run(run.root)  # loads the torch model only when it must export
     if fp32.path is None or fp32.path.parent.resolve() != run.root.resolve():
         raise RunError(f"{run.root}: the run folder is not writable (its FP32 export went to {fp32.path})")

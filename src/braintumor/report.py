@@ -53,13 +53,15 @@ from .rundir import RunDir, read_predictions
 from .stats import bootstrap_ci, format_ci
 
 RUN_SECTIONS = ("summary", "data", "audit", "metrics", "curves", "confusion", "roc", "calibration", "per-class",
-                "samples", "gradcam", "caveats")
+                "samples", "gradcam", "int8", "input-check", "caveats")
 CV_SECTIONS = ("summary", "data", "audit", "metrics", "folds", "pooled", "confusion", "roc", "calibration", "leakage",
                "caveats")
 #: The extra section of runs trained with tumour masks (``metadata.json`` ``tumour_map``).
 MAP_SECTION = "tumour-map"
 #: The section on the input check (:mod:`braintumor.ood`): its settings and scores, or how to fit one.
 CHECK_SECTION = "input-check"
+#: The section on the 8-bit copy of the model (``braintumor export RUN --int8``; ``metadata.json`` ``int8``).
+INT8_SECTION = "int8"
 #: The figure of the abstention limit's coverage / accuracy trade-off on the validation split (in the run folder).
 COVERAGE_FILE = "coverage.png"
 #: ``labels_to_check`` of a cross-validation (:mod:`braintumor.crossval`) lists images whose out-of-fold probability
@@ -143,10 +145,52 @@ def write_report(run_dir: str | Path, n_samples: int = 8, n_gradcam: int = 4, n_
         ("gradcam", "Grad-CAM", _section_gradcam)]
     if isinstance(meta.get("tumour_map"), dict):
         sections.append((MAP_SECTION, "Tumour map", _section_tumour_map))
-    sections += [(CHECK_SECTION, "Input check", _section_input_check), ("caveats", "Caveats", _section_caveats)]
+    sections += [(INT8_SECTION, INT8_TITLE, _section_int8), (CHECK_SECTION, "Input check", _section_input_check),
+                 ("caveats", "Caveats", _section_caveats)]
     page = _page(f"braintumor run report: {run.root.name}", f"{meta['model']} on {ctx.data.get('data_dir')}",
                  sections, ctx)
     _write_page(run.report, page)
+    return run.report
+
+
+def refresh_report_section(run_dir: str | Path, sid: str) -> Path | None:
+    """Build one section of a run's ``report.html`` again, in place, after the run changed (``export --int8``
+    writes :data:`INT8_SECTION`, ``fit-input-check`` :data:`CHECK_SECTION`); the other sections, Grad-CAM samples
+    included, are kept as they are. A report written before the section existed gets it before "Caveats" (and a
+    link to it). No report (or one that cannot be read or written) is left alone: ``None``.
+
+    Example:
+        >>> from braintumor.report import INT8_SECTION, refresh_report_section
+        >>> refresh_report_section("runs/demo", INT8_SECTION)        # doctest: +SKIP
+        PosixPath('runs/demo/report.html')
+    """
+    from .errors import BrainTumorError
+    from .htmlpage import _section
+
+    builders = {INT8_SECTION: (INT8_TITLE, _section_int8), CHECK_SECTION: ("Input check", _section_input_check)}
+    if sid not in builders:
+        raise ValueError(f"unknown report section '{sid}': choose {', '.join(builders)}")
+    run = RunDir(run_dir)
+    try:
+        page = run.report.read_text(encoding="utf-8")
+        title, build = builders[sid]
+        ctx = _RunContext(run, run.read_metadata(), {})
+        new = _section(sid, title, build, ctx)
+        start = page.find(f'<section id="{sid}">')
+        if start >= 0:
+            end = page.find("</section>", start)
+            if end < 0:
+                return None
+            page = page[:start] + new + page[end + len("</section>"):].removeprefix("\n")
+        else:
+            at = page.find('<section id="caveats">')
+            if at < 0:
+                return None
+            page = page[:at] + new + page[at:]
+            page = page.replace('<a href="#caveats">', f'<a href="#{sid}">{_esc(title)}</a> <a href="#caveats">', 1)
+        _write_page(run.report, page)
+    except (BrainTumorError, OSError, UnicodeDecodeError):
+        return None
     return run.report
 
 
@@ -439,6 +483,45 @@ def _section_tumour_map(ctx: _RunContext) -> str:
 
 def _section_input_check(ctx: _RunContext) -> str:
     return _input_check_html(ctx.run, ctx.meta)
+
+
+#: The title of :data:`INT8_SECTION`.
+INT8_TITLE = "8-bit inference"
+
+
+def _section_int8(ctx: _RunContext) -> str:
+    return _int8_html(ctx.run, ctx.meta)
+
+
+def _int8_html(run: RunDir, meta: dict) -> str:
+    """The "8-bit inference" section: what ``export --int8`` measured and decided, or how to make a copy."""
+    q = meta.get("int8")
+    cmd = f"<code>braintumor export {_esc(run.root)} --int8</code>"
+    if not isinstance(q, dict):
+        return (f"<p>No 8-bit copy of this model: prediction on onnxruntime uses FP32. {cmd} makes one, calibrated "
+                "on the run's training images, and keeps it only when its labels agree with FP32's on the "
+                "validation split (the bar is stored with the decision).</p>")
+    bar = q.get("bar") if isinstance(q.get("bar"), dict) else {}
+    guarded = bool(q.get("guard_band"))
+    verdict = ("kept: <code>predict</code> and <code>serve</code> on onnxruntime use <code>model.int8.onnx</code>"
+               + (", with FP32 deciding the images near a label change" if guarded else "")
+               if q.get("passed") is True else
+               f"not kept: {_esc(q.get('reason') or 'the check failed')}. Prediction uses FP32")
+    rows = [["identical labels with FP32 (validation)", _share(q.get("label_agreement"))],
+            ["accuracy, INT8 (FP32)", f"{_fmt(q.get('int8_accuracy'))} ({_fmt(q.get('fp32_accuracy'))})"],
+            ["validation images", q.get("n_validation", "-")],
+            ["bar", f"identical labels >= {_share(bar.get('min_label_agreement'))}, accuracy drop <= "
+                    f"{_fmt(bar.get('max_accuracy_drop'))}" if bar else "-"],
+            ["largest probability difference", _fmt(q.get("max_abs_diff"))],
+            ["recipe (calibration)", f"{q.get('recipe', '-')} ({q.get('method', '-')}), "
+                                     f"{q.get('n_calibration', '-')} training images"]]
+    if guarded:
+        rows += [["INT8 alone: identical labels", _share(q.get("raw_label_agreement"))],
+                 ["FP32 guard: band of the decision margin", _fmt(q.get("guard_band"))],
+                 ["validation images decided by FP32", _share(q.get("guarded_share"))]]
+    return (f"<p>The 8-bit copy made by {cmd}: {verdict}.</p>" + _table(["", ""], rows)
+            + '<p class="muted">Explanations (Grad-CAM), evaluations and <code>--precision fp32</code> use the '
+              "full-precision model.</p>")
 
 
 def _section_caveats(ctx: _RunContext) -> str:

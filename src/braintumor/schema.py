@@ -245,8 +245,16 @@ def validate_config(data: Mapping, where: str = "") -> dict:
     return {k: getattr(model, k) for k in data}
 
 
+#: The models braintumor ships (``braintumor.models.available_models()`` before any ``register``): a run of one of
+#: these is checked without importing the model code, and so torch (the onnxruntime path never loads it).
+BUILTIN_MODELS = ("cnn", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-b0",
+                  "resnet18", "densenet121")
+
+
 def _check_model(name: str, prefix: str, error: type[Exception]) -> None:
-    from .models import available_models
+    if name in BUILTIN_MODELS:
+        return
+    from .models import available_models  # models registered by the user
 
     known = available_models()
     if name not in known:
