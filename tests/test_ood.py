@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from braintumor.cli import app
 from braintumor.ood import (
+    FLOAT_SLACK,
     NOT_BRAIN,
     UNCERTAIN,
     UNFAMILIAR,
@@ -95,6 +96,9 @@ def test_threshold_covers_the_validation_split_and_verdict_order():
     assert t >= d.max()
     assert t < d.max() * 1.5
     assert threshold_from(d, 0.999) >= t
+    t_max = threshold_from(d, 0.5)  # the median is below the largest distance: the largest sets the threshold
+    assert t_max == pytest.approx(d.max() * (1 + FLOAT_SLACK), rel=1e-12)
+    assert np.float32(d.max()) / np.float32(t_max) < 1  # its image stays in despite float32 rounding
     assert verdict("yes", 0.99, ["colour image"], 0.1, 0.6) == NOT_BRAIN
     assert verdict("yes", 0.99, [], 1.2, 0.6) == UNFAMILIAR
     assert verdict("yes", 0.55, [], 0.5, 0.6) == UNCERTAIN
