@@ -233,6 +233,9 @@ def evaluate(
                                      "else torch), onnx or torch. Always FP32 (never the INT8 copy)."),
     tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation: each image's probabilities (and "
                                                   "tumour map) averaged with its left-right mirror image's."),
+    with_runs: list[Path] | None = typer.Option(None, "--with", help="Another run folder (repeat for more): "
+                                                "evaluate the ensemble, RUN's and these runs' probabilities and "
+                                                "tumour maps averaged (same classes and preprocessing; needs --out)."),
 ):
     """Metrics (accuracy, F1, ROC-AUC, MCC, per class) and plots of a trained model on a labelled folder.
 
@@ -240,14 +243,27 @@ def evaluate(
 
     Other class names (a 4-class model as a tumour detector on a yes/no folder): braintumor evaluate runs/nick
     --data data/brain_mri_yes_no --classes tumour=glioma,meningioma,pituitary,yes --classes no_tumour=notumor,no
+
+    An ensemble of two trainings: braintumor evaluate runs/seed0 --with runs/seed1 --data data/holdout --out
+    evaluations/ensemble
     """
+    from .errors import UsageError
     from .evaluation import evaluate as run_eval
 
     def skip(path, reason):
         err_console.print(f"[yellow]skipped[/yellow] {markup(path)}: {markup(reason)}", highlight=False)
 
+    model = run_dir
+    if with_runs:
+        if out is None:
+            raise UsageError("--with evaluates an ensemble, whose figures belong to no one run: give --out")
+        from .ensemble import load_ensemble
+        from .evaluation import check_out_folder
+
+        check_out_folder(out, data_dirs=[data], runs=[run_dir, *with_runs], what="evaluations go into a folder")
+        model = load_ensemble([run_dir, *with_runs], backend=backend, notice=_notice, precision="fp32")
     with console.status("evaluating"):
-        res = run_eval(run_dir, data, out, classes=classes or None, strict=strict, on_skip=skip, backend=backend,
+        res = run_eval(model, data, out, classes=classes or None, strict=strict, on_skip=skip, backend=backend,
                        notice=_notice, tta=tta)
     console.print(metrics_table(res.metrics, f"{markup(data)} ({res.metrics['n']} images)"))
     chk = res.metrics.get("input_check")
@@ -266,7 +282,8 @@ def evaluate(
         console.print(_either_line("class head or tumour map", either))
     if res.skipped:
         console.print(f"{len(res.skipped)} unreadable file(s) skipped")
-    if res.out_dir is not None and Path(res.out_dir).resolve().parent == (Path(run_dir) / "evaluations").resolve():
+    if not with_runs and res.out_dir is not None and \
+            Path(res.out_dir).resolve().parent == (Path(run_dir) / "evaluations").resolve():
         from .report import CHECK_SECTION, refresh_report_section
 
         refresh_report_section(run_dir, CHECK_SECTION)  # its input-check section lists the run's evaluations
@@ -631,6 +648,10 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation: each image's probabilities (and "
                                                   "outline) averaged with its left-right mirror image's (twice "
                                                   "the model work)."),
+    with_runs: list[Path] | None = typer.Option(None, "--with", help="Another run folder or .onnx file (repeat "
+                                                "for more): predict with the ensemble, the probabilities and "
+                                                "tumour maps of all of them averaged (same classes and "
+                                                "preprocessing; the input check is MODEL's)."),
 ):
     """Classify images with a run folder or an exported .onnx file; one row per file, unreadable files reported.
 
@@ -646,6 +667,8 @@ def predict(
     unfamiliar) and `ood_reasons`. `label` is always the model's class.
 
     Example: braintumor predict runs/navoneel scans/ --format csv --out predictions.csv
+
+    An ensemble of two trainings: braintumor predict runs/seed0 scans/ --with runs/seed1
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -664,8 +687,11 @@ def predict(
         raise UsageError(f"no image files found in {', '.join(paths)}")
     if heatmaps is not None and model.is_file():
         raise UsageError("--heatmaps needs the torch model of a run folder; an .onnx file has no Grad-CAM")
+    if heatmaps is not None and with_runs:
+        raise UsageError("--heatmaps explains one model: an ensemble (--with) has no Grad-CAM")
     if out is not None:  # before any work: a file that can be written, and not one that matters
-        _check_out_file(out, model, files)
+        for m in [model, *(with_runs or [])]:
+            _check_out_file(out, m, files)
     if heatmaps is not None:
         from .evaluation import check_out_folder
 
@@ -679,7 +705,13 @@ def predict(
             raise UsageError("--outline gives one outline per image: use it without --by-volume")
         if model.is_dir() and not isinstance(RunDir(model).read_metadata().get("tumour_map"), dict):
             raise UsageError(NO_DECODER)  # said before any on-demand ONNX export
-    predictor = load_predictor(model, device=device, backend=backend, notice=_notice, precision=precision)
+    if with_runs:
+        from .ensemble import load_ensemble
+
+        predictor = load_ensemble([model, *with_runs], device=device, backend=backend, notice=_notice,
+                                  precision=precision)
+    else:
+        predictor = load_predictor(model, device=device, backend=backend, notice=_notice, precision=precision)
     predictor.check_inputs = ood_check
     predictor.tta = tta
     if min_confidence is not None and predictor.input_check is not None:

@@ -249,10 +249,12 @@ def evaluate(model: str | Path | Predictor, data_dir: str | Path, out: str | Pat
         >>> res.out_dir                                            # doctest: +SKIP
         PosixPath('runs/demo/evaluations/phantoms-test')
     """
-    run_root = model.run_dir if isinstance(model, Predictor) else Path(model) if Path(model).is_dir() else None
+    if isinstance(model, Predictor):  # an Ensemble has its members' run folders
+        runs = [r for r in getattr(model, "run_dirs", [model.run_dir]) if r is not None]
+    else:
+        runs = [Path(model)] if Path(model).is_dir() else []
     if out is not None:  # before any work (even loading): never a run's own files, never inside the data
-        check_out_folder(out, data_dirs=[data_dir], runs=[run_root] if run_root is not None else [],
-                         what="evaluations go into a folder")
+        check_out_folder(out, data_dirs=[data_dir], runs=runs, what="evaluations go into a folder")
     if isinstance(model, Predictor):
         pred = model
     elif str(backend).lower() == "torch":
