@@ -33,6 +33,17 @@ def test_slow_items_go_to_threads_after_the_probe():
     assert threading.get_ident() in used and len(used) >= 2
 
 
+def test_one_slow_first_item_does_not_start_threads():
+    """The first call often pays for imports and warm-up: the probe's median decides, not its mean (GIL-bound
+    small files run slower in threads than in the calling thread)."""
+    def warm_up_first(x):
+        if x == 0:
+            time.sleep(0.02)
+        return x * 2
+
+    assert _threads_used(warm_up_first) == {threading.get_ident()}
+
+
 def test_one_worker_never_starts_threads_and_errors_surface():
     assert list(imap_files(str, [1, 2], workers=1, probe=0)) == ["1", "2"]
 

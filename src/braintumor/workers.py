@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,8 @@ R = TypeVar("R")
 
 #: Files timed in the calling thread before deciding on threads.
 PROBE = 4
-#: Threads are used when a probed file took at least this long on average (seconds).
+#: Threads are used when the probed files took at least this long each (seconds; their median: the first call
+#: often pays for imports and warm-up that the others do not).
 THREADS_FROM_SECONDS = 0.001
 
 
@@ -47,21 +49,21 @@ def imap_files(fn: Callable[[T], R], items: Iterable[T], workers: int | None = N
     """``fn(item)`` for every item, in order, in up to ``workers`` threads (default: :func:`available_cpus`).
 
     The first ``probe`` items run in the calling thread, timed; the rest run in threads only when those took at
-    least ``threads_from`` seconds each on average (``workers=1``: never; ``probe=0``: always).
+    least ``threads_from`` seconds each (their median; ``workers=1``: never; ``probe=0``: always).
     """
     items = list(items)
     workers = min(workers or available_cpus(), max(1, len(items)))
     head = len(items) if workers == 1 else min(probe, len(items))
-    spent = 0.0
+    spent: list[float] = []
     for item in items[:head]:
         t = time.perf_counter()
         out = fn(item)
-        spent += time.perf_counter() - t
+        spent.append(time.perf_counter() - t)
         yield out
     rest = items[head:]
     if not rest:
         return
-    if head and spent / head < threads_from:
+    if head and statistics.median(spent) < threads_from:
         for item in rest:
             yield fn(item)
         return
