@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -231,3 +232,31 @@ def test_predict_uses_int8_by_default_only_when_it_passed(quantized, trained_run
     assert r.exit_code == 2 and "export" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["predict", str(run), image, "--format", "json"])
     assert r.exit_code == 0, r.stderr
+
+
+def test_an_int8_copy_checked_with_vnni_is_not_used_on_a_cpu_without(quantized, tmp_path, monkeypatch):
+    """Without VNNI 8-bit results drift further from FP32 (benchmarks/README: 91.9% against 97.9% identical labels):
+    a copy checked on a VNNI CPU is not used on a CPU without one unless asked for, and the user is told why."""
+    from braintumor import quantize
+    from braintumor.backends import load_predictor
+
+    run, res = quantized
+    assert res.cpu_vnni == quantize.cpu_has_vnni()
+    assert json.loads((run / "metadata.json").read_text())["int8"]["cpu_vnni"] == res.cpu_vnni
+    moved = copy_run(run, tmp_path / "moved")
+    for name in ("model.onnx", INT8_FILE):
+        shutil.copy2(run / name, moved / name)
+    meta = json.loads((moved / "metadata.json").read_text())
+    meta["int8"]["cpu_vnni"] = True
+    (moved / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: False)
+    said: list[str] = []
+    assert load_predictor(moved, backend="auto", notice=said.append).precision == "fp32"
+    assert [s for s in said if "VNNI" in s and "--int8" in s]
+    assert load_predictor(moved, backend="auto", precision="int8").precision == "int8"   # asked for: used
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: True)
+    assert load_predictor(moved, backend="auto").precision == "int8"
+    meta["int8"]["cpu_vnni"] = False  # checked on a CPU without VNNI: used everywhere
+    (moved / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: False)
+    assert load_predictor(moved, backend="auto").precision == "int8"

@@ -79,7 +79,7 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
         if precision == "int8" and backend == "torch":
             raise UsageError("--precision int8 runs on onnxruntime: use --backend auto or onnx, not torch")
         if precision != "fp32" and backend != "torch" and (backend == "onnx" or _device_type(device) == "cpu"):
-            int8 = _int8_predictor(p, meta, precision == "int8")
+            int8 = _int8_predictor(p, meta, precision == "int8", notice)
             if int8 is not None:
                 return int8
         return _run_predictor(p, device, backend, notice, torch_predictor, cache_dir)
@@ -88,8 +88,11 @@ def load_predictor(path: str | Path, device: str = "auto", backend: str | None =
     raise RunError(f"{p}: not a run folder or an .onnx file")
 
 
-def _int8_predictor(run_dir: Path, meta: dict, required: bool) -> Predictor | None:
-    """The run's current, checked INT8 model as a predictor reporting the run (``None``: there is none)."""
+def _int8_predictor(run_dir: Path, meta: dict, required: bool,
+                    notice: Callable[[str], None] | None = None) -> Predictor | None:
+    """The run's current, checked INT8 model as a predictor reporting the run (``None``: there is none, or it was
+    checked on a CPU with VNNI and this one has none, unless ``required``)."""
+    from . import quantize
     from .quantize import INT8_FILE, int8_for_run
 
     try:
@@ -104,6 +107,13 @@ def _int8_predictor(run_dir: Path, meta: dict, required: bool) -> Predictor | No
                                "--precision auto or fp32")
             raise RunError(f"{run_dir}: no INT8 model to use (no current {INT8_FILE}); make one with `braintumor "
                            f"export {run_dir} --int8`, or use --precision fp32")
+        return None
+    info = meta.get("int8") if isinstance(meta.get("int8"), dict) else {}
+    if not required and info.get("cpu_vnni") is True and quantize.cpu_has_vnni() is False:
+        if notice is not None:
+            notice(f"{run_dir}: its INT8 model was checked on a CPU with VNNI and this one has none (8-bit results "
+                   f"drift further from FP32 without it): FP32 used; `braintumor export {run_dir} --int8` checks "
+                   f"it here, --precision int8 uses it anyway")
         return None
     pred.metadata = dict(meta)
     pred.run_dir = run_dir

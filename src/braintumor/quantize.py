@@ -94,6 +94,10 @@ class QuantizeResult:
     guard_band: float = 0.0
     #: share of the validation images the guard sent to FP32 (``None``: no guard)
     guarded_share: float | None = None
+    #: whether the CPU that made and checked the copy has VNNI (:func:`cpu_has_vnni`; ``None``: unknown). Without
+    #: VNNI 8-bit results drift further from FP32, so a copy checked on a VNNI CPU is not used on one without
+    #: unless asked for (:func:`braintumor.backends.load_predictor`).
+    cpu_vnni: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -368,6 +372,7 @@ def quantize_run(run_dir: str | Path, *, n_calibration: int = DEFAULT_CALIBRATIO
         for path in candidates.values():
             path.unlink(missing_ok=True)
     res.seconds = round(time.time() - t0, 1)
+    res.cpu_vnni = cpu_has_vnni()
     meta = run.read_metadata()
     meta["int8"] = res.to_dict()
     run.write_json(run.metadata, meta)
