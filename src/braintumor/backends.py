@@ -95,25 +95,25 @@ def _int8_predictor(run_dir: Path, meta: dict, required: bool,
     from . import quantize
     from .quantize import INT8_FILE, int8_for_run
 
+    info = meta.get("int8") if isinstance(meta.get("int8"), dict) else {}
+    if not required and info.get("passed") is True and info.get("cpu_vnni") is True \
+            and quantize.cpu_has_vnni() is False:  # decided before the INT8 sessions are made, not after
+        if notice is not None and (run_dir / INT8_FILE).is_file():
+            notice(f"{run_dir}: its INT8 model was checked on a CPU with VNNI and this one has none (8-bit results "
+                   f"drift further from FP32 without it): FP32 used; `braintumor export {run_dir} --int8` checks "
+                   f"it here, --precision int8 uses it anyway")
+        return None
     try:
         pred = int8_for_run(run_dir)
     except ImportError:
         pred = None  # onnxruntime missing: the FP32 path says so
     if pred is None:
         if required:
-            info = meta.get("int8") if isinstance(meta.get("int8"), dict) else None
-            if info and info.get("passed") is False:
+            if info.get("passed") is False:
                 raise RunError(f"{run_dir}: no INT8 model to use: its check failed ({info.get('reason')}); use "
                                "--precision auto or fp32")
             raise RunError(f"{run_dir}: no INT8 model to use (no current {INT8_FILE}); make one with `braintumor "
                            f"export {run_dir} --int8`, or use --precision fp32")
-        return None
-    info = meta.get("int8") if isinstance(meta.get("int8"), dict) else {}
-    if not required and info.get("cpu_vnni") is True and quantize.cpu_has_vnni() is False:
-        if notice is not None:
-            notice(f"{run_dir}: its INT8 model was checked on a CPU with VNNI and this one has none (8-bit results "
-                   f"drift further from FP32 without it): FP32 used; `braintumor export {run_dir} --int8` checks "
-                   f"it here, --precision int8 uses it anyway")
         return None
     pred.metadata = dict(meta)
     pred.run_dir = run_dir
