@@ -146,6 +146,9 @@ def train(
     masks: Path | None = typer.Option(None, "--masks", help="Folder of tumour masks (<class>/<name> or <name>, "
                                       "matched by file name, any image extension): adds a tumour-map decoder."),
     mask_weight: float | None = typer.Option(None, "--mask-weight", help="Weight of the mask loss (default 1)."),
+    erase_lesions: bool | None = typer.Option(None, "--erase-lesions/--no-erase-lesions", help="With --masks: each "
+                                              "masked tumour image also trains as a no-tumour image with its lesion "
+                                              "erased (mirrored tissue of the other hemisphere)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience (0 disables)."),
     mixup: float | None = typer.Option(None, "--mixup", help="Mixup alpha (e.g. 0.2): train on mixtures of two "
                                        "images and their labels; 0 disables (default)."),
@@ -199,7 +202,7 @@ def train(
                      pretrained=pretrained, crop_brain=crop, intensity=intensity, strict=strict,
                      class_weights=class_weights, augment=augment, group_duplicates=group, patience=patience, swa=swa,
                      group_by=group_by, masks=str(masks) if masks else None, mask_weight=mask_weight,
-                     mixup=mixup, precision=precision,
+                     erase_lesions=erase_lesions, mixup=mixup, precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
                      exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None,
@@ -342,6 +345,10 @@ def cv(
                                           "run folder (trained without copies of DATA_DIR: --exclude-copies-of)."),
     masks: Path | None = typer.Option(None, "--masks", help="Tumour masks: every fold trains a tumour-map decoder "
                                       "too (see train --help)."),
+    erase_lesions: bool | None = typer.Option(None, "--erase-lesions/--no-erase-lesions", help="With --masks: "
+                                              "erased copies of masked tumour images train as no-tumour images."),
+    hold_out: list[str] | None = typer.Option(None, "--hold-out", help="With --by-source: leave out only this "
+                                              "source (its folder path or name; repeat for several)."),
     group_by: str | None = typer.Option(None, "--group-by", help="Patient groups kept inside one fold: id-runs, "
                                         "id-blocks:N or a CSV path,group."),
     track: str | None = typer.Option(None, "--track", help="Also log to mlflow (one run, a nested run per fold) or "
@@ -365,10 +372,11 @@ def cv(
                  seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
                  init_from=str(init_from) if init_from else None, masks=str(masks) if masks else None,
-                 group_by=group_by, track=track)
+                 erase_lesions=erase_lesions, group_by=group_by, track=track)
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,
+                 hold_out=[str(h) for h in hold_out] if hold_out else None,
                  **{k: v for k, v in given.items() if v is not None})
     if by_source:
         _print_by_source(res)

@@ -71,6 +71,12 @@ class TrainConfig:
     empty mask. The run then predicts a tumour probability map beside the class (``explain --method seg``,
     ``predict --outline``).
 
+    Lesion erasure (``erase_lesions``, needs ``masks`` and one no-tumour class): every training image with a lesion
+    mask also trains as a no-tumour image, its lesion replaced by the mirrored tissue of the other hemisphere
+    (:mod:`braintumor.data.erase`; mid-line lesions are left out). A collection that holds only tumour slices then
+    holds normal-looking slices of the same scanner and sequence too, so the lesion, not the collection's look,
+    separates the classes. Off by default.
+
     Preprocessing speed: ``reduce_first`` (default) has images at least twice the input size reduced first by
     the largest power of two that keeps both sides at least ``img_size`` (a JPEG is decoded at that size: a
     fraction of the work); ``crop_detect_side`` is the side of the copy the brain crop is found on. Both are stored
@@ -133,6 +139,7 @@ class TrainConfig:
     group_by: str | None = None
     masks: str | None = None
     mask_weight: float = 1.0
+    erase_lesions: bool = False
     slices: str | int = "middle"
     device: str = "auto"
     ood_check: bool = True

@@ -272,7 +272,8 @@ def leakage_table(grouped: CVResult, naive: CVResult) -> dict:
 
 def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, config: TrainConfig | None = None,
        out: str | Path | None = None, show_leakage: bool = False, console=None, keep_checkpoints: bool = False,
-       report: bool = True, by_source: bool = False, **overrides) -> CVResult | SourceCVResult:
+       report: bool = True, by_source: bool = False, hold_out: list[str] | None = None,
+       **overrides) -> CVResult | SourceCVResult:
     """Cross-validate a training recipe.
 
     Args:
@@ -280,6 +281,7 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
             ``classes=`` in ``config`` or ``overrides``) or an :class:`ImageFolder` (records may carry groups).
         by_source: leave-one-source-out instead of k-fold: train on every source but one, test on the one left
             out (minus copies of training images); returns a :class:`SourceCVResult` (see :func:`run_by_source`).
+        hold_out: with ``by_source``, leave out only these sources (names or folder paths), not each in turn.
         folds, repeats: ``repeats`` x stratified group ``folds``-fold (a new shuffle per repeat).
         config: the training recipe (default :class:`TrainConfig`); ``overrides`` replace its fields
             (``model="cnn", img_size=64, epochs=3``...).
@@ -314,6 +316,9 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     if (out / "cv.json").exists():
         raise UsageError(f"{out} already holds a cross-validation; pick another --out")
     _check_before_work(cfg, ds, out, folds)
+    if hold_out and not by_source:
+        raise UsageError("--hold-out needs --by-source")
+    held = resolve_sources(ds, hold_out) if hold_out else None
     # A cross-validation cannot be resumed: one that fails before any fold is finished leaves no folder behind (if
     # it made the folder); one that fails later keeps its finished folds (hours of training are not thrown away).
     top, p = None, out.absolute()
@@ -324,7 +329,8 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
     try:
         # tracked (cfg.track): one run for the whole cross-validation, the folds' runs nested under it
         with track_group(cfg.track, out, params) as group:
-            result = _cv(ds, cfg, folds, repeats, out, show_leakage, console, keep_checkpoints, report, by_source)
+            result = _cv(ds, cfg, folds, repeats, out, show_leakage, console, keep_checkpoints, report, by_source,
+                         held)
             group.complete(tracked_metrics(result), run_files(out))
         return result
     except BaseException:
@@ -340,6 +346,25 @@ def cv(data: str | Path | ImageFolder, folds: int = 5, *, repeats: int = 1, conf
                           f"{markup(out / 'folds')} (each a run folder with its test/ predictions); no cv.json",
                           highlight=False)
         raise
+
+
+def resolve_sources(ds: ImageFolder, wanted: list[str]) -> list[str]:
+    """The source names ``wanted`` names (each a source name or its folder's path).
+
+    Raises:
+        UsageError: a name that is no source of ``ds``.
+    """
+    import os
+
+    names = list(dict.fromkeys(ds.sources))
+    by_path = {os.path.realpath(p): n for n, p in ds.source_roots.items()}
+    out = []
+    for w in wanted:
+        n = w if w in names else by_path.get(os.path.realpath(w))
+        if n is None:
+            raise UsageError(f"--hold-out {w}: not one of the sources ({', '.join(names)})")
+        out.append(n)
+    return list(dict.fromkeys(out))
 
 
 def _check_before_work(cfg: TrainConfig, ds: ImageFolder, out: Path, folds: int) -> None:
@@ -362,10 +387,11 @@ def _check_before_work(cfg: TrainConfig, ds: ImageFolder, out: Path, folds: int)
 
 
 def _cv(ds: ImageFolder, cfg: TrainConfig, folds: int, repeats: int, out: Path, show_leakage: bool, console,
-        keep_checkpoints: bool, report: bool, by_source: bool) -> CVResult | SourceCVResult:
+        keep_checkpoints: bool, report: bool, by_source: bool, held: list[str] | None = None
+        ) -> CVResult | SourceCVResult:
     grouped_ds = _grouped(ds, cfg)
     if by_source:
-        result = run_by_source(grouped_ds, cfg, out, console, keep_checkpoints)
+        result = run_by_source(grouped_ds, cfg, out, console, keep_checkpoints, only=held)
         if report:
             from .report import write_cv_report
 

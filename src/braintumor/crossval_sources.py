@@ -211,8 +211,9 @@ def _has_mask(ds: ImageFolder, masks: str | None) -> np.ndarray:
 
 
 def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
-                  keep_checkpoints: bool = False) -> SourceCVResult:
-    """Leave-one-source-out over the sources of ``ds`` (records grouped across sources; see the module doc).
+                  keep_checkpoints: bool = False, only: list[str] | None = None) -> SourceCVResult:
+    """Leave-one-source-out over the sources of ``ds`` (records grouped across sources; see the module doc);
+    ``only``: leave out these sources alone (each still tested against all the others).
 
     Raises:
         UsageError: fewer than two sources.
@@ -232,6 +233,8 @@ def run_by_source(ds: ImageFolder, cfg: TrainConfig, out: Path, console=None,
     skipped: list[dict] = []
     masked = _has_mask(ds, cfg.masks)
     for k, held in enumerate(names):
+        if only is not None and held not in only:
+            continue
         tr = np.flatnonzero(src != held)
         te = np.flatnonzero(src == held)
         trained_on = [n for n in names if n != held]

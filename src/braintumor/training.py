@@ -290,6 +290,8 @@ class PreparedData:
     val_masks: PreparedMasks | None = None
     #: :class:`~braintumor.ood.ImageStats` of each decoded validation image (the input check's rules)
     val_stats: list | None = None
+    #: lesion erasure (``cfg.erase_lesions``): ``{"erased": k, "not_erased": n}``; the copies end the training arrays
+    erased: dict | None = None
 
 
 def _skip_reporter(out: _Console):
@@ -400,7 +402,36 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     data.val_stats = va_l.stats
     if cfg.masks:
         attach_masks(data, cfg.masks, pre, out)
+        if cfg.erase_lesions:
+            add_erased(data, out)
     return data
+
+
+def add_erased(data: PreparedData, out: _Console) -> None:
+    """Append an erased copy (:mod:`braintumor.data.erase`) of every training image with a lesion mask, labelled
+    with the no-tumour class, with an empty mask, from the source ``<source> (lesion erased)``; the copies are the
+    last ``data.erased["erased"]`` training images and are not written to ``split.csv``."""
+    from .data.erase import erased_copies
+    from .data.masks import PreparedMasks, negative_classes
+
+    tm = data.train_masks
+    neg = data.classes.index(negative_classes(data.classes)[0])
+    which = np.flatnonzero(tm.has_mask & (data.train_y != neg))
+    made = erased_copies(data.train_x, tm.masks, which)
+    k = len(made.index)
+    data.erased = made.summary()
+    out.print(f"lesions erased: {k} no-tumour copies of the {len(which)} masked tumour images ({made.skipped} "
+              "left out: mid-line lesion or mirror outside the head)")
+    if not k:
+        return
+    data.train_x = np.concatenate([data.train_x, made.images])
+    data.train_y = np.concatenate([data.train_y, np.full(k, neg, data.train_y.dtype)])
+    data.train_paths = data.train_paths + [f"{data.train_paths[i]}#lesion-erased" for i in made.index]
+    data.train_sources = data.train_sources + [f"{data.train_sources[i]} (lesion erased)" for i in made.index]
+    s = tm.masks.shape[1]
+    data.train_masks = PreparedMasks(np.concatenate([tm.masks, np.zeros((k, s, s), tm.masks.dtype)]),
+                                     np.concatenate([tm.has_mask, np.ones(k, bool)]), tm.problems, tm.n_masked,
+                                     tm.n_negative + k)
 
 
 def check_classes(cfg: TrainConfig, ds: ImageFolder) -> None:
@@ -415,6 +446,13 @@ def check_classes(cfg: TrainConfig, ds: ImageFolder) -> None:
         if printable(c) != c:
             raise DataError(f"{printable(Path(ds.root) / c)}: a class folder name must be UTF-8 text without control "
                             f"characters (it is stored in metadata.json and ONNX exports); rename the folder")
+    if cfg.erase_lesions:
+        from .data.masks import negative_classes
+
+        neg = negative_classes(ds.classes)
+        if len(neg) != 1:
+            raise UsageError(f"--erase-lesions needs exactly one no-tumour class (notumor, no, no_tumour, normal...) "
+                             f"for the erased images; the classes are {', '.join(ds.classes)}")
     if cfg.target_sensitivity is not None and len(ds.classes) != 2:
         raise UsageError(f"--target-sensitivity needs a binary (two-class) problem; this data has "
                          f"{len(ds.classes)} classes ({', '.join(ds.classes)})")
@@ -761,7 +799,9 @@ def _write_split(run: RunDir, data: PreparedData) -> None:
     from .display import csv_text
 
     c = data.classes
-    rows = [[p, c[y], "train", s] for p, y, s in zip(data.train_paths, data.train_y, data.train_sources, strict=True)]
+    n = len(data.train_paths) - (data.erased or {}).get("erased", 0)  # erased copies: made in the run, not files
+    rows = [[p, c[y], "train", s] for p, y, s in zip(data.train_paths[:n], data.train_y[:n], data.train_sources[:n],
+                                                     strict=True)]
     rows += [[p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, data.val_sources, strict=True)]
     atomic_write_text(run.root / "split.csv", csv_text(["path", "label", "subset", "source"], rows))
 
@@ -888,6 +928,8 @@ def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool 
         check_init_from(cfg.init_from, cfg.model)
     if cfg.masks and not Path(cfg.masks).is_dir():
         raise UsageError(f"--masks {printable(cfg.masks)}: no such folder")
+    if cfg.erase_lesions and not cfg.masks:
+        raise UsageError("--erase-lesions needs --masks (the lesion outlines to erase)")
     if cfg.exclude_copies_of:
         from .data.discover import list_images
 
@@ -1005,6 +1047,7 @@ def _make_model(cfg: TrainConfig, run: RunDir, resume: bool, pretrained: bool, d
         model.emit_map = True  # forward -> (logits, map logits) while training; the Predictor gets plain logits
         meta["tumour_map"] = {**model.decoder_config, "masks": cfg.masks, "mask_weight": cfg.mask_weight,
                               "train": data.train_masks.summary(), "val": data.val_masks.summary(),
+                              "lesions_erased": data.erased,
                               "problems": [{"path": str(p), "reason": r}
                                            for p, r in data.train_masks.problems + data.val_masks.problems]}
     return model
