@@ -96,20 +96,20 @@ def erase_lesion(image: np.ndarray, mask: np.ndarray, margin: int | None = None)
     chans = [img] if img.ndim == 2 else [img[..., k] for k in range(img.shape[2])]
     alpha = np.clip(ndimage.gaussian_filter(wide.astype(np.float32), sigma=max(1.0, r / 2)) * 2.0, 0, 1)
     alpha = np.maximum(alpha, lesion.astype(np.float32))
+    hole = np.zeros_like(wide)  # widened-lesion pixels without a usable mirror: the same for every channel
+    hole[rows[~usable], cols[~usable]] = True
+    if hole.any():
+        known = (head & ~hole).astype(np.float32)
+        sigma = max(2.0, r)
+        den = np.maximum(ndimage.gaussian_filter(known, sigma)[hole], 1e-3)
     out = []
     for ch in chans:
         f = ch.astype(np.float32)
         offset = float(f[rr[rok], rc[rok]].mean() - f[rr[rok], rsrc[rok]].mean()) if rok.any() else 0.0
         fill = f.copy()
         fill[rows[usable], cols[usable]] = f[rows[usable], src_c[usable]] + offset
-        hole = np.zeros_like(wide)
-        hole[rows[~usable], cols[~usable]] = True
         if hole.any():  # normalised convolution of the known tissue around the hole
-            known = (head & ~hole).astype(np.float32)
-            sigma = max(2.0, r)
-            num = ndimage.gaussian_filter(fill * known, sigma)
-            den = ndimage.gaussian_filter(known, sigma)
-            fill[hole] = (num[hole] / np.maximum(den[hole], 1e-3))
+            fill[hole] = ndimage.gaussian_filter(fill * known, sigma)[hole] / den
         out.append(np.clip(alpha * fill + (1 - alpha) * f, 0, 255).round().astype(np.uint8))
     return out[0] if img.ndim == 2 else np.stack(out, axis=2)
 
