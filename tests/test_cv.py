@@ -155,8 +155,10 @@ def test_cv_cli(phantoms, tmp_path):
         for p in sorted((phantoms / cls).glob("*.png"))[:12]:
             shutil.copy(p, data / cls / p.name)
     r = CliRunner().invoke(app, ["cv", str(data), "--folds", "2", "--model", "cnn", "--img-size", "64", "--epochs",
-                                 "1", "--out", str(tmp_path / "cv")])
+                                 "1", "--class-weights", "--out", str(tmp_path / "cv")])
     assert r.exit_code == 0, r.output
+    folds = sorted((tmp_path / "cv").glob("folds/*/config.yaml"))
+    assert len(folds) == 2 and all("class_weights: true" in f.read_text() for f in folds)  # options reach the folds
     assert "mean [95% CI]" in r.output and "wall time per fold" in r.output
     assert "held-out images flagged" in r.output  # the input check's false-alarm rate, measured on the folds
     assert (tmp_path / "cv" / "report.html").is_file()

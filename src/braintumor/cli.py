@@ -325,6 +325,7 @@ def cv(
     mri_augment: bool | None = typer.Option(None, "--mri-augment/--no-mri-augment",
                                             help="MRI-specific augmentation on top of the usual."),
     intensity: str | None = typer.Option(None, "--intensity", help="none or percentile (see train --help)."),
+    class_weights: bool | None = typer.Option(None, "--class-weights", help="Weight the loss by class frequency."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the main phase."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
     repeats: int = typer.Option(1, "--repeats", help="Repeat the k-fold with new shuffles."),
@@ -371,8 +372,8 @@ def cv(
     given = dict(model=model, img_size=img_size, epochs=epochs, epochs_frozen=epochs_frozen, batch_size=batch_size,
                  seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
-                 init_from=str(init_from) if init_from else None, masks=str(masks) if masks else None,
-                 erase_lesions=erase_lesions, group_by=group_by, track=track)
+                 class_weights=class_weights, init_from=str(init_from) if init_from else None,
+                 masks=str(masks) if masks else None, erase_lesions=erase_lesions, group_by=group_by, track=track)
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,
