@@ -149,6 +149,9 @@ def train(
     erase_lesions: bool | None = typer.Option(None, "--erase-lesions/--no-erase-lesions", help="With --masks: each "
                                               "masked tumour image also trains as a no-tumour image with its lesion "
                                               "erased (mirrored tissue of the other hemisphere)."),
+    paste_lesions: bool | None = typer.Option(None, "--paste-lesions/--no-paste-lesions", help="With --masks: the "
+                                              "lesion of each masked tumour image is also pasted into a no-tumour "
+                                              "image, which trains as a tumour image."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience (0 disables)."),
     mixup: float | None = typer.Option(None, "--mixup", help="Mixup alpha (e.g. 0.2): train on mixtures of two "
                                        "images and their labels; 0 disables (default)."),
@@ -202,7 +205,7 @@ def train(
                      pretrained=pretrained, crop_brain=crop, intensity=intensity, strict=strict,
                      class_weights=class_weights, augment=augment, group_duplicates=group, patience=patience, swa=swa,
                      group_by=group_by, masks=str(masks) if masks else None, mask_weight=mask_weight,
-                     erase_lesions=erase_lesions, mixup=mixup, precision=precision,
+                     erase_lesions=erase_lesions, paste_lesions=paste_lesions, mixup=mixup, precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
                      exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None,
@@ -348,6 +351,8 @@ def cv(
                                       "too (see train --help)."),
     erase_lesions: bool | None = typer.Option(None, "--erase-lesions/--no-erase-lesions", help="With --masks: "
                                               "erased copies of masked tumour images train as no-tumour images."),
+    paste_lesions: bool | None = typer.Option(None, "--paste-lesions/--no-paste-lesions", help="With --masks: "
+                                              "no-tumour images with a pasted lesion train as tumour images."),
     hold_out: list[str] | None = typer.Option(None, "--hold-out", help="With --by-source: leave out only this "
                                               "source (its folder path or name; repeat for several)."),
     group_by: str | None = typer.Option(None, "--group-by", help="Patient groups kept inside one fold: id-runs, "
@@ -373,7 +378,8 @@ def cv(
                  seed=seed, target_sensitivity=target_sensitivity, classes=classes or None,
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
                  class_weights=class_weights, init_from=str(init_from) if init_from else None,
-                 masks=str(masks) if masks else None, erase_lesions=erase_lesions, group_by=group_by, track=track)
+                 masks=str(masks) if masks else None, erase_lesions=erase_lesions, paste_lesions=paste_lesions,
+                 group_by=group_by, track=track)
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,

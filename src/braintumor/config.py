@@ -77,6 +77,11 @@ class TrainConfig:
     holds normal-looking slices of the same scanner and sequence too, so the lesion, not the collection's look,
     separates the classes. Off by default.
 
+    Lesion pasting (``paste_lesions``, needs ``masks`` and one no-tumour class): the lesion of every training
+    image with a lesion mask is also pasted into a no-tumour training image (:mod:`braintumor.data.paste`), which
+    trains as a tumour image of the lesion's class with the pasted outline as its mask. A collection that holds
+    only normal slices then holds tumour slices of its scanner and sequence too. Off by default.
+
     Preprocessing speed: ``reduce_first`` (default) has images at least twice the input size reduced first by
     the largest power of two that keeps both sides at least ``img_size`` (a JPEG is decoded at that size: a
     fraction of the work); ``crop_detect_side`` is the side of the copy the brain crop is found on. Both are stored
@@ -140,6 +145,7 @@ class TrainConfig:
     masks: str | None = None
     mask_weight: float = 1.0
     erase_lesions: bool = False
+    paste_lesions: bool = False
     slices: str | int = "middle"
     device: str = "auto"
     ood_check: bool = True

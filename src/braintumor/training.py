@@ -292,6 +292,13 @@ class PreparedData:
     val_stats: list | None = None
     #: lesion erasure (``cfg.erase_lesions``): ``{"erased": k, "not_erased": n}``; the copies end the training arrays
     erased: dict | None = None
+    #: lesion pasting (``cfg.paste_lesions``): ``{"pasted": k, "not_pasted": n}``; the copies end the training arrays
+    pasted: dict | None = None
+
+    @property
+    def n_made(self) -> int:
+        """Training images made in the run (erased and pasted copies, at the end of the arrays), not files."""
+        return (self.erased or {}).get("erased", 0) + (self.pasted or {}).get("pasted", 0)
 
 
 def _skip_reporter(out: _Console):
@@ -402,8 +409,11 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     data.val_stats = va_l.stats
     if cfg.masks:
         attach_masks(data, cfg.masks, pre, out)
+        n_files = len(data.train_y)
         if cfg.erase_lesions:
             add_erased(data, out)
+        if cfg.paste_lesions:
+            add_pasted(data, out, cfg.seed, n_files)
     return data
 
 
@@ -434,6 +444,37 @@ def add_erased(data: PreparedData, out: _Console) -> None:
                                      tm.n_negative + k)
 
 
+def add_pasted(data: PreparedData, out: _Console, seed: int, n_files: int | None = None) -> None:
+    """Append, for every training image with a lesion mask, a no-tumour training image with that lesion pasted in
+    (:mod:`braintumor.data.paste`), labelled with the lesion's class, the pasted outline as its mask, from the
+    source ``<recipient's source> (lesion pasted)``; donors and recipients are among the first ``n_files`` training
+    images (read from files, not made in the run); the copies end the training arrays and are not in ``split.csv``."""
+    from .data.masks import PreparedMasks, negative_classes
+    from .data.paste import pasted_copies
+
+    tm = data.train_masks
+    n = len(data.train_y) if n_files is None else n_files
+    neg = data.classes.index(negative_classes(data.classes)[0])
+    lesions = tm.has_mask[:n] & (data.train_y[:n] != neg)
+    donors = np.flatnonzero(lesions & (tm.masks[:n].reshape(n, -1).max(axis=1) > 0))
+    recipients = np.flatnonzero(data.train_y[:n] == neg)
+    made = pasted_copies(data.train_x, tm.masks, donors, recipients, seed=seed)
+    k = len(made.donor)
+    data.pasted = made.summary()
+    out.print(f"lesions pasted: {k} tumour images made from {len(recipients)} no-tumour images and the lesions of "
+              f"{len(donors)} masked tumour images ({made.skipped} left out: the lesion cannot be lifted or "
+              "leaves the head)")
+    if not k:
+        return
+    data.train_x = np.concatenate([data.train_x, made.images])
+    data.train_y = np.concatenate([data.train_y, data.train_y[made.donor]])
+    data.train_paths = data.train_paths + [f"{data.train_paths[j]}#lesion-pasted" for j in made.recipient]
+    data.train_sources = data.train_sources + [f"{data.train_sources[j]} (lesion pasted)" for j in made.recipient]
+    data.train_masks = PreparedMasks(np.concatenate([tm.masks, made.masks.astype(tm.masks.dtype)]),
+                                     np.concatenate([tm.has_mask, np.ones(k, bool)]), tm.problems,
+                                     tm.n_masked + k, tm.n_negative)
+
+
 def check_classes(cfg: TrainConfig, ds: ImageFolder) -> None:
     """What the classes found must allow, checked before any image is read.
 
@@ -446,13 +487,16 @@ def check_classes(cfg: TrainConfig, ds: ImageFolder) -> None:
         if printable(c) != c:
             raise DataError(f"{printable(Path(ds.root) / c)}: a class folder name must be UTF-8 text without control "
                             f"characters (it is stored in metadata.json and ONNX exports); rename the folder")
-    if cfg.erase_lesions:
+    for flag, on, what in (("--erase-lesions", cfg.erase_lesions, "for the erased images"),
+                           ("--paste-lesions", cfg.paste_lesions, "to paste lesions into")):
+        if not on:
+            continue
         from .data.masks import negative_classes
 
         neg = negative_classes(ds.classes)
         if len(neg) != 1:
-            raise UsageError(f"--erase-lesions needs exactly one no-tumour class (notumor, no, no_tumour, normal...) "
-                             f"for the erased images; the classes are {', '.join(ds.classes)}")
+            raise UsageError(f"{flag} needs exactly one no-tumour class (notumor, no, no_tumour, normal...) "
+                             f"{what}; the classes are {', '.join(ds.classes)}")
     if cfg.target_sensitivity is not None and len(ds.classes) != 2:
         raise UsageError(f"--target-sensitivity needs a binary (two-class) problem; this data has "
                          f"{len(ds.classes)} classes ({', '.join(ds.classes)})")
@@ -799,7 +843,7 @@ def _write_split(run: RunDir, data: PreparedData) -> None:
     from .display import csv_text
 
     c = data.classes
-    n = len(data.train_paths) - (data.erased or {}).get("erased", 0)  # erased copies: made in the run, not files
+    n = len(data.train_paths) - data.n_made  # erased and pasted copies: made in the run, not files
     rows = [[p, c[y], "train", s] for p, y, s in zip(data.train_paths[:n], data.train_y[:n], data.train_sources[:n],
                                                      strict=True)]
     rows += [[p, c[y], "val", s] for p, y, s in zip(data.val_paths, data.val_y, data.val_sources, strict=True)]
@@ -930,6 +974,8 @@ def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool 
         raise UsageError(f"--masks {printable(cfg.masks)}: no such folder")
     if cfg.erase_lesions and not cfg.masks:
         raise UsageError("--erase-lesions needs --masks (the lesion outlines to erase)")
+    if cfg.paste_lesions and not cfg.masks:
+        raise UsageError("--paste-lesions needs --masks (the lesion outlines to paste)")
     if cfg.exclude_copies_of:
         from .data.discover import list_images
 
@@ -1047,7 +1093,7 @@ def _make_model(cfg: TrainConfig, run: RunDir, resume: bool, pretrained: bool, d
         model.emit_map = True  # forward -> (logits, map logits) while training; the Predictor gets plain logits
         meta["tumour_map"] = {**model.decoder_config, "masks": cfg.masks, "mask_weight": cfg.mask_weight,
                               "train": data.train_masks.summary(), "val": data.val_masks.summary(),
-                              "lesions_erased": data.erased,
+                              "lesions_erased": data.erased, "lesions_pasted": data.pasted,
                               "problems": [{"path": str(p), "reason": r}
                                            for p, r in data.train_masks.problems + data.val_masks.problems]}
     return model
