@@ -1,5 +1,5 @@
 """Lesion erasure: the lesion of a tumour slice replaced by mirrored tissue; erased copies as no-tumour training
-images (``--erase-lesions``); ``cv --by-source --hold-out``."""
+images (``--erase-lesions``; its bad use shared with ``--paste-lesions``); ``cv --by-source --hold-out``."""
 
 from __future__ import annotations
 
@@ -77,16 +77,18 @@ def test_train_with_erased_lesions_adds_no_tumour_copies(phantoms, tmp_path):
     assert "lesions erased" in res.output
 
 
+@pytest.mark.parametrize("flag", ["--erase-lesions", "--paste-lesions"])
 @pytest.mark.parametrize("args, words", [
     ([], "needs --masks"),
     (["--masks", "MASKS", "--classes", "tumour=yes", "--classes", "other=no"], "one no-tumour class"),
 ])
-def test_erase_lesions_bad_use_is_a_one_line_error(phantoms, tmp_path, args, words):
+def test_erase_or_paste_lesions_bad_use_is_a_one_line_error(phantoms, tmp_path, flag, args, words):
     out = tmp_path / "run"
     args = [str(phantoms / "_masks") if a == "MASKS" else a for a in args]
-    res = runner.invoke(app, ["train", str(phantoms), "--erase-lesions", *args, "--model", "cnn", "--img-size",
+    res = runner.invoke(app, ["train", str(phantoms), flag, *args, "--model", "cnn", "--img-size",
                               "32", "--epochs", "1", "--out", str(out)])
-    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
+    assert res.exit_code == 2 and flag in res.output and words in res.output, res.output
+    assert "Traceback" not in res.output
     assert not out.exists()
 
 

@@ -110,19 +110,6 @@ def test_train_with_pasted_lesions_adds_tumour_copies(phantoms, tmp_path):
     assert "lesions pasted" in res.output
 
 
-@pytest.mark.parametrize("args, words", [
-    ([], "needs --masks"),
-    (["--masks", "MASKS", "--classes", "tumour=yes", "--classes", "other=no"], "one no-tumour class"),
-])
-def test_paste_lesions_bad_use_is_a_one_line_error(phantoms, tmp_path, args, words):
-    out = tmp_path / "run"
-    args = [str(phantoms / "_masks") if a == "MASKS" else a for a in args]
-    res = runner.invoke(app, ["train", str(phantoms), "--paste-lesions", *args, "--model", "cnn", "--img-size",
-                              "32", "--epochs", "1", "--out", str(out)])
-    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
-    assert not out.exists()
-
-
 @pytest.fixture(scope="module")
 def collections(tmp_path_factory):
     """Three phantom collections: A holds only tumours (with masks, off the mid-line), B only normal slices, half
