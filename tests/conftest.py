@@ -40,6 +40,48 @@ def needs_data(path: Path):
     return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not available")
 
 
+def write_erasable_tumours(out: Path, n: int, seed: int, size: int = 64) -> None:
+    """``n`` tumour phantoms (``out/yes``) whose lesion lies off the mid-line, so that it can be erased (and
+    pasted), with their masks in ``out/_masks/yes``."""
+    import numpy as np
+    from PIL import Image
+
+    from braintumor.data.erase import erase_lesion
+    from braintumor.data.synthetic import make_phantom
+
+    rng = np.random.default_rng(seed)
+    (out / "yes").mkdir(parents=True)
+    (out / "_masks" / "yes").mkdir(parents=True)
+    made = 0
+    while made < n:
+        img, mask = make_phantom(rng, size, tumour=True)
+        if erase_lesion(img, mask) is None:
+            continue
+        Image.fromarray(img).save(out / "yes" / f"p{made:04d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / "_masks" / "yes" / f"p{made:04d}.png")
+        made += 1
+
+
+def train_with_lesion_copies(phantoms: Path, out: Path, flag: str):
+    """``braintumor train`` of a tiny CNN on the phantoms with their masks and ``flag`` (``--erase-lesions``,
+    ``--paste-lesions``): the CLI result, metadata.json, and the training images per class in split.csv (files
+    only)."""
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from braintumor.cli import app
+
+    res = CliRunner().invoke(app, ["train", str(phantoms), "--masks", str(phantoms / "_masks"), flag, "--model",
+                                   "cnn", "--img-size", "48", "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    rows = list(csv.DictReader((out / "split.csv").open()))
+    n_train = {c: sum(r["label"] == c and r["subset"] == "train" for r in rows) for c in ("yes", "no")}
+    return res, meta, rows, n_train
+
+
 @pytest.fixture(scope="session")
 def phantoms(tmp_path_factory) -> Path:
     """400 phantoms (yes/no, 64 px) with lesion masks in _masks/yes."""

@@ -3,9 +3,6 @@ images (``--erase-lesions``; its bad use shared with ``--paste-lesions``); ``cv 
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -14,6 +11,7 @@ from typer.testing import CliRunner
 from braintumor.cli import app
 from braintumor.data.erase import erase_lesion, erased_copies
 from braintumor.data.synthetic import make_phantom, write_phantoms
+from conftest import train_with_lesion_copies, write_erasable_tumours
 
 runner = CliRunner()
 
@@ -59,15 +57,9 @@ def test_midline_and_empty_lesions_are_not_erased():
 
 
 def test_train_with_erased_lesions_adds_no_tumour_copies(phantoms, tmp_path):
-    out = tmp_path / "run"
-    res = runner.invoke(app, ["train", str(phantoms), "--masks", str(phantoms / "_masks"), "--erase-lesions",
-                              "--model", "cnn", "--img-size", "48", "--epochs", "1", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    meta = json.loads((out / "metadata.json").read_text())
+    res, meta, rows, n_train = train_with_lesion_copies(phantoms, tmp_path / "run", "--erase-lesions")
     made = meta["tumour_map"]["lesions_erased"]
-    rows = list(csv.DictReader((out / "split.csv").open()))
-    n_yes = sum(r["label"] == "yes" and r["subset"] == "train" for r in rows)
-    n_no = sum(r["label"] == "no" and r["subset"] == "train" for r in rows)
+    n_yes, n_no = n_train["yes"], n_train["no"]
     assert made["erased"] + made["not_erased"] == n_yes and made["erased"] >= n_yes // 3, (made, n_yes)
     counts = meta["data"]["train_counts"]
     assert counts == {"no": n_no + made["erased"], "yes": n_yes}  # the copies train as no-tumour images
@@ -92,30 +84,13 @@ def test_erase_or_paste_lesions_bad_use_is_a_one_line_error(phantoms, tmp_path, 
     assert not out.exists()
 
 
-def _erasable_tumours(out, n: int, seed: int) -> None:
-    """``n`` tumour phantoms whose lesion lies off the mid-line (so that it can be erased), with their masks."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    (out / "yes").mkdir(parents=True)
-    (out / "_masks" / "yes").mkdir(parents=True)
-    made = 0
-    while made < n:
-        img, mask = make_phantom(rng, 64, tumour=True)
-        if erase_lesion(img, mask) is None:
-            continue
-        Image.fromarray(img).save(out / "yes" / f"p{made:04d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / "_masks" / "yes" / f"p{made:04d}.png")
-        made += 1
-
-
 @pytest.fixture(scope="module")
 def collections(tmp_path_factory):
     """Three phantom collections, each with one look: A holds only tumours (with masks, off the mid-line), B only
     normal slices, half as bright (its scanner), C both, at A's brightness: a model trained on A + B can tell tumour
     from normal by brightness alone."""
     base = tmp_path_factory.mktemp("collections")
-    _erasable_tumours(base / "srcA", 120, seed=21)
+    write_erasable_tumours(base / "srcA", 120, seed=21)
     write_phantoms(base / "srcB", n=120, size=64, seed=22, tumour_fraction=0.0, normal_gain=0.5)
     write_phantoms(base / "srcC", n=120, size=64, seed=23)
     (base / "srcB" / "yes").rmdir()  # a collection of one class has no folder for the other

@@ -3,20 +3,14 @@ images (``--paste-lesions``)."""
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
 from scipy import ndimage
-from typer.testing import CliRunner
 
-from braintumor.cli import app
 from braintumor.data.erase import erase_lesion
 from braintumor.data.paste import lift_lesion, paste_lesion, pasted_copies, place_lesion
 from braintumor.data.synthetic import make_phantom
-
-runner = CliRunner()
+from conftest import train_with_lesion_copies, write_erasable_tumours
 
 
 def _contrast(img: np.ndarray, lesion: np.ndarray) -> float:
@@ -93,15 +87,9 @@ def test_pasted_copies_pair_every_lesion_with_a_normal_image():
 
 
 def test_train_with_pasted_lesions_adds_tumour_copies(phantoms, tmp_path):
-    out = tmp_path / "run"
-    res = runner.invoke(app, ["train", str(phantoms), "--masks", str(phantoms / "_masks"), "--paste-lesions",
-                              "--model", "cnn", "--img-size", "48", "--epochs", "1", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    meta = json.loads((out / "metadata.json").read_text())
+    res, meta, rows, n_train = train_with_lesion_copies(phantoms, tmp_path / "run", "--paste-lesions")
     made = meta["tumour_map"]["lesions_pasted"]
-    rows = list(csv.DictReader((out / "split.csv").open()))
-    n_yes = sum(r["label"] == "yes" and r["subset"] == "train" for r in rows)
-    n_no = sum(r["label"] == "no" and r["subset"] == "train" for r in rows)
+    n_yes, n_no = n_train["yes"], n_train["no"]
     assert made["pasted"] + made["not_pasted"] == n_yes and made["pasted"] >= n_yes // 4, (made, n_yes)
     assert meta["data"]["train_counts"] == {"no": n_no, "yes": n_yes + made["pasted"]}  # they train as tumours
     assert meta["data"]["sources"][f"{phantoms.name} (lesion pasted)"]["n_train"] == made["pasted"]
@@ -119,17 +107,7 @@ def collections(tmp_path_factory):
     from braintumor.data.synthetic import write_phantoms
 
     base = tmp_path_factory.mktemp("collections")
-    rng = np.random.default_rng(31)
-    (base / "srcA" / "yes").mkdir(parents=True)
-    (base / "srcA" / "_masks" / "yes").mkdir(parents=True)
-    made = 0
-    while made < 120:
-        img, mask = make_phantom(rng, 64, tumour=True)
-        if erase_lesion(img, mask) is None:
-            continue
-        Image.fromarray(img).save(base / "srcA" / "yes" / f"p{made:04d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(base / "srcA" / "_masks" / "yes" / f"p{made:04d}.png")
-        made += 1
+    write_erasable_tumours(base / "srcA", 120, seed=31)
     write_phantoms(base / "srcB", n=120, size=64, seed=32, tumour_fraction=0.0, normal_gain=0.5)
     (base / "srcB" / "yes").rmdir()  # a collection of one class has no folder for the other
     write_phantoms(base / "srcD", n=120, size=64, seed=33)

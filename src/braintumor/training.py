@@ -409,11 +409,10 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
     data.val_stats = va_l.stats
     if cfg.masks:
         attach_masks(data, cfg.masks, pre, out)
-        n_files = len(data.train_y)
         if cfg.erase_lesions:
             add_erased(data, out)
         if cfg.paste_lesions:
-            add_pasted(data, out, cfg.seed, n_files)
+            add_pasted(data, out, cfg.seed)
     return data
 
 
@@ -444,16 +443,16 @@ def add_erased(data: PreparedData, out: _Console) -> None:
                                      tm.n_negative + k)
 
 
-def add_pasted(data: PreparedData, out: _Console, seed: int, n_files: int | None = None) -> None:
+def add_pasted(data: PreparedData, out: _Console, seed: int) -> None:
     """Append, for every training image with a lesion mask, a no-tumour training image with that lesion pasted in
     (:mod:`braintumor.data.paste`), labelled with the lesion's class, the pasted outline as its mask, from the
-    source ``<recipient's source> (lesion pasted)``; donors and recipients are among the first ``n_files`` training
-    images (read from files, not made in the run); the copies end the training arrays and are not in ``split.csv``."""
+    source ``<recipient's source> (lesion pasted)``; donors and recipients are training images read from files (not
+    copies made in the run); the copies end the training arrays and are not in ``split.csv``."""
     from .data.masks import PreparedMasks, negative_classes
     from .data.paste import pasted_copies
 
     tm = data.train_masks
-    n = len(data.train_y) if n_files is None else n_files
+    n = len(data.train_y) - data.n_made  # the files come first, then the copies made in the run
     neg = data.classes.index(negative_classes(data.classes)[0])
     lesions = tm.has_mask[:n] & (data.train_y[:n] != neg)
     donors = np.flatnonzero(lesions & (tm.masks[:n].reshape(n, -1).max(axis=1) > 0))
@@ -481,20 +480,18 @@ def check_classes(cfg: TrainConfig, ds: ImageFolder) -> None:
     Raises:
         DataError: a class name that is not UTF-8 text (or holds control characters): it goes into metadata.json and
             ONNX exports, and evaluation folders are matched by it.
-        UsageError: ``target_sensitivity`` for more than two classes.
+        UsageError: ``erase_lesions`` or ``paste_lesions`` without exactly one no-tumour class;
+            ``target_sensitivity`` for more than two classes.
     """
     for c in ds.classes:
         if printable(c) != c:
             raise DataError(f"{printable(Path(ds.root) / c)}: a class folder name must be UTF-8 text without control "
                             f"characters (it is stored in metadata.json and ONNX exports); rename the folder")
+    from .data.masks import negative_classes
+
     for flag, on, what in (("--erase-lesions", cfg.erase_lesions, "for the erased images"),
                            ("--paste-lesions", cfg.paste_lesions, "to paste lesions into")):
-        if not on:
-            continue
-        from .data.masks import negative_classes
-
-        neg = negative_classes(ds.classes)
-        if len(neg) != 1:
+        if on and len(negative_classes(ds.classes)) != 1:
             raise UsageError(f"{flag} needs exactly one no-tumour class (notumor, no, no_tumour, normal...) "
                              f"{what}; the classes are {', '.join(ds.classes)}")
     if cfg.target_sensitivity is not None and len(ds.classes) != 2:

@@ -33,6 +33,11 @@ import numpy as np
 MIN_MIRRORED = 0.7
 
 
+def grey(img: np.ndarray) -> np.ndarray:
+    """``float32`` grey levels of an ``(S, S)`` or ``(S, S, C)`` image (the mean of its channels)."""
+    return img.astype(np.float32) if img.ndim == 2 else img.astype(np.float32).mean(axis=2)
+
+
 def _head(g: np.ndarray) -> np.ndarray:
     import torch
 
@@ -74,7 +79,7 @@ def erase_lesion(image: np.ndarray, mask: np.ndarray, margin: int | None = None)
     lesion = np.asarray(mask) > 0
     if not lesion.any():
         return None
-    g = img.astype(np.float32) if img.ndim == 2 else img.astype(np.float32).mean(axis=2)
+    g = grey(img)
     s = min(g.shape)
     r = margin if margin is not None else max(2, s // 40)
     head = _head(g) | lesion

@@ -31,16 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .erase import _head, erase_lesion
+from .erase import _head, erase_lesion, grey
 
 #: a lesion is pasted only where at least this share of its changed pixels lies inside the normal slice's head
 MIN_INSIDE = 0.95
 #: the tissue-brightness ratio between the two slices is clipped to this range
 SCALE_RANGE = (0.5, 2.0)
-
-
-def _grey(img: np.ndarray) -> np.ndarray:
-    return img.astype(np.float32) if img.ndim == 2 else img.astype(np.float32).mean(axis=2)
 
 
 @dataclass
@@ -71,7 +67,7 @@ def lift_lesion(donor: np.ndarray, mask: np.ndarray) -> Lesion | None:
     changed = np.abs(diff if diff.ndim == 2 else diff.mean(axis=2)) > 0.5
     if not changed.any():
         return None
-    return Lesion(diff, changed, np.asarray(mask) > 0, float(_grey(erased)[changed].mean()))
+    return Lesion(diff, changed, np.asarray(mask) > 0, float(grey(erased)[changed].mean()))
 
 
 def place_lesion(lesion: Lesion, recipient: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -81,7 +77,7 @@ def place_lesion(lesion: Lesion, recipient: np.ndarray) -> tuple[np.ndarray, np.
     rec = np.asarray(recipient)
     if rec.shape != lesion.diff.shape:
         raise ValueError(f"lesion {lesion.diff.shape} and recipient {rec.shape} differ in shape")
-    g = _grey(rec)
+    g = grey(rec)
     head = _head(g)
     for flip in (False, True):
         if not flip:
@@ -90,9 +86,7 @@ def place_lesion(lesion: Lesion, recipient: np.ndarray) -> tuple[np.ndarray, np.
             ch = _mirror_plane(lesion.changed, head)
             if ch.sum() < lesion.changed.sum():  # part of it would fall outside the image
                 continue
-            les = _mirror_plane(lesion.mask, head)
-            d = (_mirror_plane(lesion.diff, head) if lesion.diff.ndim == 2 else
-                 np.stack([_mirror_plane(lesion.diff[..., k], head) for k in range(lesion.diff.shape[2])], axis=2))
+            les, d = _mirror_plane(lesion.mask, head), _mirror_plane(lesion.diff, head)
         if head[ch].mean() < MIN_INSIDE:
             continue
         k = float(np.clip(float(g[ch].mean()) / max(lesion.tissue, 1.0), *SCALE_RANGE))
@@ -112,7 +106,8 @@ def paste_lesion(donor: np.ndarray, mask: np.ndarray, recipient: np.ndarray) -> 
 
 
 def _mirror_plane(a: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """``a`` (2-D) mirrored left-right about the middle of ``head``'s horizontal extent (zeros shifted in)."""
+    """``a`` (``(S, S)`` or ``(S, S, C)``) mirrored left-right about the middle of ``head``'s horizontal extent
+    (zeros shifted in)."""
     cols = np.flatnonzero(head.any(axis=0))
     axis2 = int(cols[0] + cols[-1]) if len(cols) else a.shape[1] - 1
     w = a.shape[1]
@@ -151,14 +146,11 @@ def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], 
     ``recipients`` (a seeded shuffle, each used about equally often; up to ``tries`` recipients per donor)."""
     rec = np.asarray(recipients, np.int64)
     made, mk, don_i, rec_i = [], [], [], []
-    if len(rec) == 0:
-        shape = (0, *images.shape[1:])
-        return PastedCopies(np.zeros(shape, images.dtype), np.zeros((0, *masks.shape[1:]), np.uint8),
-                            np.zeros(0, np.int64), np.zeros(0, np.int64), len(donors))
     rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(rec) for _ in range(-(-len(donors) * tries // len(rec)) + 1)])
+    reps = -(-len(donors) * tries // len(rec)) + 1 if len(rec) else 0  # enough for every try of every donor
+    order = np.concatenate([rng.permutation(rec) for _ in range(reps)]) if reps else rec
     pos = 0
-    for i in donors:
+    for i in donors if len(rec) else ():  # without a normal image there is nothing to lift lesions for
         lesion = lift_lesion(images[i], masks[i])
         if lesion is None:  # no recipient helps
             continue
