@@ -84,6 +84,14 @@ def test_erase_or_paste_lesions_bad_use_is_a_one_line_error(phantoms, tmp_path, 
     assert not out.exists()
 
 
+def test_paste_per_normal_without_pasting_is_a_one_line_error(phantoms, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(phantoms), "--masks", str(phantoms / "_masks"), "--paste-per-normal", "1",
+                              "--model", "cnn", "--img-size", "32", "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 2 and "--paste-per-normal needs --paste-lesions" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
 @pytest.fixture(scope="module")
 def collections(tmp_path_factory):
     """Three phantom collections, each with one look: A holds only tumours (with masks, off the mid-line), B only

@@ -86,6 +86,25 @@ def test_pasted_copies_pair_every_lesion_with_a_normal_image():
     assert none.summary() == {"pasted": 0, "not_pasted": 6} and none.images.shape == (0, 96, 96, 3)
 
 
+def test_a_cap_per_normal_image_pastes_a_random_sample_of_lesions():
+    pairs = _pairs(8, seed=2)
+    images = np.stack([p[0] for p in pairs] + [p[2] for p in pairs[:3]])[..., None].repeat(3, axis=3)
+    masks = np.stack([p[1].astype(np.uint8) for p in pairs] + [np.zeros((96, 96), np.uint8)] * 3)
+    uncapped = pasted_copies(images, masks, range(8), range(8, 11), seed=1)
+    assert uncapped.summary() == {"pasted": 8, "not_pasted": 0}  # three normal images take eight lesions
+    assert np.bincount(uncapped.recipient - 8).max() >= 3
+    same = pasted_copies(images, masks, range(8), range(8, 11), seed=1, per_recipient=0)
+    assert (same.images == uncapped.images).all() and (same.donor == uncapped.donor).all()  # 0: no cap
+    capped = pasted_copies(images, masks, range(8), range(8, 11), seed=1, per_recipient=1)
+    assert capped.summary() == {"pasted": 3, "not_pasted": 5}
+    assert sorted(capped.recipient.tolist()) == [8, 9, 10]  # each normal image once
+    twice = pasted_copies(images, masks, range(8), range(8, 11), seed=1, per_recipient=2)
+    assert twice.summary()["pasted"] == 6 and np.bincount(twice.recipient - 8).tolist() == [2, 2, 2]
+    donors = {tuple(pasted_copies(images, masks, range(8), range(8, 11), seed=s, per_recipient=1).donor)
+              for s in range(6)}
+    assert len(donors) > 1 and any(max(d) > 2 for d in donors)  # a seeded sample, not always the first donors
+
+
 def test_train_with_pasted_lesions_adds_tumour_copies(phantoms, tmp_path):
     res, meta, rows, n_train = train_with_lesion_copies(phantoms, tmp_path / "run", "--paste-lesions")
     made = meta["tumour_map"]["lesions_pasted"]

@@ -80,7 +80,9 @@ class TrainConfig:
     Lesion pasting (``paste_lesions``, needs ``masks`` and one no-tumour class): the lesion of every training
     image with a lesion mask is also pasted into a no-tumour training image (:mod:`braintumor.data.paste`), which
     trains as a tumour image of the lesion's class with the pasted outline as its mask. A collection that holds
-    only normal slices then holds tumour slices of its scanner and sequence too. Off by default.
+    only normal slices then holds tumour slices of its scanner and sequence too. ``paste_per_normal`` > 0 caps the
+    lesions one no-tumour image receives (1: each normal image trains at most once more, with a lesion; with few
+    normal images and many lesions an uncapped run makes their look mostly a tumour look). Off by default.
 
     Preprocessing speed: ``reduce_first`` (default) has images at least twice the input size reduced first by
     the largest power of two that keeps both sides at least ``img_size`` (a JPEG is decoded at that size: a
@@ -146,6 +148,7 @@ class TrainConfig:
     mask_weight: float = 1.0
     erase_lesions: bool = False
     paste_lesions: bool = False
+    paste_per_normal: int = 0
     slices: str | int = "middle"
     device: str = "auto"
     ood_check: bool = True

@@ -412,7 +412,7 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
         if cfg.erase_lesions:
             add_erased(data, out)
         if cfg.paste_lesions:
-            add_pasted(data, out, cfg.seed)
+            add_pasted(data, out, cfg.seed, cfg.paste_per_normal)
     return data
 
 
@@ -443,11 +443,12 @@ def add_erased(data: PreparedData, out: _Console) -> None:
                                      tm.n_negative + k)
 
 
-def add_pasted(data: PreparedData, out: _Console, seed: int) -> None:
+def add_pasted(data: PreparedData, out: _Console, seed: int, per_normal: int = 0) -> None:
     """Append, for every training image with a lesion mask, a no-tumour training image with that lesion pasted in
     (:mod:`braintumor.data.paste`), labelled with the lesion's class, the pasted outline as its mask, from the
     source ``<recipient's source> (lesion pasted)``; donors and recipients are training images read from files (not
-    copies made in the run); the copies end the training arrays and are not in ``split.csv``."""
+    copies made in the run); the copies end the training arrays and are not in ``split.csv``. ``per_normal`` > 0:
+    at most that many lesions per no-tumour image."""
     from .data.masks import PreparedMasks, negative_classes
     from .data.paste import pasted_copies
 
@@ -457,12 +458,13 @@ def add_pasted(data: PreparedData, out: _Console, seed: int) -> None:
     lesions = tm.has_mask[:n] & (data.train_y[:n] != neg)
     donors = np.flatnonzero(lesions & (tm.masks[:n].reshape(n, -1).max(axis=1) > 0))
     recipients = np.flatnonzero(data.train_y[:n] == neg)
-    made = pasted_copies(data.train_x, tm.masks, donors, recipients, seed=seed)
+    made = pasted_copies(data.train_x, tm.masks, donors, recipients, seed=seed, per_recipient=per_normal)
     k = len(made.donor)
     data.pasted = made.summary()
     out.print(f"lesions pasted: {k} tumour images made from {len(recipients)} no-tumour images and the lesions of "
               f"{len(donors)} masked tumour images ({made.skipped} left out: the lesion cannot be lifted or "
-              "leaves the head)")
+              + ("leaves the head)" if not per_normal else f"leaves the head, or every no-tumour image has its "
+                                                           f"{per_normal})"))
     if not k:
         return
     data.train_x = np.concatenate([data.train_x, made.images])
@@ -973,6 +975,8 @@ def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool 
         raise UsageError("--erase-lesions needs --masks (the lesion outlines to erase)")
     if cfg.paste_lesions and not cfg.masks:
         raise UsageError("--paste-lesions needs --masks (the lesion outlines to paste)")
+    if cfg.paste_per_normal and not cfg.paste_lesions:
+        raise UsageError("--paste-per-normal needs --paste-lesions (it caps the lesions pasted per no-tumour image)")
     if cfg.exclude_copies_of:
         from .data.discover import list_images
 

@@ -141,20 +141,33 @@ class PastedCopies:
 
 
 def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], recipients: Sequence[int],
-                  seed: int = 0, tries: int = 3) -> PastedCopies:
+                  seed: int = 0, tries: int = 3, per_recipient: int = 0) -> PastedCopies:
     """For each ``i`` in ``donors``, ``images[i]``'s lesion (``masks[i]``) pasted into a normal image drawn from
-    ``recipients`` (a seeded shuffle, each used about equally often; up to ``tries`` recipients per donor)."""
+    ``recipients`` (a seeded shuffle, each used about equally often; up to ``tries`` recipients per donor).
+
+    ``per_recipient`` > 0 caps how many lesions one normal image receives: the donors are then visited in a seeded
+    random order (the lesions kept are a sample of every class, not the first donors) until every recipient is
+    full; the donors left over count as skipped. With few normal images and many lesions, an uncapped run makes
+    each normal image's look mostly a tumour look; a cap of 1 pairs each normal image with at most one copy of
+    itself with a lesion.
+    """
     rec = np.asarray(recipients, np.int64)
     made, mk, don_i, rec_i = [], [], [], []
     rng = np.random.default_rng(seed)
     reps = -(-len(donors) * tries // len(rec)) + 1 if len(rec) else 0  # enough for every try of every donor
     order = np.concatenate([rng.permutation(rec) for _ in range(reps)]) if reps else rec
-    pos = 0
-    for i in donors if len(rec) else ():  # without a normal image there is nothing to lift lesions for
+    visit = rng.permutation(np.asarray(donors, np.int64)) if per_recipient > 0 else donors
+    received: dict[int, int] = {}
+    full, pos = 0, 0
+    for i in visit if len(rec) else ():  # without a normal image there is nothing to lift lesions for
+        if per_recipient > 0 and full == len(rec):
+            break  # every normal image has its lesions
         lesion = lift_lesion(images[i], masks[i])
         if lesion is None:  # no recipient helps
             continue
         for _ in range(tries):
+            while per_recipient > 0 and received.get(int(order[pos % len(order)]), 0) >= per_recipient:
+                pos += 1  # a full recipient is passed over, not tried
             j = int(order[pos % len(order)])
             pos += 1
             res = place_lesion(lesion, images[j])
@@ -163,6 +176,8 @@ def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], 
                 mk.append(res[1].astype(np.uint8))
                 don_i.append(int(i))
                 rec_i.append(j)
+                received[j] = received.get(j, 0) + 1
+                full += received[j] == per_recipient
                 break
     shape = (0, *images.shape[1:])
     arr = np.stack(made) if made else np.zeros(shape, images.dtype)
