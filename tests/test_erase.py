@@ -84,11 +84,12 @@ def test_erase_or_paste_lesions_bad_use_is_a_one_line_error(phantoms, tmp_path, 
     assert not out.exists()
 
 
-def test_paste_per_normal_without_pasting_is_a_one_line_error(phantoms, tmp_path):
+@pytest.mark.parametrize("option", [["--paste-per-normal", "1"], ["--paste-bright", "0.5"]])
+def test_paste_options_without_pasting_are_a_one_line_error(phantoms, tmp_path, option):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", str(phantoms), "--masks", str(phantoms / "_masks"), "--paste-per-normal", "1",
+    res = runner.invoke(app, ["train", str(phantoms), "--masks", str(phantoms / "_masks"), *option,
                               "--model", "cnn", "--img-size", "32", "--epochs", "1", "--out", str(out)])
-    assert res.exit_code == 2 and "--paste-per-normal needs --paste-lesions" in res.output, res.output
+    assert res.exit_code == 2 and f"{option[0]} needs --paste-lesions" in res.output, res.output
     assert "Traceback" not in res.output and not out.exists()
 
 

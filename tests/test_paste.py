@@ -105,6 +105,23 @@ def test_a_cap_per_normal_image_pastes_a_random_sample_of_lesions():
     assert len(donors) > 1 and any(max(d) > 2 for d in donors)  # a seeded sample, not always the first donors
 
 
+def test_bright_lesions_are_bright_throughout_and_leave_the_pairing_alone():
+    pairs = _pairs(8, seed=5)
+    images = np.stack([p[0] for p in pairs] + [p[2] for p in pairs])[..., None].repeat(3, axis=3)
+    masks = np.stack([p[1].astype(np.uint8) for p in pairs] + [np.zeros((96, 96), np.uint8)] * 8)
+    plain = pasted_copies(images, masks, range(8), range(8, 16), seed=3)
+    every = pasted_copies(images, masks, range(8), range(8, 16), seed=3, bright=1.0)
+    assert every.summary() == plain.summary() | {"bright": 8}
+    assert (every.donor == plain.donor).all() and (every.recipient == plain.recipient).all()
+    for k, j in enumerate(every.recipient):
+        added = every.images[k, ..., 0].astype(int) - images[j, ..., 0].astype(int)
+        assert added.min() >= 0 and added.max() > 20  # nothing darker, the lesion brighter
+        assert (plain.images[k, ..., 0].astype(int) - images[j, ..., 0]).min() < -5  # as-is: a dark part too
+    some = pasted_copies(images, masks, range(8), range(8, 16), seed=3, bright=0.5)
+    assert 0 < some.summary()["bright"] < 8 and (some.recipient == plain.recipient).all()
+    assert "bright" not in plain.summary()
+
+
 def test_train_with_pasted_lesions_adds_tumour_copies(phantoms, tmp_path):
     res, meta, rows, n_train = train_with_lesion_copies(phantoms, tmp_path / "run", "--paste-lesions")
     made = meta["tumour_map"]["lesions_pasted"]

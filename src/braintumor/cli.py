@@ -154,6 +154,9 @@ def train(
                                               "image, which trains as a tumour image."),
     paste_per_normal: int | None = typer.Option(None, "--paste-per-normal", help="With --paste-lesions: at most N "
                                                 "lesions pasted into one no-tumour image (default 0: no cap)."),
+    paste_bright: float | None = typer.Option(None, "--paste-bright", help="With --paste-lesions: the share (0-1) "
+                                              "of pasted lesions made bright throughout, a crude T2/FLAIR look "
+                                              "(default 0)."),
     patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience (0 disables)."),
     mixup: float | None = typer.Option(None, "--mixup", help="Mixup alpha (e.g. 0.2): train on mixtures of two "
                                        "images and their labels; 0 disables (default)."),
@@ -208,7 +211,7 @@ def train(
                      class_weights=class_weights, augment=augment, group_duplicates=group, patience=patience, swa=swa,
                      group_by=group_by, masks=str(masks) if masks else None, mask_weight=mask_weight,
                      erase_lesions=erase_lesions, paste_lesions=paste_lesions, paste_per_normal=paste_per_normal,
-                     mixup=mixup, precision=precision,
+                     paste_bright=paste_bright, mixup=mixup, precision=precision,
                      device=device, target_sensitivity=target_sensitivity, slices=slices,
                      init_from=str(init_from) if init_from else None,
                      exclude_copies_of=str(exclude_copies_of) if exclude_copies_of else None,
@@ -358,6 +361,8 @@ def cv(
                                               "no-tumour images with a pasted lesion train as tumour images."),
     paste_per_normal: int | None = typer.Option(None, "--paste-per-normal", help="With --paste-lesions: at most N "
                                                 "lesions per no-tumour image (0: no cap)."),
+    paste_bright: float | None = typer.Option(None, "--paste-bright", help="With --paste-lesions: the share of "
+                                              "pasted lesions made bright (a crude T2/FLAIR look)."),
     hold_out: list[str] | None = typer.Option(None, "--hold-out", help="With --by-source: leave out only this "
                                               "source (its folder path or name; repeat for several)."),
     group_by: str | None = typer.Option(None, "--group-by", help="Patient groups kept inside one fold: id-runs, "
@@ -384,7 +389,7 @@ def cv(
                  balance_sources=balance_sources, mri_augment=mri_augment, intensity=intensity, lr=lr,
                  class_weights=class_weights, init_from=str(init_from) if init_from else None,
                  masks=str(masks) if masks else None, erase_lesions=erase_lesions, paste_lesions=paste_lesions,
-                 paste_per_normal=paste_per_normal, group_by=group_by, track=track)
+                 paste_per_normal=paste_per_normal, paste_bright=paste_bright, group_by=group_by, track=track)
     data = [str(d) for d in data_dirs]
     res = run_cv(data[0] if len(data) == 1 else data, folds, repeats=repeats, config=cfg, out=out,
                  show_leakage=show_leakage, console=console, by_source=by_source,

@@ -82,7 +82,9 @@ class TrainConfig:
     trains as a tumour image of the lesion's class with the pasted outline as its mask. A collection that holds
     only normal slices then holds tumour slices of its scanner and sequence too. ``paste_per_normal`` > 0 caps the
     lesions one no-tumour image receives (1: each normal image trains at most once more, with a lesion; with few
-    normal images and many lesions an uncapped run makes their look mostly a tumour look). Off by default.
+    normal images and many lesions an uncapped run makes their look mostly a tumour look); ``paste_bright`` is the
+    share of lesions pasted bright throughout (their absolute difference from the tissue: a crude T2/FLAIR look
+    of a T1 contrast-enhanced lesion). Off by default.
 
     Preprocessing speed: ``reduce_first`` (default) has images at least twice the input size reduced first by
     the largest power of two that keeps both sides at least ``img_size`` (a JPEG is decoded at that size: a
@@ -149,6 +151,7 @@ class TrainConfig:
     erase_lesions: bool = False
     paste_lesions: bool = False
     paste_per_normal: int = 0
+    paste_bright: float = 0.0
     slices: str | int = "middle"
     device: str = "auto"
     ood_check: bool = True

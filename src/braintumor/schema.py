@@ -157,6 +157,7 @@ class ConfigSchema(BaseModel):
     erase_lesions: bool = False
     paste_lesions: bool = False
     paste_per_normal: Annotated[Int, Field(ge=0, le=MAX_EPOCHS)] = 0
+    paste_bright: Probability = 0.0
     slices: Annotated[str, Field(max_length=16)] | Annotated[Int, Field(ge=1, le=MAX_SLICES)] = "middle"
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
     ood_check: bool = True
@@ -187,6 +188,7 @@ CONFIG_ALLOWED: dict[str, str] = _describe(
     mixup="a number >= 0 (the Beta distribution's alpha; 0 disables)", augment="true or false",
     mri_augment="true or false", erase_lesions="true or false",
     paste_lesions="true or false", paste_per_normal=f"{_WHOLE} from 0 to {MAX_EPOCHS} (0: no cap)",
+    paste_bright="a number from 0 to 1 (the share of pasted lesions made bright)",
     precision="auto, fp32, bf16 or fp16",
     channels_last="true or false",
     num_threads=f"null (all cores) or {_WHOLE} from 1 to {MAX_THREADS}",

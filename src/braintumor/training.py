@@ -412,7 +412,7 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessor, out: _Console, folder: Ima
         if cfg.erase_lesions:
             add_erased(data, out)
         if cfg.paste_lesions:
-            add_pasted(data, out, cfg.seed, cfg.paste_per_normal)
+            add_pasted(data, out, cfg.seed, cfg.paste_per_normal, cfg.paste_bright)
     return data
 
 
@@ -443,12 +443,12 @@ def add_erased(data: PreparedData, out: _Console) -> None:
                                      tm.n_negative + k)
 
 
-def add_pasted(data: PreparedData, out: _Console, seed: int, per_normal: int = 0) -> None:
+def add_pasted(data: PreparedData, out: _Console, seed: int, per_normal: int = 0, bright: float = 0.0) -> None:
     """Append, for every training image with a lesion mask, a no-tumour training image with that lesion pasted in
     (:mod:`braintumor.data.paste`), labelled with the lesion's class, the pasted outline as its mask, from the
     source ``<recipient's source> (lesion pasted)``; donors and recipients are training images read from files (not
     copies made in the run); the copies end the training arrays and are not in ``split.csv``. ``per_normal`` > 0:
-    at most that many lesions per no-tumour image."""
+    at most that many lesions per no-tumour image; ``bright``: the share pasted bright."""
     from .data.masks import PreparedMasks, negative_classes
     from .data.paste import pasted_copies
 
@@ -458,13 +458,15 @@ def add_pasted(data: PreparedData, out: _Console, seed: int, per_normal: int = 0
     lesions = tm.has_mask[:n] & (data.train_y[:n] != neg)
     donors = np.flatnonzero(lesions & (tm.masks[:n].reshape(n, -1).max(axis=1) > 0))
     recipients = np.flatnonzero(data.train_y[:n] == neg)
-    made = pasted_copies(data.train_x, tm.masks, donors, recipients, seed=seed, per_recipient=per_normal)
+    made = pasted_copies(data.train_x, tm.masks, donors, recipients, seed=seed, per_recipient=per_normal,
+                         bright=bright)
     k = len(made.donor)
     data.pasted = made.summary()
+    why = "the lesion cannot be lifted or leaves the head" + (
+        f", or every no-tumour image has its {per_normal}" if per_normal else "")
     out.print(f"lesions pasted: {k} tumour images made from {len(recipients)} no-tumour images and the lesions of "
-              f"{len(donors)} masked tumour images ({made.skipped} left out: the lesion cannot be lifted or "
-              + ("leaves the head)" if not per_normal else f"leaves the head, or every no-tumour image has its "
-                                                           f"{per_normal})"))
+              f"{len(donors)} masked tumour images ({made.skipped} left out: {why})"
+              + (f"; {made.bright} pasted bright" if bright else ""))
     if not k:
         return
     data.train_x = np.concatenate([data.train_x, made.images])
@@ -977,6 +979,8 @@ def check_options(cfg: TrainConfig, pretrained: bool, run: RunDir, resume: bool 
         raise UsageError("--paste-lesions needs --masks (the lesion outlines to paste)")
     if cfg.paste_per_normal and not cfg.paste_lesions:
         raise UsageError("--paste-per-normal needs --paste-lesions (it caps the lesions pasted per no-tumour image)")
+    if cfg.paste_bright and not cfg.paste_lesions:
+        raise UsageError("--paste-bright needs --paste-lesions (it makes a share of the pasted lesions bright)")
     if cfg.exclude_copies_of:
         from .data.discover import list_images
 

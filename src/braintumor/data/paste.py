@@ -70,6 +70,12 @@ def lift_lesion(donor: np.ndarray, mask: np.ndarray) -> Lesion | None:
     return Lesion(diff, changed, np.asarray(mask) > 0, float(grey(erased)[changed].mean()))
 
 
+def brightened(lesion: Lesion) -> Lesion:
+    """``lesion`` made bright throughout: its absolute difference from the tissue (a T1 contrast-enhanced lesion's
+    dark core and oedema turn bright around its bright rim: a crude T2/FLAIR look)."""
+    return Lesion(np.abs(lesion.diff), lesion.changed, lesion.mask, lesion.tissue)
+
+
 def place_lesion(lesion: Lesion, recipient: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``recipient`` with ``lesion`` added at its place (or at its left-right mirror about the recipient's head
     when it would leave the head there), scaled by the ratio of the tissue brightness under it; and the placed
@@ -128,6 +134,7 @@ class PastedCopies:
         donor: ``(K,)`` the tumour image each lesion came from.
         recipient: ``(K,)`` the normal image it went into.
         skipped: how many tumour images gave no lesion (it could not be erased, or it left every recipient's head).
+        bright: how many of the lesions were pasted bright (:func:`brightened`).
     """
 
     images: np.ndarray
@@ -135,13 +142,15 @@ class PastedCopies:
     donor: np.ndarray
     recipient: np.ndarray
     skipped: int = 0
+    bright: int = 0
 
     def summary(self) -> dict:
-        return {"pasted": int(len(self.donor)), "not_pasted": int(self.skipped)}
+        out = {"pasted": int(len(self.donor)), "not_pasted": int(self.skipped)}
+        return out | ({"bright": int(self.bright)} if self.bright else {})
 
 
 def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], recipients: Sequence[int],
-                  seed: int = 0, tries: int = 3, per_recipient: int = 0) -> PastedCopies:
+                  seed: int = 0, tries: int = 3, per_recipient: int = 0, bright: float = 0.0) -> PastedCopies:
     """For each ``i`` in ``donors``, ``images[i]``'s lesion (``masks[i]``) pasted into a normal image drawn from
     ``recipients`` (a seeded shuffle, each used about equally often; up to ``tries`` recipients per donor).
 
@@ -149,7 +158,8 @@ def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], 
     random order (the lesions kept are a sample of every class, not the first donors) until every recipient is
     full; the donors left over count as skipped. With few normal images and many lesions, an uncapped run makes
     each normal image's look mostly a tumour look; a cap of 1 pairs each normal image with at most one copy of
-    itself with a lesion.
+    itself with a lesion. ``bright``: the share of lesions pasted :func:`brightened` (each donor drawn with that
+    probability from a seeded stream of its own, so the pairing does not change).
     """
     rec = np.asarray(recipients, np.int64)
     made, mk, don_i, rec_i = [], [], [], []
@@ -157,14 +167,18 @@ def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], 
     reps = -(-len(donors) * tries // len(rec)) + 1 if len(rec) else 0  # enough for every try of every donor
     order = np.concatenate([rng.permutation(rec) for _ in range(reps)]) if reps else rec
     visit = rng.permutation(np.asarray(donors, np.int64)) if per_recipient > 0 else donors
+    coin = np.random.default_rng([seed, 1]).random(len(donors)) < bright  # its own stream: the pairing stays
+    made_bright = 0
     received: dict[int, int] = {}
     full, pos = 0, 0
-    for i in visit if len(rec) else ():  # without a normal image there is nothing to lift lesions for
+    for n_visit, i in enumerate(visit if len(rec) else ()):  # no normal image: nothing to paste into
         if per_recipient > 0 and full == len(rec):
             break  # every normal image has its lesions
         lesion = lift_lesion(images[i], masks[i])
         if lesion is None:  # no recipient helps
             continue
+        if coin[n_visit]:
+            lesion = brightened(lesion)
         for _ in range(tries):
             while per_recipient > 0 and received.get(int(order[pos % len(order)]), 0) >= per_recipient:
                 pos += 1  # a full recipient is passed over, not tried
@@ -178,9 +192,10 @@ def pasted_copies(images: np.ndarray, masks: np.ndarray, donors: Sequence[int], 
                 rec_i.append(j)
                 received[j] = received.get(j, 0) + 1
                 full += received[j] == per_recipient
+                made_bright += bool(coin[n_visit])
                 break
     shape = (0, *images.shape[1:])
     arr = np.stack(made) if made else np.zeros(shape, images.dtype)
     marr = np.stack(mk) if mk else np.zeros((0, *masks.shape[1:]), np.uint8)
     return PastedCopies(arr, marr, np.asarray(don_i, np.int64), np.asarray(rec_i, np.int64),
-                        len(donors) - len(don_i))
+                        len(donors) - len(don_i), made_bright)
