@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
 
 
-def outcome(row: dict, negative: str) -> str:
-    """``tp``/``fp``/``tn``/``fn`` of one predictions.csv row, the positive class being anything but ``negative``."""
-    truth, said = row["label"] != negative, row["predicted"] != negative
+def outcome(label: str, predicted: str, negative: str) -> str:
+    """``tp``/``fp``/``tn``/``fn`` of one prediction, the positive class being anything but ``negative``."""
+    truth, said = label != negative, predicted != negative
     return ("t" if truth == said else "f") + ("p" if said else "n")
 
 
@@ -45,20 +45,22 @@ def main() -> None:
 
     from PIL import Image, ImageDraw
 
-    with open(a.predictions, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    kinds = {k: [r for r in rows if outcome(r, a.negative) == k] for k in ("tp", "fp", "tn", "fn")}
-    pool = rows if a.kind == "all" else kinds[a.kind]
+    from braintumor.rundir import read_predictions
+
+    paths, labels, said, proba, classes = read_predictions(a.predictions)  # exact file names, as the report reads
+    kind_of = [outcome(t, p, a.negative) for t, p in zip(labels, said, strict=True)]
+    kinds = {k: [i for i, o in enumerate(kind_of) if o == k] for k in ("tp", "fp", "tn", "fn")}
+    pool = list(range(len(paths))) if a.kind == "all" else kinds[a.kind]
     random.Random(a.seed).shuffle(pool)
     drawn = pool[a.skip:a.skip + a.n]
     base = a.predictions.parent
-    p_col = next((c for c in rows[0] if c.startswith("p_") and c != f"p_{a.negative}"), None) if rows else None
+    positive = next((c for c in classes if c != a.negative), None)
 
     side, cols = a.side, a.cols
     grid = Image.new("L", (side * cols, side * max(1, -(-len(drawn) // cols))))
     pen = ImageDraw.Draw(grid)
     for i, r in enumerate(drawn):
-        path = Path(r["path"])
+        path = Path(paths[r])
         if not path.exists() and (base / path).exists():
             path = base / path
         x, y = (i % cols) * side, (i // cols) * side
@@ -72,9 +74,10 @@ def main() -> None:
     grid.save(a.out)
     with open(a.out.with_suffix(".csv"), "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["index", "path", "label", "predicted", p_col or "p"])
+        w.writerow(["index", "path", "label", "predicted", f"p_{positive}" if positive else "p"])
         for i, r in enumerate(drawn):
-            w.writerow([i, r["path"], r["label"], r["predicted"], r.get(p_col, "") if p_col else ""])
+            p = str(float(proba[r, classes.index(positive)])) if positive else ""
+            w.writerow([i, paths[r], labels[r], said[r], p])
     emit({"predictions": str(a.predictions), "counts": {k: len(v) for k, v in kinds.items()}, "kind": a.kind,
           "seed": a.seed, "skip": a.skip, "drawn": len(drawn), "montage": str(a.out),
           "index": str(a.out.with_suffix(".csv"))})
